@@ -1,0 +1,89 @@
+"""Fixtures registered by the plugin.
+
+Each fixture is a thin wrapper: the engine it hands out lives in its own module
+and is imported inside the fixture body, so a run that never uses a fixture never
+pays for torch, safetensors or mlflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from .baseline import BaselineChecker
+    from .experiments import CheckpointManager
+    from .testing.hub import LocalHub
+
+__all__ = ["checkpoint_manager", "ckpt_baseline", "local_hub"]
+
+
+@pytest.fixture
+def local_hub() -> Iterator[LocalHub]:
+    """A Hugging Face Hub stand-in serving HTTP on 127.0.0.1 for one test.
+
+    The real ``huggingface_hub`` client talks to it; use it to test your own
+    checkpoint code offline::
+
+        def test_download(local_hub, tmp_path):
+            local_hub.add_file("org/repo", "model.ckpt", b"weights")
+            path = hf_hub_download("org/repo", "model.ckpt",
+                                   endpoint=local_hub.endpoint, cache_dir=tmp_path)
+            assert local_hub.stats.bodies_served == 1
+    """
+    from .testing.hub import LocalHub
+
+    with LocalHub() as hub:
+        yield hub
+
+
+@pytest.fixture
+def checkpoint_manager(tmp_path: Path) -> CheckpointManager:
+    """A ``CheckpointManager`` rooted in ``tmp_path / "logs"`` (hash-named experiment dirs)::
+
+        def test_training_loop_saves(checkpoint_manager, model):
+            h, is_new = checkpoint_manager.update_experiment_hash(model, config, uids)
+            checkpoint_manager.save_model_checkpoint(model, optimizer, step=100)
+    """
+    from .experiments import CheckpointManager
+
+    return CheckpointManager(tmp_path / "logs")
+
+
+def _baseline_dir(request: pytest.FixtureRequest) -> Path:
+    root_opt: Any = request.config.getini("ckpts_baselines_dir")
+    root = Path(str(root_opt or "tests/baselines"))
+    if not root.is_absolute():
+        root = Path(request.config.rootpath) / root
+    module = Path(str(request.node.path)).stem
+    name = request.node.name
+    for ch in '<>:"/\\|?*[] ':
+        name = name.replace(ch, "_")
+    return root / module / name
+
+
+@pytest.fixture
+def ckpt_baseline(request: pytest.FixtureRequest) -> BaselineChecker:
+    """Compare tensors with a stored ``.safetensors`` baseline tied to the checkpoint.
+
+    ::
+
+        @pytest.mark.requires_checkpoints("demo_vae")
+        def test_vae_output(checkpoints, ckpt_baseline):
+            out = model(x)
+            ckpt_baseline.check("recon", out, rtol=1e-5, atol=1e-6)
+
+    A missing baseline is written and the test fails; ``--ckpts-update-baselines``
+    rewrites mismatching baselines and passes.
+    """
+    from .baseline import BaselineChecker
+    from .session import used_checkpoint_shas
+
+    return BaselineChecker(
+        directory=_baseline_dir(request),
+        update=bool(request.config.getoption("ckpts_update_baselines")),
+        checkpoint_shas=lambda: used_checkpoint_shas(request.node),
+    )
