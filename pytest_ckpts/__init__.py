@@ -6,6 +6,8 @@ mlflow are only imported by the functions that need them.
 
 from __future__ import annotations
 
+from .api import get_checkpoint, resolve_checkpoint
+from .checkpoint import Checkpoint
 from .errors import (
     CheckpointDownloadError,
     CheckpointsError,
@@ -14,13 +16,20 @@ from .errors import (
     ManifestError,
 )
 from .integrity import calculate_sha256, verify_checksum
+from .manifest import CheckpointSpec, Manifest, load_manifest
 
 __all__ = [
+    "Checkpoint",
     "CheckpointDownloadError",
     "CheckpointSkipped",
+    "CheckpointSpec",
     "CheckpointsError",
     "ChecksumMismatchError",
+    "Manifest",
     "ManifestError",
     "calculate_sha256",
+    "get_checkpoint",
+    "load_manifest",
+    "resolve_checkpoint",
     "verify_checksum",
 ]

@@ -7,7 +7,7 @@ pays for torch, safetensors or mlflow.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,10 +15,52 @@ import pytest
 
 if TYPE_CHECKING:
     from .baseline import BaselineChecker
+    from .checkpoint import Checkpoint
     from .experiments import CheckpointManager
     from .testing.hub import LocalHub
 
-__all__ = ["checkpoint_manager", "ckpt_baseline", "local_hub"]
+__all__ = ["checkpoint", "checkpoint_manager", "checkpoints", "ckpt_baseline", "local_hub"]
+
+
+@pytest.fixture
+def checkpoints(request: pytest.FixtureRequest) -> Mapping[str, Checkpoint]:
+    """The checkpoints named by the test's ``requires_checkpoints`` marker, resolved.
+
+    ::
+
+        @pytest.mark.requires_checkpoints("mp_20_vae", "mp_20_ldm")
+        def test_forward(checkpoints):
+            state = checkpoints["mp_20_vae"].load()   # torch.load(weights_only=True)
+
+    They were downloaded and verified at setup; a test whose checkpoints are not
+    available was skipped (or errored, under ``--ckpts=require``) before this runs.
+    """
+    from types import MappingProxyType
+
+    from .session import RESOLVED_KEY
+
+    return MappingProxyType(dict(request.node.stash.get(RESOLVED_KEY, {})))
+
+
+@pytest.fixture
+def checkpoint(request: pytest.FixtureRequest) -> Callable[[str], Checkpoint]:
+    """Resolve a checkpoint on demand, with the same policy as the marker::
+
+        def test_lazy(checkpoint):
+            path = checkpoint("mp_20_vae").path
+
+    Unavailable checkpoints skip the test (``auto``/``offline``/``skip``) or fail it
+    (``require``); a checksum mismatch always fails it.
+    """
+    from .session import get_session
+
+    session = get_session(request.config)
+
+    def resolve(name: str) -> Checkpoint:
+        __tracebackhide__ = True
+        return session.resolve_for_test(name, request.node)
+
+    return resolve
 
 
 @pytest.fixture
@@ -44,9 +86,9 @@ def local_hub() -> Iterator[LocalHub]:
 def checkpoint_manager(tmp_path: Path) -> CheckpointManager:
     """A ``CheckpointManager`` rooted in ``tmp_path / "logs"`` (hash-named experiment dirs)::
 
-        def test_training_loop_saves(checkpoint_manager, model):
-            h, is_new = checkpoint_manager.update_experiment_hash(model, config, uids)
-            checkpoint_manager.save_model_checkpoint(model, optimizer, step=100)
+    def test_training_loop_saves(checkpoint_manager, model):
+        h, is_new = checkpoint_manager.update_experiment_hash(model, config, uids)
+        checkpoint_manager.save_model_checkpoint(model, optimizer, step=100)
     """
     from .experiments import CheckpointManager
 
@@ -59,7 +101,7 @@ def _baseline_dir(request: pytest.FixtureRequest) -> Path:
     if not root.is_absolute():
         root = Path(request.config.rootpath) / root
     module = Path(str(request.node.path)).stem
-    name = request.node.name
+    name = str(request.node.name)
     for ch in '<>:"/\\|?*[] ':
         name = name.replace(ch, "_")
     return root / module / name

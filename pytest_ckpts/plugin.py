@@ -1,22 +1,96 @@
-"""pytest wiring for pytest-ckpts: options, ini keys, marker, hooks. Nothing else."""
+"""pytest wiring for pytest-ckpts: options, ini keys, marker, hooks. Nothing else.
+
+Every decision is made by ``policy``/``manifest`` once in ``pytest_configure`` and
+kept on the one ``CkptsSession``; the hooks below only route pytest events to it.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from . import fixtures
+from . import fixtures, hookspecs
+from .errors import CheckpointDownloadError, CheckpointSkipped, ManifestError
+from .manifest import DEFAULT_MANIFEST, ENV_MANIFEST, env_value
+from .policy import MODES, Mode, Policy, parse_mode, resolve_mode
+from .session import RESOLVED_KEY, SESSION_KEY, CkptsSession, get_session
 
-__all__ = ["pytest_addoption", "pytest_configure"]
+MARKER = "requires_checkpoints"
+
+
+def _mode_type(value: str) -> str:
+    try:
+        return parse_mode(value, source="--ckpts").value
+    except ValueError as exc:
+        import argparse
+
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ckpts", "checkpoints (pytest-ckpts)")
     group.addoption(
-        "--ckpts-update-baselines",
+        "--ckpts",
+        dest="ckpts_mode",
+        metavar="MODE",
+        type=_mode_type,
+        default=None,
+        help=f"what to do with tests that need checkpoints: {', '.join(MODES)}. "
+        "auto: download missing, skip if the hub is down; offline: cache only; "
+        "skip: skip them all; require: any failure is an error. "
+        "Precedence: this flag > SKIP_CHECKPOINT_DOWNLOAD=true > PYTEST_CKPTS_MODE > "
+        "ini ckpts_mode > auto.",
+    )
+    group.addoption(
+        "--ckpts-manifest",
+        dest="ckpts_manifest",
+        metavar="PATH",
+        default=None,
+        help="checkpoint manifest (default: <rootdir>/checkpoints/checkpoints.yaml; "
+        f"env {ENV_MANIFEST}, ini ckpts_manifest).",
+    )
+    group.addoption(
+        "--ckpts-cache-dir",
+        dest="ckpts_cache_dir",
+        metavar="DIR",
+        default=None,
+        help="where checkpoints are cached (overrides the manifest's cache_dir; "
+        "env PYTEST_CKPTS_CACHE_DIR).",
+    )
+    group.addoption(
+        "--ckpts-strict",
+        dest="ckpts_strict",
         action="store_true",
+        default=None,
+        help="error (not warn) when a used checkpoint has no sha256 in the manifest.",
+    )
+    group.addoption(
+        "--ckpts-rehash",
+        dest="ckpts_rehash",
+        action="store_true",
+        default=False,
+        help="re-hash every checkpoint instead of trusting verification stamps.",
+    )
+    group.addoption(
+        "--ckpts-update-baselines",
         dest="ckpts_update_baselines",
+        action="store_true",
         default=False,
         help="rewrite ckpt_baseline files that are missing or do not match, and pass.",
+    )
+    parser.addini("ckpts_mode", f"default checkpoint mode ({', '.join(MODES)})", default="")
+    parser.addini("ckpts_manifest", "path of the checkpoint manifest, relative to rootdir")
+    parser.addini("ckpts_cache_dir", "checkpoint cache directory, relative to rootdir")
+    parser.addini(
+        "ckpts_strict", "error when a used checkpoint has no sha256", type="bool", default=False
     )
     parser.addini(
         "ckpts_baselines_dir",
@@ -25,10 +99,235 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _manifest_path(config: pytest.Config) -> Path | None:
+    """CLI > env > ini > <rootdir>/checkpoints/checkpoints.yaml (only if it exists).
+
+    An explicitly configured path that does not exist is an error (raised by
+    ``load_manifest``): a typo there must not silently turn the plugin off.
+    """
+    cli = config.getoption("ckpts_manifest")
+    if cli:
+        return Path(config.invocation_params.dir, os.path.expanduser(cli))
+    env = env_value(ENV_MANIFEST)
+    if env:
+        return Path(os.path.expanduser(env)).absolute()
+    ini = str(config.getini("ckpts_manifest") or "")
+    if ini:
+        base = config.inipath.parent if config.inipath else config.rootpath
+        return base / os.path.expanduser(ini)
+    default = config.rootpath / DEFAULT_MANIFEST
+    return default if default.is_file() else None
+
+
+def _cache_dir(config: pytest.Config) -> Path | None:
+    cli = config.getoption("ckpts_cache_dir")
+    if cli:
+        return Path(config.invocation_params.dir, os.path.expanduser(cli))
+    env = env_value("PYTEST_CKPTS_CACHE_DIR")
+    if env:
+        return Path(os.path.expanduser(env)).absolute()
+    ini = str(config.getini("ckpts_cache_dir") or "")
+    if ini:
+        return config.rootpath / os.path.expanduser(ini)
+    return None
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(*names): the test needs these checkpoints from the manifest; "
+        "they are downloaded, verified and handed to the `checkpoints` fixture "
+        "(a marker without names is a plain category for -m filtering).",
+    )
     config.pluginmanager.register(fixtures, "ckpts-fixtures")
-    try:
+    try:  # TODO(lead): drop the guard once mlflow_fixtures lands
         from . import mlflow_fixtures
-    except ImportError:  # module not written yet
+    except ModuleNotFoundError:
+        pass
+    else:
+        config.pluginmanager.register(mlflow_fixtures, "ckpts-mlflow-fixtures")
+
+    try:
+        mode, source = resolve_mode(
+            config.getoption("ckpts_mode"), str(config.getini("ckpts_mode"))
+        )
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    strict_opt = config.getoption("ckpts_strict")
+    policy = Policy(
+        mode=mode,
+        source=source,
+        strict=bool(strict_opt if strict_opt is not None else config.getini("ckpts_strict")),
+        rehash=bool(config.getoption("ckpts_rehash")),
+    )
+    path = _manifest_path(config)
+    manifest = None
+    if path is not None:
+        from .manifest import load_manifest
+
+        try:
+            manifest = load_manifest(path)
+        except ManifestError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    session = CkptsSession(
+        config=config, policy=policy, manifest=manifest, cache_dir=_cache_dir(config)
+    )
+    config.stash[SESSION_KEY] = session
+    from . import api
+
+    api.activate(session)
+    if config.pluginmanager.hasplugin("xdist") or config.pluginmanager.hasplugin("xdist.plugin"):
+        config.pluginmanager.register(_XdistHooks(), "ckpts-xdist")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        from . import api
+
+        api.deactivate(session)
+
+
+class _BadMarker(pytest.Collector):
+    """Stands in for a test whose marker names unknown checkpoints: a collection error."""
+
+    message: str = ""
+
+    def collect(self) -> list[pytest.Item | pytest.Collector]:
+        raise self.CollectError(self.message)
+
+
+def _marked_names(node: pytest.Item) -> list[str]:
+    names: list[str] = []
+    for mark in node.iter_markers(MARKER):
+        for arg in mark.args:
+            if isinstance(arg, str):
+                names.append(arg)
+            else:
+                names.extend(str(a) for a in arg)
+    return list(dict.fromkeys(names))
+
+
+def _marker_problem(session: CkptsSession, item: pytest.Item) -> str | None:
+    names = _marked_names(item)
+    if not names:
+        return None
+    if session.manifest is None:
+        return (
+            f"pytest-ckpts: {item.nodeid} requires checkpoints {names} but no manifest was "
+            "found. Create checkpoints/checkpoints.yaml or pass --ckpts-manifest."
+        )
+    unknown = [n for n in names if n not in session.manifest]
+    if unknown:
+        return "pytest-ckpts: " + " ".join(
+            session.manifest.unknown_name_message(n) for n in unknown
+        )
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(
+    collector: pytest.Collector, name: str, obj: object
+) -> Generator[None, Any, Any]:
+    result = yield
+    if result is None:
+        return result
+    session = get_session(collector.config)
+    items = result if isinstance(result, list) else [result]
+    out: list[Any] = []
+    for node in items:
+        problem = _marker_problem(session, node) if isinstance(node, pytest.Item) else None
+        if problem is None:
+            out.append(node)
+        else:
+            bad = _BadMarker.from_parent(collector, name=node.name)
+            bad.message = problem
+            out.append(bad)
+    return out if isinstance(result, list) else out[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    session = get_session(config)
+    if session.policy.mode is not Mode.SKIP:
         return
-    config.pluginmanager.register(mlflow_fixtures, "ckpts-mlflow-fixtures")
+    for item in items:
+        if item.get_closest_marker(MARKER) is not None:
+            names = ", ".join(_marked_names(item)) or "checkpoints"
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"{names}: checkpoint downloads disabled ({session.policy.source})"
+                )
+            )
+            for name in _marked_names(item):
+                session.stats.skipped.setdefault(
+                    name, f"downloads disabled ({session.policy.source})"
+                )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    names = _marked_names(item)
+    if not names:
+        return
+    session = get_session(item.config)
+    problem = _marker_problem(session, item)  # marks added by parametrize ids land here
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+    resolved = item.stash.setdefault(RESOLVED_KEY, {})
+    for name in names:
+        resolved[name] = session.resolve_for_test(name, item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """Seed-style tests call ``get_checkpoint()`` themselves: same policy as the marker."""
+    try:
+        return (yield)
+    except (CheckpointSkipped, CheckpointDownloadError) as exc:
+        session = get_session(item.config)
+        if item.get_closest_marker(MARKER) is None or (
+            isinstance(exc, CheckpointDownloadError) and session.policy.mode is Mode.REQUIRE
+        ):
+            raise
+        raise pytest.skip.Exception(
+            str(exc).splitlines()[0].removeprefix("pytest-ckpts: ")
+        ) from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from .report import header_line
+
+    line = header_line(get_session(config))
+    return [line] if line else []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["ckpts_stats"] = get_session(session.config).stats.to_json()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return
+    from .report import summary_lines
+
+    session = get_session(config)
+    if session.stats.empty:
+        return
+    verbose = config.get_verbosity() >= 0
+    lines = summary_lines(session.stats, verbose=verbose)
+    if not verbose:
+        terminalreporter.write_line(f"checkpoints: {lines[0]}")
+        return
+    terminalreporter.write_sep("=", "checkpoints")
+    for line in lines:
+        terminalreporter.write_line(line)
+
+
+class _XdistHooks:
+    """Controller-side merge of worker stats; registered only when xdist is active."""
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        data = getattr(node, "workeroutput", {}).get("ckpts_stats")
+        if data:
+            get_session(node.config).stats.merge(data)
