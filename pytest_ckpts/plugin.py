@@ -142,7 +142,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(fixtures, "ckpts-fixtures")
     try:  # TODO(lead): drop the guard once mlflow_fixtures lands
         from . import mlflow_fixtures
-    except ModuleNotFoundError:
+    except ImportError:
         pass
     else:
         config.pluginmanager.register(mlflow_fixtures, "ckpts-mlflow-fixtures")
