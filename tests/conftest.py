@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pytest_ckpts.testing import LocalHub
 
 # Set before huggingface_hub can be imported by anything in this process.
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
@@ -57,3 +61,75 @@ def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
     (root / "checkpoints").mkdir(parents=True)
     return root
+
+
+# --------------------------------------------------------------------------- local hub
+
+REPO = "acme/ckpts"
+
+
+@pytest.fixture
+def hub() -> Iterator[LocalHub]:
+    """A fresh local hub on 127.0.0.1 for one test."""
+    from pytest_ckpts.testing import LocalHub
+
+    with LocalHub() as h:
+        yield h
+
+
+def make_manifest(
+    root: Path,
+    hub: LocalHub | None,
+    files: dict[str, bytes],
+    *,
+    pinned: bool = False,
+    sha: dict[str, str | None] | None = None,
+    endpoint: str | None = None,
+    extra_config: str = "",
+) -> Path:
+    """Publish ``files`` (name -> bytes) on ``hub`` and write a manifest naming them.
+
+    Each checkpoint ``name`` lives at ``weights/<name>.ckpt`` in ``REPO``. ``sha``
+    overrides the recorded sha256 per name (None = placeholder).
+    """
+    import hashlib
+
+    commit = None
+    if hub is not None and files:
+        commit = hub.add_files(REPO, {f"weights/{n}.ckpt": data for n, data in files.items()})
+    lines = ["checkpoints:"]
+    for name, data in files.items():
+        digest = hashlib.sha256(data).hexdigest()
+        if sha is not None and name in sha:
+            digest = sha[name] or "<to_be_calculated>"
+        lines += [
+            f"  {name}:",
+            f"    filename: {name}.ckpt",
+            f"    hf_path: weights/{name}.ckpt",
+            f"    sha256: {digest}",
+            f'    description: "test checkpoint {name}"',
+        ]
+    if not files:
+        lines[0] = "checkpoints: {}"
+    lines += ["config:", f"  hf_repo: {REPO}", '  cache_dir: "./checkpoints"']
+    ep = endpoint or (hub.endpoint if hub is not None else None)
+    if ep:
+        lines.append(f"  endpoint: {ep}")
+    if pinned and commit:
+        lines.append(f'  revision: "{commit}"')
+    if extra_config:
+        lines.append(extra_config)
+    path = root / "checkpoints" / "checkpoints.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def dead_endpoint() -> str:
+    """An http endpoint on 127.0.0.1 where nothing listens (connection refused)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -1,0 +1,65 @@
+"""The demo suite: tests that need trained checkpoints, written the pytest-ckpts way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from models import TinyDenoiser, TinyVAE, demo_batch
+
+from pytest_ckpts import Checkpoint, get_checkpoint
+
+
+@pytest.fixture
+def vae(checkpoints: dict[str, Checkpoint]) -> TinyVAE:
+    model = TinyVAE()
+    payload = checkpoints["demo_vae"].load()  # torch.load(weights_only=True)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+@pytest.mark.requires_checkpoints("demo_vae")
+def test_vae_reconstructs_training_distribution(vae: TinyVAE) -> None:
+    x = demo_batch(32, seed=1234)
+    with torch.no_grad():
+        error = torch.mean((vae(x) - x) ** 2).item()
+    baseline = torch.mean(x**2).item()  # predicting zeros
+    assert error < 0.2 * baseline
+
+
+@pytest.mark.requires_checkpoints("demo_vae")
+def test_vae_latent_shape(vae: TinyVAE) -> None:
+    mu, logvar = vae.encode(demo_batch(5))
+    assert mu.shape == logvar.shape == (5, 4)
+
+
+@pytest.mark.requires_checkpoints("demo_vae", "demo_denoiser")
+def test_denoiser_predicts_noise_better_than_chance(checkpoints: dict[str, Checkpoint]) -> None:
+    model = TinyDenoiser()
+    model.load_state_dict(checkpoints["demo_denoiser"].load())  # safetensors
+    model.eval()
+    g = torch.Generator().manual_seed(7)
+    z0 = torch.randn(256, 4, generator=g)
+    noise = torch.randn(256, 4, generator=g)
+    t = torch.full((256,), 50)
+    alpha = 0.5
+    zt = alpha**0.5 * z0 + (1 - alpha) ** 0.5 * noise
+    with torch.no_grad():
+        error = torch.mean((model(zt, t) - noise) ** 2).item()
+    assert error < 0.8  # predicting zeros scores 1.0
+
+
+def test_on_demand_checkpoint(checkpoint) -> None:  # type: ignore[no-untyped-def]
+    ckpt = checkpoint("demo_denoiser")
+    assert ckpt.path.suffix == ".safetensors"
+    assert ckpt.verified
+
+
+@pytest.mark.requires_checkpoints
+def test_seed_style_get_checkpoint() -> None:
+    """Seed 004's style: call get_checkpoint() yourself; the plugin applies the policy."""
+    path = get_checkpoint("demo_vae")
+    assert path.name == "tiny_vae_v1.pt"
+
+
+def test_needs_no_checkpoint() -> None:
+    assert TinyVAE()(demo_batch(2)).shape == (2, 16)
