@@ -466,14 +466,13 @@ class Store:
 
     def _download(self, spec: CheckpointSpec, commit: str) -> None:
         hf = _prepare_hf()
-        from huggingface_hub import errors as hf_errors
-
         token = hf_token()
         where = self.describe(spec, commit if commit != spec.revision else None)
         kwargs: dict[str, Any] = {}
         if not self.progress:
             kwargs["tqdm_class"] = _silent_tqdm()
         started = time.perf_counter()
+        force = self.snapshot_path(spec, commit).exists()  # only to replace a bad copy
         try:
             downloaded = hf.hf_hub_download(
                 repo_id=spec.repo,
@@ -483,35 +482,38 @@ class Store:
                 cache_dir=str(self.cache),
                 endpoint=self.endpoint,
                 token=token or False,
-                force_download=True,
+                force_download=force,
                 etag_timeout=self.download_timeout,
                 **kwargs,
             )
-        except (hf_errors.GatedRepoError, hf_errors.RepositoryNotFoundError) as exc:
-            status = _status(exc)
-            hint = (
-                "set HF_TOKEN (or `hf auth login`) with access to the repo"
-                if status in (401, 403) or not token
-                else "check hf_repo/repo in the manifest and that the token can read it"
-            )
-            raise self._download_error(spec, where, exc, token, hint, status) from None
-        except hf_errors.RevisionNotFoundError as exc:
-            raise self._download_error(
-                spec, where, exc, token, "check the revision in the manifest", _status(exc)
-            ) from None
-        except hf_errors.EntryNotFoundError as exc:
-            raise self._download_error(
-                spec, where, exc, token, "check hf_path in the manifest", _status(exc)
-            ) from None
-        except Exception as exc:  # the client does not wrap transport errors (httpx2.*)
-            raise self._download_error(
-                spec, where, exc, token, "the transfer failed; re-run to retry", _status(exc)
-            ) from None
+        except Exception as raised:
+            exc = _root_cause(raised)
+            raise self._classify(spec, where, exc, token) from None
         seconds = time.perf_counter() - started
         got = Path(downloaded)
         size = got.stat().st_size
         self.observer.on_download(spec, got, size, seconds)
         logger.info("pytest-ckpts: downloaded '%s' (%d bytes in %.2fs)", spec.name, size, seconds)
+
+    def _classify(
+        self, spec: CheckpointSpec, where: str, exc: BaseException, token: str | None
+    ) -> CheckpointDownloadError:
+        """Turn whatever the client raised into one error that says what to fix."""
+        from huggingface_hub import errors as hf_errors
+
+        status = _status(exc)
+        if isinstance(exc, (hf_errors.GatedRepoError, hf_errors.RepositoryNotFoundError)):
+            if status in (401, 403) or not token:
+                hint = "set HF_TOKEN (or run `hf auth login`) with read access to the repo"
+            else:
+                hint = "check hf_repo/repo in the manifest and that HF_TOKEN can read it"
+        elif isinstance(exc, hf_errors.RevisionNotFoundError):
+            hint = "check the revision in the manifest"
+        elif isinstance(exc, hf_errors.EntryNotFoundError):
+            hint = "check hf_path in the manifest"
+        else:  # the client does not wrap transport errors (httpx2.*)
+            hint = "the transfer failed; re-run to retry"
+        return self._download_error(spec, where, exc, token, hint, status)
 
     @staticmethod
     def _download_error(
@@ -534,6 +536,18 @@ class Store:
         )
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The most specific hub error in the chain (the client wraps some in ValueError)."""
+    from huggingface_hub import errors as hf_errors
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (hf_errors.HfHubHTTPError, hf_errors.EntryNotFoundError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
 def _status(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None)
     code = getattr(response, "status_code", None)
@@ -546,9 +560,10 @@ _SILENT: list[type[Any]] = []
 def _silent_tqdm() -> type[Any]:
     """A tqdm class that never draws: pytest output is no place for progress bars."""
     if not _SILENT:
-        import huggingface_hub.utils.tqdm as hf_tqdm_module
+        import importlib
 
-        base: Any = hf_tqdm_module.tqdm
+        # `huggingface_hub.utils.tqdm` the attribute is the class; we want the module's.
+        base: Any = importlib.import_module("huggingface_hub.utils.tqdm").tqdm
 
         class _Silent(base):  # type: ignore[misc]
             def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -1,0 +1,100 @@
+"""Plugin overhead benchmarks (issue: plugin). Ratios measured in one run.
+
+1. collection + run of a 1000-test suite that uses no checkpoints, plugin on vs
+   ``-p no:ckpts`` (target: <= 1.03);
+2. 20 tests using 4 warm 64 MiB checkpoints vs the same tests with no checkpoint
+   use (target: <= 1.10).
+
+    python benchmarks/bench_plugin.py [--repeats 5] [--size-mib 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pytest_ckpts.testing import LocalHub  # noqa: E402
+
+REPO = "bench/weights"
+
+
+def timed(args: list[str], cwd: Path, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+            cwd=cwd,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size-mib", type=int, default=64)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp_str:
+        tmp = Path(tmp_str)
+        plain = tmp / "plain"
+        plain.mkdir()
+        (plain / "pytest.ini").write_text("[pytest]\n")
+        body = "\n\n".join(f"def test_{i}():\n    assert {i} + 1 > {i}" for i in range(1000))
+        (plain / "test_many.py").write_text(body + "\n")
+        on = timed([], plain, args.repeats)
+        off = timed(["-p", "no:ckpts"], plain, args.repeats)
+        print(f"1000 tests: plugin on {on:.3f}s, -p no:ckpts {off:.3f}s")
+        print(f"overhead ratio (target <= 1.03): {on / off:.3f}")
+
+        with LocalHub() as hub:
+            project = tmp / "ckpts"
+            (project / "checkpoints").mkdir(parents=True)
+            (project / "pytest.ini").write_text("[pytest]\n")
+            files, lines = {}, ["checkpoints:"]
+            for i in range(4):
+                data = os.urandom(1024 * 1024) * args.size_mib
+                files[f"w{i}.bin"] = data
+                digest = hashlib.sha256(data).hexdigest()
+                lines += [f"  w{i}:", f"    hf_path: w{i}.bin", f"    sha256: {digest}"]
+            commit = hub.add_files(REPO, files)
+            lines += ["config:", f"  hf_repo: {REPO}", f"  endpoint: {hub.endpoint}", f'  revision: "{commit}"']
+            (project / "checkpoints" / "checkpoints.yaml").write_text("\n".join(lines) + "\n")
+            with_ckpt = "\n\n".join(
+                f"@pytest.mark.requires_checkpoints('w{i % 4}')\n"
+                f"def test_{i}(checkpoints):\n    assert checkpoints['w{i % 4}'].size > 0"
+                for i in range(20)
+            )
+            (project / "test_ckpt.py").write_text("import pytest\n\n" + with_ckpt + "\n")
+            subprocess.run(  # warm the cache once
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                cwd=project,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            without = project / "without"
+            without.mkdir()
+            (without / "pytest.ini").write_text("[pytest]\n")
+            (without / "test_plain.py").write_text(
+                "\n\n".join(f"def test_{i}():\n    assert 1 > 0" for i in range(20)) + "\n"
+            )
+            warm = timed(["test_ckpt.py"], project, args.repeats)
+            base = timed([], without, args.repeats)
+            print(f"20 tests, 4 warm {args.size_mib} MiB checkpoints {warm:.3f}s, no checkpoints {base:.3f}s")
+            print(f"warm-checkpoint ratio (target <= 1.10): {warm / base:.3f}")
+
+
+if __name__ == "__main__":
+    main()

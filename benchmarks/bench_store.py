@@ -1,0 +1,98 @@
+"""Store benchmarks (issue: core). Prints ratios measured against baselines in the same run.
+
+1. cold fetch + verify through pytest-ckpts vs a raw ``hf_hub_download`` of the same
+   file from the same local hub (target: ratio <= 1.15);
+2. warm resolve of a cached checkpoint vs a full sha256 re-hash of it
+   (target: >= 100x faster).
+
+    python benchmarks/bench_store.py [--size-mib 256] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from pytest_ckpts import load_manifest  # noqa: E402
+from pytest_ckpts.store import Store  # noqa: E402
+from pytest_ckpts.testing import LocalHub  # noqa: E402
+
+REPO = "bench/weights"
+
+
+def make_file(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    chunk = os.urandom(1024 * 1024)
+    with path.open("wb") as f:
+        for i in range(size // len(chunk)):
+            block = chunk[:8] + i.to_bytes(8, "little") + chunk[16:]
+            f.write(block)
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    size = args.size_mib * 1024 * 1024
+
+    with tempfile.TemporaryDirectory() as tmp_str, LocalHub() as hub:
+        tmp = Path(tmp_str)
+        source = tmp / "weights.bin"
+        sha = make_file(source, size)
+        commit = hub.add_file(REPO, "weights.bin", source)
+        root = tmp / "project"
+        (root / "checkpoints").mkdir(parents=True)
+        manifest_path = root / "checkpoints" / "checkpoints.yaml"
+        manifest_path.write_text(
+            "checkpoints:\n  w:\n    hf_path: weights.bin\n"
+            f"    sha256: {sha}\nconfig:\n  hf_repo: {REPO}\n  endpoint: {hub.endpoint}\n"
+            f'  revision: "{commit}"\n'
+        )
+        manifest = load_manifest(manifest_path)
+        spec = manifest.get("w")
+
+        from huggingface_hub import hf_hub_download
+
+        raw_times, ours_times = [], []
+        for i in range(args.repeats):
+            t0 = time.perf_counter()
+            hf_hub_download(
+                REPO, "weights.bin", revision=commit, cache_dir=tmp / f"raw{i}", endpoint=hub.endpoint
+            )
+            raw_times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            Store(manifest, cache_dir=tmp / f"ours{i}").resolve(spec)
+            ours_times.append(time.perf_counter() - t0)
+        raw, ours = statistics.median(raw_times), statistics.median(ours_times)
+        print(f"cold: raw hf_hub_download {raw:.3f}s, pytest-ckpts fetch+verify {ours:.3f}s")
+        print(f"cold ratio (ours/raw, target <= 1.15): {ours / raw:.3f}")
+
+        cache = tmp / "ours0"
+        store = Store(manifest, cache_dir=cache)
+        n = 200
+        t0 = time.perf_counter()
+        for _ in range(n):
+            Store(manifest, cache_dir=cache).resolve(spec)
+        warm = (time.perf_counter() - t0) / n
+        path = store.resolve(spec).path
+        t0 = time.perf_counter()
+        with open(path, "rb") as f:
+            hashlib.file_digest(f, "sha256")
+        rehash = time.perf_counter() - t0
+        print(f"warm resolve {warm * 1e6:.0f} us, full re-hash {rehash * 1e3:.0f} ms")
+        print(f"warm speed-up (re-hash/warm, target >= 100): {rehash / warm:.0f}x")
+
+
+if __name__ == "__main__":
+    main()
