@@ -465,7 +465,7 @@ def parse_manifest(text: str, path: Path) -> Manifest:
                 "hf_path: mp_20/vae/model.ckpt",
                 entry=name,
                 key="hf_path",
-                node=enode,
+                node=knode,
             )
         hf_path = _check_hf_path(ctx, e["hf_path"], entry=name)
         repo = _check_repo(ctx, e["repo"], entry=name, key="repo") if "repo" in e else hf_repo
@@ -474,7 +474,7 @@ def parse_manifest(text: str, path: Path) -> Manifest:
                 "no repo: set config.hf_repo (shared by all entries) or 'repo' on this entry",
                 entry=name,
                 key="repo",
-                node=enode,
+                node=knode,
             )
         spec = CheckpointSpec(
             name=name,

@@ -102,6 +102,8 @@ def make_manifest(
         digest = hashlib.sha256(data).hexdigest()
         if sha is not None and name in sha:
             digest = sha[name] or "<to_be_calculated>"
+        if digest != "<to_be_calculated>":
+            digest = f'"{digest}"'
         lines += [
             f"  {name}:",
             f"    filename: {name}.ckpt",
