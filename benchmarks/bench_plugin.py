@@ -22,7 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from pytest_ckpts.testing import LocalHub  # noqa: E402
+from pytest_ckpts.testing import LocalHub
 
 REPO = "bench/weights"
 
@@ -70,7 +70,12 @@ def main() -> None:
                 digest = hashlib.sha256(data).hexdigest()
                 lines += [f"  w{i}:", f"    hf_path: w{i}.bin", f"    sha256: {digest}"]
             commit = hub.add_files(REPO, files)
-            lines += ["config:", f"  hf_repo: {REPO}", f"  endpoint: {hub.endpoint}", f'  revision: "{commit}"']
+            lines += [
+                "config:",
+                f"  hf_repo: {REPO}",
+                f"  endpoint: {hub.endpoint}",
+                f'  revision: "{commit}"',
+            ]
             (project / "checkpoints" / "checkpoints.yaml").write_text("\n".join(lines) + "\n")
             with_ckpt = "\n\n".join(
                 f"@pytest.mark.requires_checkpoints('w{i % 4}')\n"
@@ -92,7 +97,9 @@ def main() -> None:
             )
             warm = timed(["test_ckpt.py"], project, args.repeats)
             base = timed([], without, args.repeats)
-            print(f"20 tests, 4 warm {args.size_mib} MiB checkpoints {warm:.3f}s, no checkpoints {base:.3f}s")
+            print(
+                f"20 tests, 4 warm {args.size_mib} MiB checkpoints {warm:.3f}s, no checkpoints {base:.3f}s"
+            )
             print(f"warm-checkpoint ratio (target <= 1.10): {warm / base:.3f}")
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from pytest_ckpts import load_manifest  # noqa: E402
-from pytest_ckpts.store import Store  # noqa: E402
-from pytest_ckpts.testing import LocalHub  # noqa: E402
+from pytest_ckpts import load_manifest
+from pytest_ckpts.store import Store
+from pytest_ckpts.testing import LocalHub
 
 REPO = "bench/weights"
 
@@ -68,7 +68,11 @@ def main() -> None:
         for i in range(args.repeats):
             t0 = time.perf_counter()
             hf_hub_download(
-                REPO, "weights.bin", revision=commit, cache_dir=tmp / f"raw{i}", endpoint=hub.endpoint
+                REPO,
+                "weights.bin",
+                revision=commit,
+                cache_dir=tmp / f"raw{i}",
+                endpoint=hub.endpoint,
             )
             raw_times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from .integrity import atomic_write_bytes, calculate_sha256
 from .manifest import CheckpointSpec, Manifest
-from .store import Store, hf_token, redact, resolve_endpoint
+from .store import DEFAULT_ENDPOINT, Store, hf_token, redact, resolve_endpoint
 
 __all__ = ["lock", "upload"]
 
@@ -123,10 +123,43 @@ def upload(
             + ", ".join(missing)
         )
     hf = _prepare_hf()
-    from huggingface_hub import errors as hf_errors
-
     endpoint = resolve_endpoint(manifest)
     api = hf.HfApi(endpoint=endpoint, token=token)
+    from huggingface_hub import constants
+
+    # huggingface_hub uploads through Xet storage whenever hf_xet is installed; only
+    # the public hub is known to run it. Other endpoints (self-hosted mirrors, the
+    # local hub stand-in) get the plain LFS protocol.
+    saved_xet = constants.HF_HUB_DISABLE_XET
+    if endpoint.rstrip("/") != DEFAULT_ENDPOINT:
+        constants.HF_HUB_DISABLE_XET = True
+    try:
+        edits = _upload_groups(api, hf, specs, source_dir, endpoint, token, pin, message, out)
+    finally:
+        constants.HF_HUB_DISABLE_XET = saved_xet
+    if edits:
+        _write_edits(manifest, edits)
+    _report(edits, out, "set")
+    out.write(f"locked {len(edits)} entries in {manifest.path}\n")
+    return 0
+
+
+def _upload_groups(
+    api: Any,
+    hf: Any,
+    specs: list[CheckpointSpec],
+    source_dir: Path,
+    endpoint: str,
+    token: str,
+    pin: bool,
+    message: str | None,
+    out: TextIO,
+) -> dict[str, dict[str, str]]:
+    """One commit per (repo, type, branch); returns the manifest edits to make."""
+    from huggingface_hub import errors as hf_errors
+
+    from .cli import UsageFailure
+
     groups: dict[tuple[str, str, str], list[CheckpointSpec]] = {}
     for spec in specs:
         branch = "main" if spec.pinned else spec.revision
@@ -167,9 +200,4 @@ def upload(
                 values["revision"] = commit
             out.write(f"uploaded {s.name} -> {repo}/{s.hf_path} @ {commit[:12] or branch}\n")
             edits[s.name] = {k: v for k, v in values.items() if getattr(s, k) != v}
-    edits = {k: v for k, v in edits.items() if v}
-    if edits:
-        _write_edits(manifest, edits)
-    _report(edits, out, "set")
-    out.write(f"locked {len(edits)} entries in {manifest.path}\n")
-    return 0
+    return {k: v for k, v in edits.items() if v}

@@ -52,7 +52,7 @@ def _isolated_env(
     hf_home.mkdir(exist_ok=True)
     monkeypatch.setenv("HF_HOME", str(hf_home))
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
-    yield
+    return
 
 
 @pytest.fixture

@@ -78,9 +78,7 @@ def test_offline_mode_env(manifest_env: Path, monkeypatch: pytest.MonkeyPatch) -
         get_checkpoint("test_ckpt")
 
 
-def test_hub_failure_is_a_runtime_error(
-    project: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_hub_failure_is_a_runtime_error(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = make_manifest(project, None, {"test_ckpt": DATA}, endpoint=dead_endpoint())
     monkeypatch.setenv("PYTEST_CKPTS_MANIFEST", str(path))
     with pytest.raises(RuntimeError) as info:

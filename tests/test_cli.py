@@ -33,7 +33,9 @@ def manifest(project: Path, hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> P
 def test_list_fetch_verify_round_trip(manifest: Path, hub: LocalHub) -> None:
     code, out = cli("list")
     assert code == 0
-    assert "vae" in out and "no" in out and "test checkpoint vae" in out
+    assert "vae" in out
+    assert "no" in out
+    assert "test checkpoint vae" in out
     code, out = cli("fetch", "-q")
     assert code == 0, out
     assert out.count("downloaded") == 2
@@ -45,7 +47,8 @@ def test_list_fetch_verify_round_trip(manifest: Path, hub: LocalHub) -> None:
     assert code == 0
     assert f"ok          vae: sha256 {hashlib.sha256(FILES['vae']).hexdigest()}" in out
     code, out = cli("fetch", "vae", "-q")
-    assert code == 0 and "cached" in out
+    assert code == 0
+    assert "cached" in out
 
 
 def test_verify_exits_1_on_flipped_byte(manifest: Path) -> None:
@@ -87,7 +90,8 @@ def test_usage_error_exit_2() -> None:
 def test_cache_info_and_prune(manifest: Path) -> None:
     assert cli("fetch", "-q")[0] == 0
     code, out = cli("cache", "info")
-    assert code == 0 and "2/2 manifest entries cached" in out
+    assert code == 0
+    assert "2/2 manifest entries cached" in out
     # drop 'ldm' from the manifest: prune removes its file, keeps vae's
     text = manifest.read_text()
     manifest.write_text(text[: text.index("  ldm:")] + text[text.index("config:") :])
@@ -95,7 +99,8 @@ def test_cache_info_and_prune(manifest: Path) -> None:
     assert "would remove" in out
     assert cli("cache", "info")[1].count("cached") == 1
     code, out = cli("cache", "prune")
-    assert code == 0 and "removed" in out
+    assert code == 0
+    assert "removed" in out
     blobs = list((manifest.parent / "models--acme--ckpts" / "blobs").iterdir())
     assert [b.name for b in blobs] == [hashlib.sha256(FILES["vae"]).hexdigest()]
     assert manifest.is_file()  # the manifest next to the cache is never touched

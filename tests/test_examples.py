@@ -47,7 +47,8 @@ def test_demo_suite_cold_then_warm(tmp_path: Path, xdist: list[str]) -> None:
     assert "2 downloaded" in cold.stdout
     warm = run_demo(tmp_path, *xdist)
     assert warm.returncode == 0, warm.stdout + warm.stderr
-    assert "0 downloaded" in warm.stdout and "2 cached" in warm.stdout
+    assert "0 downloaded" in warm.stdout
+    assert "2 cached" in warm.stdout
 
 
 @pytest.mark.slow

@@ -175,7 +175,9 @@ BAD_CASES = {
         "not a sha256",
     ),
     "sha_read_as_number": (
-        "checkpoints:\n  a:\n    hf_path: a.ckpt\n    sha256: " + "1" * 64 + "\nconfig: {hf_repo: o/r}\n",
+        "checkpoints:\n  a:\n    hf_path: a.ckpt\n    sha256: "
+        + "1" * 64
+        + "\nconfig: {hf_repo: o/r}\n",
         "a",
         "sha256",
         "Quote it",
@@ -281,7 +283,9 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_error_reports_line_number(project: Path) -> None:
-    path = write(project, "checkpoints:\n  a:\n    hf_path: a.ckpt\n    bogus: 1\nconfig: {hf_repo: o/r}\n")
+    path = write(
+        project, "checkpoints:\n  a:\n    hf_path: a.ckpt\n    bogus: 1\nconfig: {hf_repo: o/r}\n"
+    )
     with pytest.raises(ManifestError, match=r"checkpoints\.yaml:4"):
         load_manifest(path)
 

@@ -9,7 +9,6 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from conftest import dead_endpoint, make_manifest
@@ -184,7 +183,9 @@ def test_hub_down_require_errors(
     pytester.makepyfile(test_it=TESTS)
     result = run("--ckpts=require")
     result.assert_outcomes(passed=1, errors=1, failed=1)
-    result.stdout.fnmatch_lines(["*hub unreachable*", "*--ckpts=require turns hub failures into errors*"])
+    result.stdout.fnmatch_lines(
+        ["*hub unreachable*", "*--ckpts=require turns hub failures into errors*"]
+    )
     assert "Traceback" not in result.stdout.str()
 
 
@@ -205,7 +206,9 @@ def test_checksum_mismatch_is_always_an_error(
     )
 
 
-def test_unknown_marker_name_is_a_collection_error(pytester: pytest.Pytester, hub: LocalHub) -> None:
+def test_unknown_marker_name_is_a_collection_error(
+    pytester: pytest.Pytester, hub: LocalHub
+) -> None:
     make_manifest(pytester.path, hub, FILES)
     pytester.makepyfile(
         test_it="""
@@ -241,7 +244,9 @@ def test_bad_mode_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_it="def test_x(): pass")
     result = pytester.runpytest_subprocess("--ckpts=sometimes")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*invalid checkpoint mode 'sometimes'*valid modes: auto, offline, skip, require*"])
+    result.stderr.fnmatch_lines(
+        ["*invalid checkpoint mode 'sometimes'*valid modes: auto, offline, skip, require*"]
+    )
     pytester.makeini("[pytest]\nckpts_mode = nah\n")
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -298,7 +303,9 @@ def test_seed_style_get_checkpoint_follows_the_policy(pytester: pytest.Pytester)
     result.stdout.fnmatch_lines(["*hub unreachable*"])
 
 
-def test_strict_fails_unverified_and_default_warns(pytester: pytest.Pytester, hub: LocalHub) -> None:
+def test_strict_fails_unverified_and_default_warns(
+    pytester: pytest.Pytester, hub: LocalHub
+) -> None:
     make_manifest(pytester.path, hub, FILES, sha={"vae": None})
     pytester.makepyfile(test_it=TESTS)
     # a subprocess: in-process runs inherit this suite's "warnings are errors" filter
@@ -345,14 +352,18 @@ def test_cache_dir_option_and_env(
 ) -> None:
     make_manifest(pytester.path, hub, FILES)
     pytester.makepyfile(test_it=TESTS)
-    pytester.runpytest("-p", "no:cacheprovider", "--ckpts-cache-dir", "cli-cache").assert_outcomes(passed=3)
+    pytester.runpytest("-p", "no:cacheprovider", "--ckpts-cache-dir", "cli-cache").assert_outcomes(
+        passed=3
+    )
     assert any((pytester.path / "cli-cache").rglob("vae.ckpt"))
     monkeypatch.setenv("PYTEST_CKPTS_CACHE_DIR", str(pytester.path / "env-cache"))
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
     assert any((pytester.path / "env-cache").rglob("vae.ckpt"))
 
 
-def test_manifest_option_env_ini(pytester: pytest.Pytester, hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_manifest_option_env_ini(
+    pytester: pytest.Pytester, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = make_manifest(pytester.path, hub, FILES)
     moved = pytester.path / "conf" / "models.yaml"
     moved.parent.mkdir()

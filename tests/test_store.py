@@ -117,9 +117,7 @@ def test_offline_missing_is_skipped_without_network(project: Path, hub: LocalHub
     assert hub.stats.request_count == 0
 
 
-def test_download_killed_mid_body_then_next_resolve_completes(
-    project: Path, hub: LocalHub
-) -> None:
+def test_download_killed_mid_body_then_next_resolve_completes(project: Path, hub: LocalHub) -> None:
     data = os.urandom(2 * 1024 * 1024)
     manifest = load_manifest(make_manifest(project, hub, {"a": data}))
     hub.faults.drop_next(1, after_bytes=512 * 1024, path_contains="weights/a.ckpt")
@@ -208,7 +206,10 @@ def test_four_processes_one_download(project: Path, hub: LocalHub) -> None:
     )
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(4)
     ]

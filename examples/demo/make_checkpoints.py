@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import TinyDenoiser, TinyVAE, demo_batch  # noqa: E402
+from models import TinyDenoiser, TinyVAE, demo_batch
 
 HUB_DATA = Path(__file__).parent / "hub_data"
 VAE_PATH = HUB_DATA / "vae" / "tiny_vae_v1.pt"

@@ -48,7 +48,10 @@ class TinyDenoiser(nn.Module):
         super().__init__()
         self.steps = steps
         self.net = nn.Sequential(
-            nn.Linear(latent + 8, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+            nn.Linear(latent + 8, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
             nn.Linear(hidden, latent),
         )
 

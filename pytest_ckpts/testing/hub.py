@@ -204,9 +204,7 @@ class FaultInjector:
         does (the client raises); ``reset=False`` closes cleanly, which
         huggingface_hub answers by resuming with a ``Range`` request.
         """
-        self._add(
-            _Fault("drop", n, "GET", path_contains, after_bytes=after_bytes, reset=reset)
-        )
+        self._add(_Fault("drop", n, "GET", path_contains, after_bytes=after_bytes, reset=reset))
 
     def corrupt_next(self, n: int = 1, *, path_contains: str | None = None) -> None:
         """Flip one byte of the next ``n`` file bodies (length unchanged)."""
@@ -259,12 +257,17 @@ class LocalHub:
         self._thread: threading.Thread | None = None
         self._upload_dir: Path | None = None
         self._lfs: dict[str, _Blob] = {}
+        # LFS upload/verify links are "pre-signed" like the real hub's storage URLs:
+        # the client sends them without its token.
+        self._lfs_signature = os.urandom(16).hex()
 
     # -- lifecycle
     @property
     def endpoint(self) -> str:
         if self._server is None:
-            raise RuntimeError("LocalHub is not started; call start() or use it as a context manager")
+            raise RuntimeError(
+                "LocalHub is not started; call start() or use it as a context manager"
+            )
         return f"http://{self.host}:{self._server.server_address[1]}"
 
     def start(self) -> LocalHub:
@@ -366,7 +369,7 @@ class LocalHub:
     def commit_sha(self, repo_id: str, revision: str = "main", *, repo_type: str = "model") -> str:
         with self._lock:
             repo = self._repos[(repo_type, repo_id)]
-            return repo.branches[revision] if revision in repo.branches else revision
+            return repo.branches.get(revision, revision)
 
     def file_bytes(
         self, repo_id: str, path_in_repo: str, revision: str = "main", *, repo_type: str = "model"
@@ -376,9 +379,7 @@ class LocalHub:
             raise KeyError(f"{repo_id}@{revision}:{path_in_repo}: {blob}")
         return b"".join(blob.read())
 
-    def _lookup(
-        self, repo_type: str, repo_id: str, revision: str, path: str
-    ) -> _Blob | str:
+    def _lookup(self, repo_type: str, repo_id: str, revision: str, path: str) -> _Blob | str:
         """The blob, or the X-Error-Code explaining why there is none."""
         with self._lock:
             repo = self._repos.get((repo_type, repo_id))
@@ -403,7 +404,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "pytest-ckpts-local-hub"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     # -- plumbing
@@ -469,7 +470,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._body()
             self._error(fail.status, "InjectedFault", f"injected failure {fail.status}")
             return False
-        if not self._authorized():
+        presigned = urllib.parse.urlsplit(self.path).query == f"sig={self.hub._lfs_signature}"
+        if not presigned and not self._authorized():
             if self.command in ("POST", "PUT"):
                 self._body()
             self._error(401, "RepoNotFound", "Invalid credentials in Authorization header")
@@ -510,9 +512,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._api_route(parts[1:], method)
         if len(parts) >= 2 and parts[-1] == "batch" and ".git" in path:
             return lambda: self._lfs_batch(path)
-        if parts[:1] == ["lfs-upload"] and method == "PUT":
+        signed = urllib.parse.urlsplit(self.path).query == f"sig={self.hub._lfs_signature}"
+        if parts[:1] == ["lfs-upload"] and method == "PUT" and signed:
             return lambda: self._lfs_put(parts[1])
-        if parts[:1] == ["lfs-verify"] and method == "POST":
+        if parts[:1] == ["lfs-verify"] and method == "POST" and signed:
             return lambda: self._lfs_verify(parts[1])
         # [datasets/]org/name/resolve/<revision>/<path...>
         repo_type = "model"
@@ -605,7 +608,7 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         repo_type = _TYPES[parts[0]]
         rest = parts[1:]
-        for verb in ("revision", "preupload", "commit"):
+        for verb in ("revision", "preupload", "commit", "tree"):
             if verb in rest:
                 i = rest.index(verb)
                 repo_id = "/".join(rest[:i])
@@ -616,6 +619,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return lambda: self._preupload(repo_type, repo_id)
                 if verb == "commit" and method == "POST":
                     return lambda: self._commit(repo_type, repo_id, revision)
+                if verb == "tree" and method == "GET":
+                    return lambda: self._tree(repo_type, repo_id, revision)
                 return None
         if method == "GET" and len(rest) >= 1:
             return lambda: self._repo_info(repo_type, "/".join(rest), "main")
@@ -639,11 +644,39 @@ class _Handler(BaseHTTPRequestHandler):
                 "sha": commit,
                 "private": repo.private,
                 "siblings": [
-                    {"rfilename": p, "size": b.size, "lfs": {"sha256": b.sha256, "size": b.size}}
+                    {
+                        "rfilename": p,
+                        "size": b.size,
+                        "lfs": {"sha256": b.sha256, "size": b.size, "pointerSize": 134},
+                    }
                     for p, b in sorted(tree.items())
                 ],
             },
         )
+
+    def _tree(self, repo_type: str, repo_id: str, revision: str) -> None:
+        """The recursive file listing (``list_repo_files``/``list_repo_tree``)."""
+        repo = self.hub._repos.get((repo_type, repo_id))
+        tree = None if repo is None else repo.commits.get(repo.branches.get(revision, revision))
+        if tree is None:
+            self._error(404, "RepoNotFound" if repo is None else "RevisionNotFound", "not found")
+            return
+        entries: list[dict[str, Any]] = []
+        dirs = sorted(
+            {"/".join(p.split("/")[:i]) for p in tree for i in range(1, p.count("/") + 1)}
+        )
+        entries += [{"type": "directory", "path": d, "oid": "0" * 40, "size": 0} for d in dirs]
+        for path, blob in sorted(tree.items()):
+            entries.append(
+                {
+                    "type": "file",
+                    "path": path,
+                    "size": blob.size,
+                    "oid": blob.sha256[:40],
+                    "lfs": {"oid": blob.sha256, "size": blob.size, "pointerSize": 134},
+                }
+            )
+        self._json(200, entries)
 
     def _create_repo(self) -> None:
         body = json.loads(self._body() or b"{}")
@@ -670,14 +703,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _lfs_batch(self, path: str) -> None:
         body = json.loads(self._body() or b"{}")
+        sig = f"sig={self.hub._lfs_signature}"
         objects = []
         for obj in body.get("objects", []):
             oid, size = obj["oid"], obj["size"]
             entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
             if oid not in self.hub._lfs:
                 entry["actions"] = {
-                    "upload": {"href": f"{self.hub.endpoint}/lfs-upload/{oid}"},
-                    "verify": {"href": f"{self.hub.endpoint}/lfs-verify/{oid}"},
+                    "upload": {"href": f"{self.hub.endpoint}/lfs-upload/{oid}?{sig}"},
+                    "verify": {"href": f"{self.hub.endpoint}/lfs-verify/{oid}?{sig}"},
                 }
             objects.append(entry)
         self._send(
