@@ -133,10 +133,16 @@ def test_drop_mid_body_leaves_no_complete_file(hub: LocalHub, tmp_path: Path) ->
     data = os.urandom(3 * 1024 * 1024)
     hub.add_file(REPO, "w.bin", data)
     hub.faults.drop_next(1, after_bytes=1024 * 1024)
-    with pytest.raises(Exception) as info:  # noqa: B017
+    # measured on huggingface_hub 2.4.0: an RST mid-body raises httpx2.ReadError (not
+    # an OSError, not HfHubHTTPError) and the partial file is deleted
+    with pytest.raises(httpx2.ReadError):
         download(hub, tmp_path)
-    assert not isinstance(info.value, AssertionError)
     assert not list(tmp_path.rglob("w.bin"))
+    assert not [
+        p
+        for p in tmp_path.rglob("*")
+        if p.is_file() and p.stat().st_size > 0 and "blobs" in p.parts
+    ]
     assert hub.stats.bodies_served == 1
     assert download(hub, tmp_path).read_bytes() == data
 
