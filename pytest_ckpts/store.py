@@ -23,6 +23,8 @@ import hashlib
 import json
 import logging
 import os
+import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -380,10 +382,12 @@ class Store:
         self.observer.on_resolve(spec, ckpt)
         return ckpt
 
-    def _hash_and_stamp(self, spec: CheckpointSpec, path: Path) -> tuple[bool, str, Stamp]:
+    def _hash_and_stamp(
+        self, spec: CheckpointSpec, path: Path, streamed: str | None = None
+    ) -> tuple[bool, str, Stamp]:
         blob = path.resolve()
         started = time.perf_counter()
-        actual = calculate_sha256(blob)
+        actual = streamed if streamed is not None else calculate_sha256(blob)
         ok = spec.sha256 is None or actual == spec.sha256
         self.observer.on_verify(spec, path, actual, ok, time.perf_counter() - started)
         stamp = Stamp.of(blob, actual)
@@ -436,8 +440,10 @@ class Store:
                     actual,
                     spec.sha256,
                 )
-        self._download(spec, commit)
-        ok, actual, stamp = self._hash_and_stamp(spec, path)
+        streamed = self._download(spec, commit)
+        ok, actual, stamp = self._hash_and_stamp(spec, path, streamed)
+        if not ok and streamed is not None:  # never report a mismatch on the fast path alone
+            ok, actual, stamp = self._hash_and_stamp(spec, path)
         if not ok:
             self._discard(path)
             raise self._mismatch(spec, path, actual, "freshly downloaded; the file was deleted")
@@ -464,13 +470,18 @@ class Store:
             except FileNotFoundError:
                 pass
 
-    def _download(self, spec: CheckpointSpec, commit: str) -> None:
+    def _download(self, spec: CheckpointSpec, commit: str) -> str | None:
+        """Download through huggingface_hub; return the sha256 hashed while it streamed.
+
+        Hashing runs in a thread that follows the client's temp file as it grows, so
+        verification overlaps the transfer instead of adding a second pass over a
+        multi-GB file. None when that was not possible (then the caller hashes).
+        """
         hf = _prepare_hf()
         token = hf_token()
         where = self.describe(spec, commit if commit != spec.revision else None)
-        kwargs: dict[str, Any] = {}
-        if not self.progress:
-            kwargs["tqdm_class"] = _silent_tqdm()
+        hasher = _StreamHasher()
+        kwargs: dict[str, Any] = {"tqdm_class": _hashing_tqdm(hasher, silent=not self.progress)}
         started = time.perf_counter()
         force = self.snapshot_path(spec, commit).exists()  # only to replace a bad copy
         try:
@@ -487,13 +498,16 @@ class Store:
                 **kwargs,
             )
         except Exception as raised:
+            hasher.finish()
             exc = _root_cause(raised)
             raise self._classify(spec, where, exc, token) from None
         seconds = time.perf_counter() - started
         got = Path(downloaded)
         size = got.stat().st_size
+        digest = hasher.finish()
         self.observer.on_download(spec, got, size, seconds)
         logger.info("pytest-ckpts: downloaded '%s' (%d bytes in %.2fs)", spec.name, size, seconds)
+        return digest if digest is not None and hasher.hashed == size else None
 
     def _classify(
         self, spec: CheckpointSpec, where: str, exc: BaseException, token: str | None
@@ -554,21 +568,83 @@ def _status(exc: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
-_SILENT: list[type[Any]] = []
+class _StreamHasher:
+    """Hashes a file in a background thread while another thread is still writing it."""
+
+    def __init__(self) -> None:
+        self.hashed = 0
+        self.valid = True
+        self._digest = hashlib.sha256()
+        self._done = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def follow(self, path: str) -> None:
+        if self._thread is not None:  # a second transfer attempt: bytes may be rewritten
+            self.valid = False
+            return
+        self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        self._thread.start()
+
+    def notify(self, n: float) -> None:
+        if n < 0:  # the client rewound its temp file for a retry
+            self.valid = False
+        self._wake.set()
+
+    def _run(self, path: str) -> None:
+        try:
+            with open(path, "rb") as f:
+                while True:
+                    chunk = f.read(4 * 1024 * 1024)
+                    if chunk:
+                        self._digest.update(chunk)
+                        self.hashed += len(chunk)
+                    elif self._done.is_set():
+                        return
+                    else:
+                        self._wake.wait(0.02)
+                        self._wake.clear()
+        except OSError:
+            self.valid = False
+
+    def finish(self) -> str | None:
+        """Stop following (after the writer is done); the digest if it can be trusted."""
+        self._done.set()
+        self._wake.set()
+        if self._thread is None:
+            return None
+        self._thread.join()
+        return self._digest.hexdigest() if self.valid else None
 
 
-def _silent_tqdm() -> type[Any]:
-    """A tqdm class that never draws: pytest output is no place for progress bars."""
-    if not _SILENT:
-        import importlib
+def _hashing_tqdm(hasher: _StreamHasher, *, silent: bool) -> type[Any]:
+    """A tqdm class for ``hf_hub_download`` that feeds ``hasher`` (and optionally draws).
 
-        # `huggingface_hub.utils.tqdm` the attribute is the class; we want the module's.
-        base: Any = importlib.import_module("huggingface_hub.utils.tqdm").tqdm
+    The client hands its temp file to ``http_get`` but not to the progress bar, so the
+    bar finds it in that caller's frame. If the client's internals ever change, the
+    lookup finds nothing and the store falls back to hashing after the download.
+    """
+    import importlib
 
-        class _Silent(base):  # type: ignore[misc]
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
+    # `huggingface_hub.utils.tqdm` the attribute is the class; we want the module's.
+    base: Any = importlib.import_module("huggingface_hub.utils.tqdm").tqdm
+
+    class _HashingTqdm(base):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if silent:
                 kwargs["disable"] = True
-                super().__init__(*args, **kwargs)
+            super().__init__(*args, **kwargs)
+            frame = sys._getframe(1)
+            while frame is not None:
+                temp_file: Any = frame.f_locals.get("temp_file")
+                if frame.f_code.co_name == "http_get" and hasattr(temp_file, "name"):
+                    hasher.follow(str(temp_file.name))
+                    break
+                frame = frame.f_back  # type: ignore[assignment]
 
-        _SILENT.append(_Silent)
-    return _SILENT[0]
+        def update(self, n: float | None = 1) -> bool | None:
+            hasher.notify(n or 0)
+            result: bool | None = super().update(n)
+            return result
+
+    return _HashingTqdm

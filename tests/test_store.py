@@ -221,3 +221,29 @@ def test_four_processes_one_download(project: Path, hub: LocalHub) -> None:
     assert sorted(r[0] for r in results) == ["cached", "cached", "cached", "downloaded"]
     assert hub.stats.bodies_served == 1
     assert Path(results[0][2]).read_bytes() == data
+
+
+def test_fresh_download_is_hashed_while_it_streams(
+    project: Path, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pytest_ckpts.store as store_mod
+
+    def no_second_pass(path: object) -> str:
+        raise AssertionError("a fresh download must not be read a second time to hash it")
+
+    monkeypatch.setattr(store_mod, "calculate_sha256", no_second_pass)
+    data = os.urandom(9 * 1024 * 1024)
+    manifest = load_manifest(make_manifest(project, hub, {"a": data}))
+    ckpt = Store(manifest).resolve(manifest.get("a"))
+    assert ckpt.sha256 == hashlib.sha256(data).hexdigest()
+    assert ckpt.verified
+
+
+def test_client_retry_mid_body_falls_back_to_a_full_hash(project: Path, hub: LocalHub) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    manifest = load_manifest(make_manifest(project, hub, {"a": data}))
+    hub.faults.corrupt_next(1, path_contains="weights/a.ckpt")  # bad first attempt...
+    hub.faults.drop_next(1, after_bytes=1024 * 1024, reset=False)  # ...that the client retries
+    ckpt = Store(manifest).resolve(manifest.get("a"))
+    assert ckpt.path.read_bytes() == data
+    assert hub.stats.bodies_served == 2
