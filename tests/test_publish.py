@@ -94,7 +94,8 @@ def test_upload_then_fetch_round_trip(
     monkeypatch.setenv("HF_TOKEN", "hf_writer")
     code, out = cli("upload", "--from", str(src), "--pin")
     assert code == 0, out
-    assert "uploaded vae" in out and "uploaded ldm" in out
+    assert "uploaded vae" in out
+    assert "uploaded ldm" in out
     assert hub.file_bytes(REPO, "weights/ldm.ckpt") == LDM
     m = load_manifest(manifest)
     assert m.get("vae").sha256 == hashlib.sha256(VAE).hexdigest()
@@ -125,5 +126,6 @@ def test_upload_missing_local_file_and_missing_repo(
     (project / "weights" / "vae.ckpt").write_bytes(VAE)
     assert cli("upload", "vae", "--from", str(project))[0] == 2  # repo never created
     err = capsys.readouterr().err
-    assert f"repo '{REPO}'" in err and "not found" in err
+    assert f"repo '{REPO}'" in err
+    assert "not found" in err
     assert "hf_secret_value" not in err
