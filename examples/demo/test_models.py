@@ -63,3 +63,22 @@ def test_seed_style_get_checkpoint() -> None:
 
 def test_needs_no_checkpoint() -> None:
     assert TinyVAE()(demo_batch(2)).shape == (2, 16)
+
+
+@pytest.mark.requires_checkpoints("demo_vae")
+def test_vae_output_matches_baseline(vae: TinyVAE, ckpt_baseline) -> None:  # type: ignore[no-untyped-def]
+    """Local baseline regression run: outputs tied to the checkpoint's sha256."""
+    with torch.no_grad():
+        mu, logvar = vae.encode(demo_batch(4, seed=99))
+        recon = vae.decode(mu)
+    ckpt_baseline.check("vae_forward", {"mu": mu, "logvar": logvar, "recon": recon}, atol=1e-6)
+
+
+@pytest.mark.requires_checkpoints("demo_denoiser")
+def test_denoiser_output_matches_baseline(checkpoints: dict[str, Checkpoint], ckpt_baseline) -> None:  # type: ignore[no-untyped-def]
+    model = TinyDenoiser()
+    model.load_state_dict(checkpoints["demo_denoiser"].load())
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        eps = model(torch.randn(4, 4, generator=g), torch.tensor([0, 25, 50, 99]))
+    ckpt_baseline.check("denoiser_eps", eps, atol=1e-6)
