@@ -125,7 +125,7 @@ def test_verify_detects_tampering(tmp_path: Path) -> None:
     with tarfile.open(bad, "w:gz") as tar:
         for m, data in members:
             tar.addfile(m, io.BytesIO(data) if data is not None else None)
-    with pytest.raises(ArchiveError, match="hp/config.yaml: expected"):
+    with pytest.raises(ArchiveError, match=r"hp/config\.yaml: expected"):
         verify_archive(bad)
     with pytest.raises(ArchiveError):
         extract_archive(bad, tmp_path / "out")
@@ -210,7 +210,7 @@ def test_wrong_hash_in_manifest_is_refused(tmp_path: Path) -> None:
         m.size = len(data)
         tar.addfile(m, io.BytesIO(data))
     assert evil.read_bytes() != text
-    with pytest.raises(ArchiveError, match="w.pt: expected"):
+    with pytest.raises(ArchiveError, match=r"w\.pt: expected"):
         extract_archive(evil, tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
 
