@@ -1,0 +1,310 @@
+"""Hash-named experiment directories (SPEC §7): stable hashes, seed layout, index, retention."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_ckpts.experiments import CheckpointManager, ExperimentHashGenerator
+from pytest_ckpts.testing.experiments import assert_experiment_layout
+
+
+def make_model(width: int = 8, extra: bool = False) -> nn.Module:
+    layers: list[nn.Module] = [nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 2)]
+    if extra:
+        layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+CONFIG = {
+    "lr": 1e-3,
+    "batch_size": 32,
+    "optimizer": {"name": "adam", "betas": (0.9, 0.999)},
+    "tags": {"a", "b", "c"},
+}
+UIDS = [f"sample_{i}" for i in range(20)]
+
+
+def test_hash_is_16_hex_and_tracks_each_component() -> None:
+    gen = ExperimentHashGenerator()
+    base = gen.generate_hash(make_model(), CONFIG, UIDS)
+    assert len(base) == 16
+    assert int(base, 16) >= 0
+    assert set(gen.get_component_hashes()) == {"model", "config", "data", "combined"}
+    assert gen.get_last_hash() == base
+    assert gen.has_changed(make_model(), CONFIG, UIDS) == (False, [])
+    variants = {
+        "added layer": (make_model(extra=True), CONFIG, UIDS, ["model"]),
+        "changed width": (make_model(width=16), CONFIG, UIDS, ["model"]),
+        "changed lr": (make_model(), {**CONFIG, "lr": 2e-3}, UIDS, ["config"]),
+        "discarded uid": (make_model(), CONFIG, UIDS[1:], ["data"]),
+    }
+    for label, (model, config, uids, changed) in variants.items():
+        assert ExperimentHashGenerator().generate_hash(model, config, uids) != base, label
+        assert gen.has_changed(model, config, uids) == (True, changed), label
+
+
+def test_retrained_weights_keep_the_hash() -> None:
+    model = make_model()
+    before = ExperimentHashGenerator().generate_hash(model, CONFIG, UIDS)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    assert ExperimentHashGenerator().generate_hash(model, CONFIG, UIDS) == before
+
+
+def test_unhashable_value_names_its_key_path() -> None:
+    with pytest.raises(TypeError, match=r"config\['optimizer'\]\['fn'\]"):
+        ExperimentHashGenerator().generate_hash(None, {"optimizer": {"fn": object()}})
+
+
+class Act(enum.Enum):
+    RELU = 1
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from torch import nn
+    from pytest_ckpts.experiments import ExperimentHashGenerator
+    import enum
+    class Act(enum.Enum):
+        RELU = 1
+    reverse = sys.argv[1] == "1"
+    items = [("lr", 0.001), ("layers", [4, 8, 2]), ("act", Act.RELU), ("out", Path("runs/x")),
+             ("opt", {"name": "adam", "eps": 1e-8}), ("tags", {"x", "y", "z", "w"})]
+    if reverse:
+        items.reverse()
+    config = dict(items)
+    uids = {f"uid{i}" for i in range(50)}
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    print(ExperimentHashGenerator().generate_hash(model, config, uids))
+    """
+)
+
+
+def test_hash_stable_across_processes_and_hash_seeds() -> None:
+    hashes = set()
+    for seed, reverse in (("0", "0"), ("1", "1"), ("12345", "0")):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        out = subprocess.run(
+            [sys.executable, "-c", SCRIPT, reverse],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        hashes.add(out.stdout.strip())
+    assert len(hashes) == 1
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> None:
+    for _ in range(steps):
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_training_loop_over_two_hash_changes_produces_the_seed_layout(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    mgr = CheckpointManager(tmp_path / "root")
+    model = make_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    config = dict(CONFIG)
+    data_file = tmp_path / "samples.h5"
+    data_file.write_bytes(b"HDF5-ish sample index")
+    h1, new1 = mgr.update_experiment_hash(model, config, UIDS)
+    assert new1
+    mgr.save_data_backup(data_file)
+    for step in (100, 200):
+        train(model, opt, 3)
+        mgr.save_model_checkpoint(model, step=step, optimizer=opt, metadata={"loss": 1.0 / step})
+    config["batch_size"] = 64  # a hyperparameter changes mid-run: new hash
+    h2, new2 = mgr.update_experiment_hash(model, config, UIDS)
+    assert new2
+    assert h2 != h1
+    assert mgr.update_experiment_hash(model, config, UIDS) == (h2, False)
+    h3, _ = mgr.update_experiment_hash(model, config, UIDS[:-2])  # samples discarded
+    mgr.save_data_backup(data_file)
+    train(model, opt, 3)
+    mgr.save_model_checkpoint(model, step=100, optimizer=opt, metadata={"loss": 0.5})
+    files = sorted(
+        p.relative_to(tmp_path / "root").as_posix()
+        for p in (tmp_path / "root").rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
+    assert files == sorted(
+        [
+            f"checkpoints/{h1}/data/{h1}_data.h5",
+            f"checkpoints/{h1}/hp/{h1}_config.yaml",
+            f"checkpoints/{h1}/index.json",
+            f"checkpoints/{h1}/model/{h1}_architecture.pkl",
+            f"checkpoints/{h1}/model/{h1}_architecture.txt",
+            f"checkpoints/{h1}/model/{h1}_step_000100.pt",
+            f"checkpoints/{h1}/model/{h1}_step_000200.pt",
+            f"checkpoints/{h2}/hp/{h2}_config.yaml",
+            f"checkpoints/{h2}/model/{h2}_architecture.pkl",
+            f"checkpoints/{h2}/model/{h2}_architecture.txt",
+            f"checkpoints/{h3}/data/{h3}_data.h5",
+            f"checkpoints/{h3}/hp/{h3}_config.yaml",
+            f"checkpoints/{h3}/index.json",
+            f"checkpoints/{h3}/model/{h3}_architecture.pkl",
+            f"checkpoints/{h3}/model/{h3}_architecture.txt",
+            f"checkpoints/{h3}/model/{h3}_step_000100.pt",
+        ]
+    )
+    assert (tmp_path / "root" / "data").is_dir()
+    assert (tmp_path / "root" / "logs").is_dir()
+    assert mgr.list_experiment_hashes() == sorted({h1, h2, h3})
+    assert mgr.load_config(h2)["batch_size"] == 64
+    assert mgr.load_config(h1)["batch_size"] == 32
+    info = mgr.get_checkpoint_info(h1)
+    assert info["model_checkpoints"] == [f"{h1}_step_000100.pt", f"{h1}_step_000200.pt"]
+    assert info["architecture_saved"]
+    assert_experiment_layout(tmp_path / "root", h1, steps=[100, 200], config=True, data_backup=True)
+
+
+def test_load_latest_restores_model_and_optimizer_bit_exactly(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    mgr = CheckpointManager(tmp_path)
+    model = make_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    h, _ = mgr.update_experiment_hash(model, CONFIG, UIDS)
+    train(model, opt, 5)
+    mgr.save_model_checkpoint(model, step=1, optimizer=opt)
+    train(model, opt, 5)
+    mgr.save_model_checkpoint(model, step=2, optimizer=opt)
+    expected_model = {k: v.clone() for k, v in model.state_dict().items()}
+    expected_opt = opt.state_dict()
+    fresh = make_model()
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-2)
+    data = CheckpointManager(tmp_path).load_latest_checkpoint(
+        fresh, exp_hash=h, optimizer=fresh_opt
+    )
+    assert data is not None
+    assert data["step"] == 2
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, expected_model[k])
+    got = fresh_opt.state_dict()
+    for pid, state in expected_opt["state"].items():
+        for key, value in state.items():
+            assert torch.equal(got["state"][pid][key], value)
+
+
+def test_failed_save_leaves_no_partial_file_and_latest_still_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mgr = CheckpointManager(tmp_path)
+    model = make_model()
+    h, _ = mgr.update_experiment_hash(model, CONFIG, UIDS)
+    mgr.save_model_checkpoint(model, step=100)
+    import pytest_ckpts.integrity as integrity
+
+    real_write = integrity.os.fdopen
+
+    def half_write(fd: int, mode: str = "r", *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        f = real_write(fd, mode, *args, **kwargs)  # type: ignore[call-overload]
+        original = f.write
+
+        def write(data: bytes) -> int:
+            original(data[: len(data) // 2])
+            raise OSError("killed mid-write")
+
+        f.write = write
+        return f
+
+    monkeypatch.setattr(integrity.os, "fdopen", half_write)
+    with pytest.raises(OSError, match="killed mid-write"):
+        mgr.save_model_checkpoint(model, step=200)
+    monkeypatch.undo()
+    model_dir = tmp_path / "checkpoints" / h / "model"
+    assert sorted(
+        p.name for p in model_dir.iterdir() if "_step_" in p.name or p.name.endswith(".tmp")
+    ) == [f"{h}_step_000100.pt"]
+    data = mgr.load_latest_checkpoint(make_model())
+    assert data is not None
+    assert data["step"] == 100
+
+
+def test_retention_keeps_best_and_latest(tmp_path: Path) -> None:
+    mgr = CheckpointManager(
+        tmp_path, keep_last=2, keep_best=1, best_metric="val_loss", best_mode="min"
+    )
+    model = make_model()
+    mgr.update_experiment_hash(model, CONFIG, UIDS)
+    losses = {1: 0.9, 2: 0.1, 3: 0.5, 4: 0.7, 5: 0.6, 6: 0.8}
+    for step, loss in losses.items():
+        mgr.save_model_checkpoint(model, step=step, metadata={"val_loss": loss})
+    assert [e["step"] for e in mgr._read_index()["checkpoints"]] == [2, 5, 6]
+    assert mgr.best()["step"] == 2  # type: ignore[index]
+    assert mgr.latest()["step"] == 6  # type: ignore[index]
+    files = sorted(p.name for p in (mgr.exp_dir() / "model").glob("*_step_*.pt"))
+    assert files == [f"{mgr.current_exp_hash}_step_{s:06d}.pt" for s in (2, 5, 6)]
+    assert mgr.best("val_loss", mode="max")["step"] == 6  # type: ignore[index]
+
+
+def test_index_sha256_detects_corruption(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path)
+    model = make_model()
+    mgr.update_experiment_hash(model, CONFIG, UIDS)
+    path = mgr.save_model_checkpoint(model, step=1)
+    assert mgr.verify() == []
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    problems = mgr.verify()
+    assert len(problems) == 1
+    assert path.name in problems[0]
+    index = json.loads((mgr.exp_dir() / "index.json").read_text())
+    assert index["checkpoints"][0]["size"] == len(data)
+
+
+def test_full_model_pickle_needs_explicit_opt_in(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path)
+    model = make_model()
+    mgr.update_experiment_hash(model, CONFIG, UIDS)
+    with pytest.raises(PermissionError, match="trust_pickle=True"):
+        mgr.load_architecture()
+    restored = mgr.load_architecture(trust_pickle=True)
+    assert str(restored) == str(model)
+
+
+def test_registry_like_the_seed_ledgers(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mgr.register_model("net", model)
+    mgr.register_optimizer("sgd", opt)
+    mgr.update_experiment_hash(model, CONFIG, UIDS)
+    mgr.save_model_checkpoint(model_name="net", optimizer_name="sgd", step=3)
+    data = mgr.load_latest_checkpoint(model_name="net", optimizer_name="sgd")
+    assert data is not None
+    assert "optimizer_state_dict" in data
+
+
+def test_checkpoint_manager_fixture(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from torch import nn
+        from pytest_ckpts.testing.experiments import assert_experiment_layout
+
+        def test_loop(checkpoint_manager, tmp_path):
+            model = nn.Linear(2, 2)
+            h, is_new = checkpoint_manager.update_experiment_hash(model, {"lr": 0.1}, ["a"])
+            checkpoint_manager.save_model_checkpoint(model, step=100)
+            assert checkpoint_manager.root == tmp_path / "logs"
+            assert_experiment_layout(checkpoint_manager.root, h, steps=[100], config=True)
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
