@@ -27,19 +27,23 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-import io
 import json
+import math
 import os
+import pickle
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 from filelock import FileLock
 
-from .integrity import atomic_write_bytes, atomic_write_text, calculate_sha256
+from .errors import ChecksumMismatchError
+from .integrity import atomic_write_text, calculate_sha256
 
 __all__ = ["CheckpointManager", "ExperimentHashGenerator", "canonicalize"]
 
@@ -62,19 +66,29 @@ def _torch() -> Any:
 def canonicalize(value: Any, path: str = "config") -> Any:
     """A JSON value that is equal for equal inputs whatever their order or process.
 
+    Dict keys and set members are sorted by their canonical JSON, floats are spelled
+    by ``float.__repr__`` (shortest round-trip, the same on every platform), enums by
+    class and member name, paths as POSIX strings, dataclasses by class and fields.
     Raises ``TypeError`` naming the key path (``config['optimizer']['fn']``) for a
-    value with no stable representation, rather than hashing something arbitrary.
+    value with no stable representation, rather than hashing something arbitrary
+    such as an object's ``repr`` with its memory address.
     """
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
         return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return {"__float__": repr(value)}  # repr round-trips; -0.0, nan, inf stay distinct
-    if isinstance(value, enum.Enum):
+    if isinstance(value, enum.Enum):  # before int/str: IntEnum and StrEnum are both
         return {"__enum__": f"{type(value).__qualname__}.{value.name}"}
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        # float.__repr__, not repr(): a float subclass (numpy.float64) may spell itself
+        # differently; -0.0, nan and inf stay distinct and JSON-safe as strings.
+        return {"__float__": float.__repr__(value)}
     if isinstance(value, PurePath):
         return {"__path__": value.as_posix()}
+    if _is_array_scalar(value):  # numpy / torch 0-d values, e.g. UIDs from an index array
+        return canonicalize(value.item(), path)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         return {
@@ -84,19 +98,17 @@ def canonicalize(value: Any, path: str = "config") -> Any:
     if isinstance(value, Mapping):
         out = {}
         for k in value:
-            if not isinstance(k, (str, int, float, bool)) and k is not None:
+            if k is not None and not isinstance(k, (str, int, float, bool, enum.Enum)):
                 raise TypeError(
                     f"pytest-ckpts: cannot hash {path}: key {k!r} of type {type(k).__name__} "
-                    "(use str, int, float or bool keys)"
+                    "(use str, int, float, bool or enum keys)"
                 )
-            out[json.dumps(canonicalize(k, path), sort_keys=True)] = canonicalize(
-                value[k], f"{path}[{k!r}]"
-            )
+            out[_canonical_json(canonicalize(k, path))] = canonicalize(value[k], f"{path}[{k!r}]")
         return {"__map__": sorted(out.items())}
     if isinstance(value, (list, tuple)):
         return [canonicalize(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, (set, frozenset)):
-        items = [json.dumps(canonicalize(v, f"{path}{{...}}"), sort_keys=True) for v in value]
+        items = [_canonical_json(canonicalize(v, f"{path}{{...}}")) for v in value]
         return {"__set__": sorted(items)}
     raise TypeError(
         f"pytest-ckpts: cannot hash {path}: value of type {type(value).__module__}."
@@ -105,15 +117,36 @@ def canonicalize(value: Any, path: str = "config") -> Any:
     )
 
 
+def _is_array_scalar(value: Any) -> bool:
+    root = type(value).__module__.partition(".")[0]
+    return (
+        root in ("numpy", "torch")
+        and callable(getattr(value, "item", None))
+        and tuple(getattr(value, "shape", (None,))) == ()
+    )
+
+
+def _canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def _digest(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical_json(obj).encode("utf-8")).hexdigest()
 
 
 def describe_architecture(model: Any) -> list[Any]:
-    """The module tree with layer types, settings, parameter/buffer shapes and dtypes."""
+    """The module tree with layer types, settings, parameter/buffer shapes and dtypes.
+
+    Weight values are left out on purpose: retraining must not move checkpoints to a
+    new directory, while adding a layer or changing a width must.
+    """
     if model is None:
         return []
+    if not callable(getattr(model, "named_modules", None)):
+        raise TypeError(
+            f"pytest-ckpts: cannot hash model of type {type(model).__qualname__}: "
+            "expected a torch.nn.Module"
+        )
     out: list[Any] = []
     for name, module in model.named_modules():
         cls = type(module)
@@ -145,7 +178,20 @@ class ExperimentHashGenerator:
     def component_hashes(
         model: Any = None, config: Any = None, active_data_uids: Iterable[Any] | None = None
     ) -> dict[str, str]:
-        uids = sorted(str(u) for u in active_data_uids) if active_data_uids is not None else None
+        """Digests of each component plus the 16-hex ``combined`` hash, without recording them.
+
+        UIDs count as a set: order and duplicates do not matter, ``1`` and ``"1"`` differ.
+        """
+        uids = (
+            sorted(
+                {
+                    _canonical_json(canonicalize(u, "active_data_uids[...]"))
+                    for u in active_data_uids
+                }
+            )
+            if active_data_uids is not None
+            else None
+        )
         components = {
             "model": _digest(describe_architecture(model)),
             "config": _digest(canonicalize(config if config is not None else {}, "config")),
@@ -177,6 +223,7 @@ class ExperimentHashGenerator:
         return bool(changed), changed
 
     def get_last_hash(self) -> str | None:
+        """The hash from the last ``generate_hash`` call (None before the first)."""
         return self._last_hash
 
     def get_component_hashes(self) -> dict[str, str]:
@@ -184,14 +231,77 @@ class ExperimentHashGenerator:
         return dict(self._last_components)
 
 
+# --------------------------------------------------------------------------- atomic files
+
+
+def _atomic_stream(path: Path, write: Callable[[BinaryIO], object]) -> tuple[str, int]:
+    """Run ``write(f)`` into a temp file beside ``path``, fsync, rename; return (sha256, size).
+
+    For payloads too big to hold twice in memory (``atomic_write_bytes`` needs the
+    bytes up front). A crash or exception mid-write leaves the old ``path`` (or none)
+    and no temp file: readers never see half a checkpoint.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        sha = calculate_sha256(tmp)  # re-read from page cache: cheap, and exactly what landed
+        size = os.path.getsize(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return sha, size
+
+
 # --------------------------------------------------------------------------- manager
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _SAFE_NAME.fullmatch(value):
+        raise ValueError(
+            f"pytest-ckpts: {what} {value!r} must be a plain file-name part "
+            "(letters, digits, '.', '_', '-'; no path separators)"
+        )
+    return value
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in ("min", "max"):
+        raise ValueError(f"pytest-ckpts: mode must be 'min' or 'max', got {mode!r}")
+    return mode
+
+
+def _rank(entries: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
+    """Entries that have ``metric``, best first; ties go to the later step.
+
+    ``best()`` and retention share this order, so retention can never delete the
+    checkpoint ``best()`` names.
+    """
+    scored = [e for e in entries if metric in e.get("metrics", {})]
+    sign = 1.0 if mode == "min" else -1.0
+    return sorted(scored, key=lambda e: (sign * e["metrics"][metric], -e["step"]))
 
 
 class CheckpointManager:
-    """Saves and loads checkpoints in hash-named experiment directories.
+    """Saves and loads checkpoints in hash-named experiment directories (seed 002).
 
-    ``keep_last`` / ``keep_best`` bound how many step checkpoints an experiment keeps;
-    the latest and the best (by ``best_metric`` / ``best_mode``) are never deleted.
+    Each experiment directory has an ``index.json`` recording, per step checkpoint,
+    its file, size, sha256 and numeric metrics, so ``latest()``, ``best()`` and
+    ``verify()`` need no directory scan and no tensor load. The index is rewritten
+    atomically under a file lock, so concurrent savers cannot lose entries.
+
+    Retention: ``keep_last=N`` keeps the N newest step checkpoints, ``keep_best=K``
+    the K best by ``best_metric`` (``best_mode`` "min" or "max"); whatever the
+    settings, the latest and the best checkpoint are never deleted.
     """
 
     def __init__(
@@ -203,8 +313,12 @@ class CheckpointManager:
         best_metric: str | None = None,
         best_mode: str = "min",
     ) -> None:
-        if best_mode not in ("min", "max"):
-            raise ValueError(f"pytest-ckpts: best_mode must be 'min' or 'max', got {best_mode!r}")
+        _check_mode(best_mode)
+        for label, n in (("keep_last", keep_last), ("keep_best", keep_best)):
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise ValueError(f"pytest-ckpts: {label} must be a positive int, got {n!r}")
+        if keep_best is not None and best_metric is None:
+            raise ValueError("pytest-ckpts: keep_best needs best_metric= to rank checkpoints by")
         self.root = Path(root_log_dir)
         self.checkpoints_dir = self.root / "checkpoints"
         self.data_dir = self.root / "data"
@@ -220,22 +334,26 @@ class CheckpointManager:
         self._models: dict[str, Any] = {}
         self._optimizers: dict[str, Any] = {}
         self._model: Any = None
-        self._config: Any = None
 
-    # -- registry (the seed's ledgers, scoped to this manager)
+    # -- registry (the seed's ledgers, scoped to this manager instead of global state)
     def register_model(self, name: str, model: Any) -> None:
+        """Make ``model`` available to ``model_name=`` arguments."""
         self._models[name] = model
 
     def register_optimizer(self, name: str, optimizer: Any) -> None:
+        """Make ``optimizer`` available to ``optimizer_name=`` arguments."""
         self._optimizers[name] = optimizer
 
     # -- paths
     def exp_dir(self, exp_hash: str | None = None) -> Path:
+        """``root/checkpoints/{h}`` for ``exp_hash`` or the current hash."""
         h = exp_hash or self.current_exp_hash
         if h is None:
             raise RuntimeError(
                 "pytest-ckpts: no experiment hash yet; call update_experiment_hash() first"
             )
+        if not re.fullmatch(r"[0-9a-f]{16}", h):
+            raise ValueError(f"pytest-ckpts: {h!r} is not a 16-hex experiment hash")
         return self.checkpoints_dir / h
 
     def _model_dir(self, h: str | None = None) -> Path:
@@ -245,7 +363,9 @@ class CheckpointManager:
         return self.exp_dir(h) / INDEX_NAME
 
     def _lock(self, h: str | None = None) -> FileLock:
-        return FileLock(str(self.exp_dir(h) / ".index.lock"), timeout=60)
+        d = self.exp_dir(h)
+        d.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(d / ".index.lock"), timeout=60)
 
     # -- hash
     def update_experiment_hash(
@@ -257,14 +377,16 @@ class CheckpointManager:
     ) -> tuple[str, bool]:
         """(Re)compute the experiment hash; return ``(exp_hash, is_new)``.
 
-        A new hash creates its directory, saves the architecture (once) and the config.
+        ``is_new`` is True when the hash differs from the current one (or ``force``).
+        A new hash gets its ``model/``, ``hp/`` and ``data/`` folders, its architecture
+        files (written once per hash, kept if they exist) and its config.
         """
         uids = list(active_data_uids) if active_data_uids is not None else None
         new_hash = self.hash_generator.generate_hash(model, config, uids)
         is_new = force or new_hash != self.current_exp_hash
         self.current_exp_hash = new_hash
-        self._model = model if model is not None else self._model
-        self._config = config
+        if model is not None:
+            self._model = model
         for sub in ("model", "hp", "data"):
             (self.exp_dir() / sub).mkdir(parents=True, exist_ok=True)
         if is_new:
@@ -276,23 +398,48 @@ class CheckpointManager:
 
     # -- saving
     def save_model_architecture(self, model: Any, model_name: str | None = None) -> Path:
-        """Write ``{h}_architecture.txt`` and ``.pkl`` once per hash; return the .txt path."""
+        """Write ``{h}_architecture.txt`` and ``.pkl`` once per hash; return the .txt path.
+
+        The text file is for people (module tree plus parameter shapes). The pickle
+        is the full model object, as the seed keeps it; loading it runs code, so only
+        :meth:`load_architecture` with ``trust_pickle=True`` reads it. A model that
+        cannot be pickled (a lambda, a class defined inside a function) gets a
+        ``RuntimeWarning`` and no ``.pkl``, rather than breaking the training run.
+        """
         torch = _torch()
         h = self.exp_dir().name
         txt = self._model_dir() / f"{h}_architecture.txt"
         pkl = self._model_dir() / f"{h}_architecture.pkl"
         if not txt.exists():
-            header = f"# model: {model_name or type(model).__qualname__}\n"
-            atomic_write_text(txt, header + str(model) + "\n")
+            lines = [f"# experiment {h}", f"# model: {model_name or type(model).__qualname__}"]
+            lines.append(str(model))
+            lines.append("")
+            lines.append("# parameters and buffers (name, shape, dtype)")
+            for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+                lines.append(f"{name}\t{tuple(tensor.shape)}\t{tensor.dtype}")
+            atomic_write_text(txt, "\n".join(lines) + "\n")
         if not pkl.exists():
-            buf = io.BytesIO()
-            torch.save(model, buf)
-            atomic_write_bytes(pkl, buf.getvalue())
+            try:
+                _atomic_stream(pkl, lambda f: torch.save(model, f))
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                warnings.warn(
+                    f"pytest-ckpts: {pkl.name} not written, the model cannot be pickled "
+                    f"({exc}); weights checkpoints are unaffected",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return txt
 
     def save_config(self, config: Any, config_name: str = "config") -> Path:
-        """Write ``hp/{h}_{config_name}.yaml`` (atomically; rewritten on every call)."""
-        path = self.exp_dir() / "hp" / f"{self.exp_dir().name}_{config_name}.yaml"
+        """Write ``hp/{h}_{config_name}.yaml`` atomically (rewritten on every call).
+
+        As in the seed, this records a config update under the *current* hash (e.g.
+        a batch size changed mid-run); call :meth:`update_experiment_hash` instead
+        when the change should start a new experiment directory.
+        """
+        _check_name(config_name, "config_name")
+        h = self.exp_dir().name
+        path = self.exp_dir() / "hp" / f"{h}_{config_name}.yaml"
         text = yaml.safe_dump(_plain(config), sort_keys=True, default_flow_style=False)
         atomic_write_text(path, text)
         return path
@@ -300,13 +447,20 @@ class CheckpointManager:
     def save_data_backup(
         self, data_h5_path: str | os.PathLike[str], backup_name: str | None = None
     ) -> Path:
-        """Copy the data file to ``data/{h}_{backup_name or 'data'}{suffix}``."""
+        """Copy the data file to ``data/{h}_{backup_name or 'data'}{suffix}`` atomically.
+
+        The file is copied byte for byte whatever its format (no h5py needed); the
+        suffix is the source's (``.h5`` if it has none), so ``samples.h5`` becomes
+        the seed's ``{h}_data.h5``.
+        """
         src = Path(data_h5_path)
-        name = backup_name or "data"
-        dest = self.exp_dir() / "data" / f"{self.exp_dir().name}_{name}{src.suffix or '.h5'}"
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        if not src.is_file():
+            raise FileNotFoundError(f"pytest-ckpts: data file to back up not found: {src}")
+        name = _check_name(backup_name or "data", "backup_name")
+        h = self.exp_dir().name
+        dest = self.exp_dir() / "data" / f"{h}_{name}{src.suffix or '.h5'}"
+        with open(src, "rb") as fsrc:
+            _atomic_stream(dest, lambda f: shutil.copyfileobj(fsrc, f, 4 << 20))
         return dest
 
     def save_model_checkpoint(
@@ -322,8 +476,12 @@ class CheckpointManager:
     ) -> Path:
         """Save weights (and optimizer state) for ``step``; return the file path.
 
-        Numeric ``metadata`` values are recorded in the index as metrics (``best``
-        uses them). The file appears complete or not at all.
+        The payload is ``{"step", "exp_hash", "model_state_dict",
+        "optimizer_state_dict" (when saved), "metrics", "metadata"}``, loadable with
+        ``torch.load(weights_only=True)``. Finite numeric ``metadata`` values become
+        the entry's metrics in the index (``best()`` and retention rank by them).
+        ``step=None`` takes the next step after the latest. The file appears complete
+        or not at all, and the index only names files that are complete.
         """
         torch = _torch()
         model = self._resolve(model, model_name, self._models, "model") or self._model
@@ -333,42 +491,39 @@ class CheckpointManager:
             optimizer = self._resolve(None, optimizer_name, self._optimizers, "optimizer")
             if optimizer is None and len(self._optimizers) == 1:
                 optimizer = next(iter(self._optimizers.values()))
-        index = self._read_index()
-        if step is None:
-            step = max((e["step"] for e in index["checkpoints"]), default=-1) + 1
-        h = self.exp_dir().name
-        path = self._model_dir() / f"{h}_step_{step:06d}.pt"
-        payload: dict[str, Any] = {
-            "step": step,
-            "exp_hash": h,
-            "model_state_dict": model.state_dict(),
-            "metadata": _plain(dict(metadata or {})),
-        }
-        if save_optimizer and optimizer is not None:
-            payload["optimizer_state_dict"] = optimizer.state_dict()
-        buf = io.BytesIO()
-        torch.save(payload, buf)
-        data = buf.getvalue()
-        atomic_write_bytes(path, data)
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            raise ValueError(f"pytest-ckpts: step must be a non-negative int, got {step!r}")
+        meta = dict(metadata or {})
         metrics = {
-            k: float(v)
-            for k, v in (metadata or {}).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
+            str(k): float(v)
+            for k, v in meta.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         }
-        entry = {
-            "step": step,
-            "file": path.name,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "size": len(data),
-            "metrics": metrics,
-        }
+        h = self.exp_dir().name
         with self._lock():
             index = self._read_index()
+            if step is None:
+                step = max((e["step"] for e in index["checkpoints"]), default=-1) + 1
+            path = self._model_dir() / f"{h}_step_{step:06d}.pt"
+            payload: dict[str, Any] = {
+                "step": step,
+                "exp_hash": h,
+                "model_state_dict": model.state_dict(),
+                "metrics": metrics,
+                "metadata": _plain(meta),
+            }
+            if save_optimizer and optimizer is not None:
+                payload["optimizer_state_dict"] = optimizer.state_dict()
+            sha, size = _atomic_stream(path, lambda f: torch.save(payload, f))
+            entry = {"step": step, "file": path.name, "sha256": sha, "size": size}
+            entry["metrics"] = metrics
             index["checkpoints"] = [e for e in index["checkpoints"] if e["step"] != step]
             index["checkpoints"].append(entry)
             index["checkpoints"].sort(key=lambda e: e["step"])
-            self._apply_retention(index)
-            self._write_index(index)
+            removed = self._apply_retention(index)
+            self._write_index(index)  # index first: it never names a deleted file
+            for e in removed:
+                (self._model_dir() / e["file"]).unlink(missing_ok=True)
         return path
 
     @staticmethod
@@ -383,14 +538,21 @@ class CheckpointManager:
 
     # -- index
     def _read_index(self, h: str | None = None) -> dict[str, Any]:
+        path = self._index_path(h)
         try:
-            data: dict[str, Any] = json.loads(self._index_path(h).read_text("utf-8"))
+            data: dict[str, Any] = json.loads(path.read_text("utf-8"))
         except FileNotFoundError:
-            return {"exp_hash": self.exp_dir(h).name, "checkpoints": []}
+            return {"format_version": 1, "exp_hash": self.exp_dir(h).name, "checkpoints": []}
+        except ValueError as exc:
+            raise ValueError(f"pytest-ckpts: unreadable checkpoint index {path}: {exc}") from exc
         return data
 
     def _write_index(self, index: dict[str, Any], h: str | None = None) -> None:
         atomic_write_text(self._index_path(h), json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    def checkpoints(self, exp_hash: str | None = None) -> list[dict[str, Any]]:
+        """The index entries (step, file, sha256, size, metrics), oldest step first."""
+        return list(self._read_index(exp_hash)["checkpoints"])
 
     def latest(self, exp_hash: str | None = None) -> dict[str, Any] | None:
         """The index entry of the highest step, without touching the checkpoint files."""
@@ -400,62 +562,60 @@ class CheckpointManager:
     def best(
         self, metric: str | None = None, mode: str | None = None, exp_hash: str | None = None
     ) -> dict[str, Any] | None:
-        """The index entry with the best ``metric`` (``mode`` "min" or "max")."""
+        """The index entry with the best ``metric`` (``mode`` "min" or "max"), or None.
+
+        Defaults to the manager's ``best_metric`` / ``best_mode``; ties go to the
+        later step. Checkpoints saved without that metric are not candidates.
+        """
         metric = metric or self.best_metric
-        mode = mode or self.best_mode
         if metric is None:
             raise ValueError("pytest-ckpts: best() needs a metric name")
-        if mode not in ("min", "max"):
-            raise ValueError(f"pytest-ckpts: mode must be 'min' or 'max', got {mode!r}")
-        entries: list[dict[str, Any]] = [
-            e for e in self._read_index(exp_hash)["checkpoints"] if metric in e["metrics"]
-        ]
-        if not entries:
-            return None
-        pick = min if mode == "min" else max
-        chosen: dict[str, Any] = pick(
-            entries,
-            key=lambda e: (e["metrics"][metric], -e["step"] if mode == "min" else e["step"]),
+        ranked = _rank(
+            self._read_index(exp_hash)["checkpoints"], metric, _check_mode(mode or self.best_mode)
         )
-        return chosen
+        return ranked[0] if ranked else None
+
+    def checkpoint_path(self, entry: Mapping[str, Any], exp_hash: str | None = None) -> Path:
+        """The file an index entry (from ``latest()``/``best()``) names."""
+        return self._model_dir(exp_hash) / str(entry["file"])
 
     def verify(self, exp_hash: str | None = None) -> list[str]:
         """Problems found by re-hashing every indexed checkpoint (empty list: all good)."""
         problems = []
         for e in self._read_index(exp_hash)["checkpoints"]:
-            path = self._model_dir(exp_hash) / e["file"]
-            if not path.is_file():
-                problems.append(f"{e['file']}: missing")
-                continue
-            actual = calculate_sha256(path)
-            if actual != e["sha256"] or path.stat().st_size != e["size"]:
-                problems.append(f"{e['file']}: sha256 {actual} does not match index {e['sha256']}")
+            problem = self._check_entry(e, exp_hash)
+            if problem:
+                problems.append(problem)
         return problems
 
-    def _apply_retention(self, index: dict[str, Any]) -> None:
+    def _check_entry(self, e: Mapping[str, Any], exp_hash: str | None) -> str | None:
+        path = self.checkpoint_path(e, exp_hash)
+        if not path.is_file():
+            return f"{e['file']}: missing ({path})"
+        size = path.stat().st_size
+        if size != e["size"]:
+            return f"{e['file']}: size {size} does not match index {e['size']}"
+        actual = calculate_sha256(path)
+        if actual != e["sha256"]:
+            return f"{e['file']}: sha256 {actual} does not match index {e['sha256']}"
+        return None
+
+    def _apply_retention(self, index: dict[str, Any]) -> list[dict[str, Any]]:
+        """Drop entries retention does not keep from ``index``; return the dropped ones."""
         if self.keep_last is None and self.keep_best is None:
-            return
-        entries = index["checkpoints"]
-        keep: set[int] = set()
-        if entries:
-            keep.add(max(e["step"] for e in entries))  # the latest, always
+            return []
+        entries: list[dict[str, Any]] = index["checkpoints"]
+        if not entries:
+            return []
         ordered = sorted(entries, key=lambda e: e["step"])
+        keep = {ordered[-1]["step"]}  # the latest, always
         if self.keep_last is not None:
-            keep.update(e["step"] for e in ordered[-self.keep_last :] if self.keep_last > 0)
+            keep.update(e["step"] for e in ordered[-self.keep_last :])
         if self.best_metric is not None:
-            scored = [e for e in entries if self.best_metric in e["metrics"]]
-            scored.sort(
-                key=lambda e: e["metrics"][self.best_metric],
-                reverse=self.best_mode == "max",
-            )
-            k = max(1, self.keep_best or 0)  # the best one, always
-            keep.update(e["step"] for e in scored[:k])
-        elif self.keep_last is None:
-            return  # keep_best without a metric: nothing to rank by
-        removed = [e for e in entries if e["step"] not in keep]
+            ranked = _rank(entries, self.best_metric, self.best_mode)
+            keep.update(e["step"] for e in ranked[: max(1, self.keep_best or 0)])
         index["checkpoints"] = [e for e in entries if e["step"] in keep]
-        for e in removed:
-            (self._model_dir() / e["file"]).unlink(missing_ok=True)
+        return [e for e in entries if e["step"] not in keep]
 
     # -- loading
     def load_latest_checkpoint(
@@ -467,10 +627,15 @@ class CheckpointManager:
         exp_hash: str | None = None,
         *,
         optimizer: Any = None,
+        map_location: Any = "cpu",
+        verify: bool = True,
     ) -> dict[str, Any] | None:
-        """Load the highest-step checkpoint into ``model`` (and optimizer); return its data.
+        """Load the highest-step checkpoint into ``model`` (and optimizer); return its payload.
 
-        Uses ``torch.load(weights_only=True)``. Returns None when there is none.
+        Returns None when the experiment has no checkpoint yet. The file is checked
+        against the index's size and sha256 first (``verify=False`` skips it), so a
+        corrupted file raises ``ChecksumMismatchError`` instead of loading garbage.
+        Uses ``torch.load(weights_only=True)``: a checkpoint cannot run code.
         """
         torch = _torch()
         h = exp_hash or self.current_exp_hash
@@ -479,12 +644,69 @@ class CheckpointManager:
         entry = self.latest(h)
         if entry is None:
             return None
+        return self._load_entry(
+            torch,
+            entry,
+            h,
+            model,
+            model_name,
+            load_optimizer,
+            optimizer_name,
+            optimizer,
+            map_location,
+            verify,
+        )
+
+    def load_best_checkpoint(
+        self,
+        model: Any = None,
+        metric: str | None = None,
+        mode: str | None = None,
+        exp_hash: str | None = None,
+        *,
+        optimizer: Any = None,
+        map_location: Any = "cpu",
+        verify: bool = True,
+    ) -> dict[str, Any] | None:
+        """Like :meth:`load_latest_checkpoint`, for the checkpoint ``best(metric, mode)`` names."""
+        torch = _torch()
+        h = exp_hash or self.current_exp_hash
+        if h is None:
+            return None
+        entry = self.best(metric, mode, h)
+        if entry is None:
+            return None
+        return self._load_entry(
+            torch, entry, h, model, None, True, None, optimizer, map_location, verify
+        )
+
+    def _load_entry(
+        self,
+        torch: Any,
+        entry: Mapping[str, Any],
+        h: str,
+        model: Any,
+        model_name: str | None,
+        load_optimizer: bool,
+        optimizer_name: str | None,
+        optimizer: Any,
+        map_location: Any,
+        verify: bool,
+    ) -> dict[str, Any]:
+        path = self.checkpoint_path(entry, h)
+        if verify:
+            problem = self._check_entry(entry, h)
+            if problem is not None:
+                raise ChecksumMismatchError(
+                    f"pytest-ckpts: Checksum mismatch for checkpoint {path}: {problem}; "
+                    "the file changed after it was saved (index.json records what was written)",
+                    path=path,
+                    expected=str(entry["sha256"]),
+                )
         model = self._resolve(model, model_name, self._models, "model")
         if optimizer is None and load_optimizer:
             optimizer = self._resolve(None, optimizer_name, self._optimizers, "optimizer")
-        data: dict[str, Any] = torch.load(
-            self._model_dir(h) / entry["file"], map_location="cpu", weights_only=True
-        )
+        data: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
         if model is not None:
             model.load_state_dict(data["model_state_dict"])
         if load_optimizer and optimizer is not None and "optimizer_state_dict" in data:
@@ -494,7 +716,8 @@ class CheckpointManager:
     def load_architecture(self, exp_hash: str | None = None, *, trust_pickle: bool = False) -> Any:
         """Unpickle the full model saved for a hash. Only for files you trust.
 
-        Unpickling runs arbitrary code, so it needs ``trust_pickle=True``.
+        Unpickling runs arbitrary code, so it needs ``trust_pickle=True``; everything
+        else in this class loads with ``weights_only=True``.
         """
         if not trust_pickle:
             raise PermissionError(
@@ -507,7 +730,8 @@ class CheckpointManager:
         return torch.load(self._model_dir(h) / f"{h}_architecture.pkl", weights_only=False)
 
     def load_config(self, exp_hash: str | None = None, config_name: str = "config") -> Any:
-        """The saved config dict for a hash (None if none was saved)."""
+        """The saved config dict for a hash (None if none was saved), via ``yaml.safe_load``."""
+        _check_name(config_name, "config_name")
         h = self.exp_dir(exp_hash).name
         path = self.exp_dir(h) / "hp" / f"{h}_{config_name}.yaml"
         if not path.exists():
@@ -516,6 +740,8 @@ class CheckpointManager:
 
     def list_experiment_hashes(self) -> list[str]:
         """Every experiment hash under ``root/checkpoints``, sorted."""
+        if not self.checkpoints_dir.is_dir():
+            return []
         return sorted(
             p.name
             for p in self.checkpoints_dir.iterdir()
@@ -526,28 +752,26 @@ class CheckpointManager:
         """What an experiment directory holds (the seed's keys, plus latest/best)."""
         h = self.exp_dir(exp_hash).name
         d = self.exp_dir(h)
-        model_dir = d / "model"
-        checkpoints = (
-            sorted(p.name for p in model_dir.glob(f"{h}_step_*.pt")) if model_dir.exists() else []
-        )
+
+        def names(folder: Path, pattern: str = "*") -> list[str]:
+            if not folder.is_dir():
+                return []
+            return sorted(p.name for p in folder.glob(pattern) if not p.name.startswith("."))
+
         return {
             "exp_hash": h,
             "path": str(d),
-            "model_checkpoints": checkpoints,
-            "architecture_saved": (model_dir / f"{h}_architecture.txt").exists(),
-            "configs": sorted(p.name for p in (d / "hp").glob("*.yaml"))
-            if (d / "hp").exists()
-            else [],
-            "data_backups": sorted(p.name for p in (d / "data").iterdir())
-            if (d / "data").exists()
-            else [],
+            "model_checkpoints": names(d / "model", f"{h}_step_*.pt"),
+            "architecture_saved": (d / "model" / f"{h}_architecture.txt").exists(),
+            "configs": names(d / "hp", "*.yaml"),
+            "data_backups": names(d / "data"),
             "latest": self.latest(h),
             "best": self.best(exp_hash=h) if self.best_metric else None,
         }
 
 
 def _plain(value: Any) -> Any:
-    """A YAML/pickle-safe copy: paths and enums as strings, tuples/sets as lists."""
+    """A YAML- and ``weights_only``-safe copy: paths and enums as strings, tuples/sets as lists."""
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -560,6 +784,12 @@ def _plain(value: Any) -> Any:
         return value.name
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _plain(dataclasses.asdict(value))
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
     return str(value)

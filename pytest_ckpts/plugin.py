@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from . import fixtures, hookspecs
+from . import fixtures, hookspecs, mlflow_fixtures
 from .errors import CheckpointDownloadError, CheckpointSkipped, ManifestError
 from .manifest import DEFAULT_MANIFEST, ENV_MANIFEST, env_value
 from .policy import MODES, Mode, Policy, parse_mode, resolve_mode
@@ -140,12 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "(a marker without names is a plain category for -m filtering).",
     )
     config.pluginmanager.register(fixtures, "ckpts-fixtures")
-    try:  # TODO(lead): drop the guard once mlflow_fixtures lands
-        from . import mlflow_fixtures
-    except ImportError:
-        pass
-    else:
-        config.pluginmanager.register(mlflow_fixtures, "ckpts-mlflow-fixtures")
+    config.pluginmanager.register(mlflow_fixtures, "ckpts-mlflow-fixtures")
 
     try:
         mode, source = resolve_mode(
