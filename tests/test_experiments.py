@@ -14,7 +14,9 @@ import pytest
 import torch
 from torch import nn
 
+from pytest_ckpts.errors import ChecksumMismatchError
 from pytest_ckpts.experiments import CheckpointManager, ExperimentHashGenerator
+from pytest_ckpts.integrity import calculate_sha256
 from pytest_ckpts.testing.experiments import assert_experiment_layout
 
 
@@ -65,6 +67,22 @@ def test_retrained_weights_keep_the_hash() -> None:
 def test_unhashable_value_names_its_key_path() -> None:
     with pytest.raises(TypeError, match=r"config\['optimizer'\]\['fn'\]"):
         ExperimentHashGenerator().generate_hash(None, {"optimizer": {"fn": object()}})
+    with pytest.raises(TypeError, match=r"config\['layers'\]\[1\]: value of type .*function"):
+        ExperimentHashGenerator().generate_hash(None, {"layers": [4, lambda x: x]})
+    with pytest.raises(TypeError, match=r"expected a torch\.nn\.Module"):
+        ExperimentHashGenerator().generate_hash(model="resnet")
+
+
+def test_equal_values_hash_equal_whatever_their_type_or_order() -> None:
+    gen = ExperimentHashGenerator()
+    a = gen.generate_hash(None, {"lr": 0.1, "act": Act.RELU, "p": Path("a/b")}, ["b", "a"])
+    b = gen.generate_hash(None, {"p": Path("a/b"), "act": Act.RELU, "lr": 0.1}, ("a", "b", "a"))
+    assert a == b
+    # distinct values that a naive str() or hash() would conflate stay distinct
+    assert gen.generate_hash(None, {"x": 1}) != gen.generate_hash(None, {"x": "1"})
+    assert gen.generate_hash(None, {"x": 1}) != gen.generate_hash(None, {"x": 1.0})
+    assert gen.generate_hash(None, None, [1]) != gen.generate_hash(None, None, ["1"])
+    assert gen.generate_hash(None, None, []) != gen.generate_hash(None, None, None)
 
 
 class Act(enum.Enum):
@@ -80,13 +98,27 @@ SCRIPT = textwrap.dedent(
     import enum
     class Act(enum.Enum):
         RELU = 1
+    import dataclasses
+    @dataclasses.dataclass
+    class Sched:
+        warmup: int = 10
+        gamma: float = 0.5
+    class Width(enum.IntEnum):
+        SMALL = 8
     reverse = sys.argv[1] == "1"
+    opt = [("name", "adam"), ("eps", 1e-8), ("betas", (0.9, 0.999))]
     items = [("lr", 0.001), ("layers", [4, 8, 2]), ("act", Act.RELU), ("out", Path("runs/x")),
-             ("opt", {"name": "adam", "eps": 1e-8}), ("tags", {"x", "y", "z", "w"})]
+             ("width", Width.SMALL), ("sched", Sched()), ("tags", {"x", "y", "z", "w"}),
+             ("ids", frozenset(range(40))), ("mixed", {3: "a", "3": "b", 1.5: "c"})]
     if reverse:
         items.reverse()
+        opt.reverse()
     config = dict(items)
-    uids = {f"uid{i}" for i in range(50)}
+    config["opt"] = dict(opt)
+    uids = [f"uid{i}" for i in range(50)]
+    if reverse:
+        uids = sorted(uids, reverse=True) + ["uid7"]  # order and duplicates do not matter
+    uids = set(uids) if sys.argv[2] == "set" else uids
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     print(ExperimentHashGenerator().generate_hash(model, config, uids))
     """
@@ -95,17 +127,24 @@ SCRIPT = textwrap.dedent(
 
 def test_hash_stable_across_processes_and_hash_seeds() -> None:
     hashes = set()
-    for seed, reverse in (("0", "0"), ("1", "1"), ("12345", "0")):
+    for seed, reverse, kind in (("0", "0", "list"), ("1", "1", "set"), ("12345", "1", "list")):
         env = dict(os.environ, PYTHONHASHSEED=seed)
         out = subprocess.run(
-            [sys.executable, "-c", SCRIPT, reverse],
+            [sys.executable, "-c", SCRIPT, reverse, kind],
             env=env,
             capture_output=True,
             text=True,
             check=True,
         )
         hashes.add(out.stdout.strip())
-    assert len(hashes) == 1
+    assert len(hashes) == 1, hashes
+    assert len(hashes.pop()) == 16
+
+
+def test_importing_the_module_does_not_import_torch() -> None:
+    code = "import sys, pytest_ckpts.experiments; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> None:
@@ -139,10 +178,22 @@ def test_training_loop_over_two_hash_changes_produces_the_seed_layout(tmp_path: 
     mgr.save_data_backup(data_file)
     train(model, opt, 3)
     mgr.save_model_checkpoint(model, step=100, optimizer=opt, metadata={"loss": 0.5})
-    files = sorted(
+    every = sorted(
         p.relative_to(tmp_path / "root").as_posix()
         for p in (tmp_path / "root").rglob("*")
-        if p.is_file() and not p.name.startswith(".")
+        if p.is_file()
+    )
+    # filelock may leave its (empty) lock file; nothing else hidden, no temp files
+    files = [f for f in every if not f.endswith("/.index.lock")]
+    assert all(not Path(f).name.startswith(".") for f in files), every
+    dirs = sorted(
+        p.relative_to(tmp_path / "root").as_posix()
+        for p in (tmp_path / "root").rglob("*")
+        if p.is_dir()
+    )
+    assert dirs == sorted(
+        ["checkpoints", "data", "logs"]
+        + [f"checkpoints/{h}{sub}" for h in (h1, h2, h3) for sub in ("", "/data", "/hp", "/model")]
     )
     assert files == sorted(
         [
@@ -202,39 +253,41 @@ def test_load_latest_restores_model_and_optimizer_bit_exactly(tmp_path: Path) ->
             assert torch.equal(got["state"][pid][key], value)
 
 
-def test_failed_save_leaves_no_partial_file_and_latest_still_loads(
+def test_killed_save_leaves_no_partial_file_and_latest_still_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mgr = CheckpointManager(tmp_path)
     model = make_model()
     h, _ = mgr.update_experiment_hash(model, CONFIG, UIDS)
-    mgr.save_model_checkpoint(model, step=100)
-    import pytest_ckpts.integrity as integrity
+    mgr.save_model_checkpoint(model, step=100, metadata={"loss": 0.5})
+    index_before = (tmp_path / "checkpoints" / h / "index.json").read_bytes()
+    real_save = torch.save
 
-    real_write = integrity.os.fdopen
+    def killed_save(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        import io
 
-    def half_write(fd: int, mode: str = "r", *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        f = real_write(fd, mode, *args, **kwargs)  # type: ignore[call-overload]
-        original = f.write
+        buf = io.BytesIO()
+        real_save(obj, buf)
+        f.write(buf.getvalue()[: buf.tell() // 2])  # type: ignore[attr-defined]
+        raise KeyboardInterrupt("killed mid-save")
 
-        def write(data: bytes) -> int:
-            original(data[: len(data) // 2])
-            raise OSError("killed mid-write")
-
-        f.write = write
-        return f
-
-    monkeypatch.setattr(integrity.os, "fdopen", half_write)
-    with pytest.raises(OSError, match="killed mid-write"):
-        mgr.save_model_checkpoint(model, step=200)
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", killed_save)
+        with pytest.raises(KeyboardInterrupt, match="killed mid-save"):
+            mgr.save_model_checkpoint(model, step=200, metadata={"loss": 0.1})
     model_dir = tmp_path / "checkpoints" / h / "model"
-    assert sorted(
-        p.name for p in model_dir.iterdir() if "_step_" in p.name or p.name.endswith(".tmp")
-    ) == [f"{h}_step_000100.pt"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        f"{h}_architecture.pkl",
+        f"{h}_architecture.txt",
+        f"{h}_step_000100.pt",
+    ]
+    assert (tmp_path / "checkpoints" / h / "index.json").read_bytes() == index_before
+    assert mgr.latest()["step"] == 100  # type: ignore[index]
+    assert mgr.verify() == []
     data = mgr.load_latest_checkpoint(make_model())
     assert data is not None
     assert data["step"] == 100
+    assert data["metrics"] == {"loss": 0.5}
 
 
 def test_retention_keeps_best_and_latest(tmp_path: Path) -> None:
@@ -242,16 +295,45 @@ def test_retention_keeps_best_and_latest(tmp_path: Path) -> None:
         tmp_path, keep_last=2, keep_best=1, best_metric="val_loss", best_mode="min"
     )
     model = make_model()
-    mgr.update_experiment_hash(model, CONFIG, UIDS)
+    h, _ = mgr.update_experiment_hash(model, CONFIG, UIDS)
     losses = {1: 0.9, 2: 0.1, 3: 0.5, 4: 0.7, 5: 0.6, 6: 0.8}
     for step, loss in losses.items():
         mgr.save_model_checkpoint(model, step=step, metadata={"val_loss": loss})
-    assert [e["step"] for e in mgr._read_index()["checkpoints"]] == [2, 5, 6]
+    assert [e["step"] for e in mgr.checkpoints()] == [2, 5, 6]
     assert mgr.best()["step"] == 2  # type: ignore[index]
     assert mgr.latest()["step"] == 6  # type: ignore[index]
     files = sorted(p.name for p in (mgr.exp_dir() / "model").glob("*_step_*.pt"))
-    assert files == [f"{mgr.current_exp_hash}_step_{s:06d}.pt" for s in (2, 5, 6)]
+    assert files == [f"{h}_step_{s:06d}.pt" for s in (2, 5, 6)]
     assert mgr.best("val_loss", mode="max")["step"] == 6  # type: ignore[index]
+    assert mgr.verify() == []
+    best = mgr.load_best_checkpoint(make_model())
+    assert best is not None
+    assert best["step"] == 2
+
+
+def test_retention_never_deletes_best_or_latest_even_with_keep_last_1(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last=1, best_metric="acc", best_mode="max")
+    model = make_model()
+    mgr.update_experiment_hash(model, CONFIG, UIDS)
+    for step, acc in ((10, 0.5), (20, 0.9), (30, 0.7), (40, 0.6)):
+        mgr.save_model_checkpoint(model, step=step, metadata={"acc": acc, "note": "x"})
+    assert [e["step"] for e in mgr.checkpoints()] == [20, 40]
+    # a step saved without the metric is kept as latest, and the best stays
+    mgr.save_model_checkpoint(model, step=50)
+    assert [e["step"] for e in mgr.checkpoints()] == [20, 50]
+    # ties go to the later step in best() and retention alike
+    mgr.save_model_checkpoint(model, step=60, metadata={"acc": 0.9})
+    assert mgr.best()["step"] == 60  # type: ignore[index]
+    assert [e["step"] for e in mgr.checkpoints()] == [60]
+
+
+def test_retention_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="keep_best needs best_metric"):
+        CheckpointManager("unused", keep_best=2)
+    with pytest.raises(ValueError, match="keep_last must be a positive int"):
+        CheckpointManager("unused", keep_last=0)
+    with pytest.raises(ValueError, match="'min' or 'max'"):
+        CheckpointManager("unused", best_mode="lowest")
 
 
 def test_index_sha256_detects_corruption(tmp_path: Path) -> None:
@@ -268,6 +350,12 @@ def test_index_sha256_detects_corruption(tmp_path: Path) -> None:
     assert path.name in problems[0]
     index = json.loads((mgr.exp_dir() / "index.json").read_text())
     assert index["checkpoints"][0]["size"] == len(data)
+    assert index["checkpoints"][0]["sha256"] != calculate_sha256(path)
+    with pytest.raises(ChecksumMismatchError, match="Checksum mismatch") as exc_info:
+        mgr.load_latest_checkpoint(make_model())
+    assert path.name in str(exc_info.value)
+    path.unlink()
+    assert mgr.verify() == [f"{path.name}: missing ({path})"]
 
 
 def test_full_model_pickle_needs_explicit_opt_in(tmp_path: Path) -> None:
@@ -278,6 +366,23 @@ def test_full_model_pickle_needs_explicit_opt_in(tmp_path: Path) -> None:
         mgr.load_architecture()
     restored = mgr.load_architecture(trust_pickle=True)
     assert str(restored) == str(model)
+
+
+def test_unpicklable_model_warns_and_still_checkpoints(tmp_path: Path) -> None:
+    class Local(nn.Module):  # defined in a function: pickle cannot find it by name
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+    mgr = CheckpointManager(tmp_path)
+    model = Local()
+    with pytest.warns(RuntimeWarning, match="cannot be pickled"):
+        h, _ = mgr.update_experiment_hash(model, {"lr": 0.1}, ["a"])
+    mgr.save_model_checkpoint(model, step=1)
+    names = sorted(p.name for p in (tmp_path / "checkpoints" / h / "model").iterdir())
+    assert names == [f"{h}_architecture.txt", f"{h}_step_000001.pt"]
+    text = (tmp_path / "checkpoints" / h / "model" / f"{h}_architecture.txt").read_text()
+    assert "fc.weight\t(2, 2)\ttorch.float32" in text
 
 
 def test_registry_like_the_seed_ledgers(tmp_path: Path) -> None:
@@ -293,18 +398,53 @@ def test_registry_like_the_seed_ledgers(tmp_path: Path) -> None:
     assert "optimizer_state_dict" in data
 
 
+def test_layout_assertion_lists_every_problem(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path)
+    model = make_model()
+    h, _ = mgr.update_experiment_hash(model, CONFIG, UIDS)
+    path = mgr.save_model_checkpoint(model, step=100)
+    assert_experiment_layout(tmp_path, h, steps=[100], config=True)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes
+    path.write_bytes(bytes(data))
+    (path.parent / f".{path.name}.abc.tmp").write_bytes(b"partial")
+    with pytest.raises(AssertionError) as exc_info:
+        assert_experiment_layout(tmp_path, h, steps=[100, 200], data_backup=True)
+    message = str(exc_info.value)
+    assert f"no data backup in checkpoints/{h}/data" in message
+    assert "temp files left by an interrupted write" in message
+    assert f"expected ['{h}_step_000100.pt', '{h}_step_000200.pt']" in message
+    assert f"{path.name}: sha256" in message
+
+
 def test_checkpoint_manager_fixture(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
+        import torch
         from torch import nn
         from pytest_ckpts.testing.experiments import assert_experiment_layout
 
         def test_loop(checkpoint_manager, tmp_path):
             model = nn.Linear(2, 2)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
             h, is_new = checkpoint_manager.update_experiment_hash(model, {"lr": 0.1}, ["a"])
-            checkpoint_manager.save_model_checkpoint(model, step=100)
+            assert is_new
+            for step in (100, 200):
+                checkpoint_manager.save_model_checkpoint(
+                    model, step=step, optimizer=opt, metadata={"loss": 1 / step}
+                )
             assert checkpoint_manager.root == tmp_path / "logs"
-            assert_experiment_layout(checkpoint_manager.root, h, steps=[100], config=True)
+            assert_experiment_layout(checkpoint_manager.root, h, steps=[100, 200], config=True)
+            assert checkpoint_manager.best("loss")["step"] == 200
+
+        def test_layout_failure_is_readable(checkpoint_manager):
+            h, _ = checkpoint_manager.update_experiment_hash(nn.Linear(2, 2), {"lr": 0.1}, ["a"])
+            assert_experiment_layout(checkpoint_manager.root, h, steps=[100])
         """
     )
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*AssertionError: experiment * is not laid out as expected:*", "*step checkpoints*"]
+    )
+    result.stdout.no_fnmatch_line("*def _index_problems*")

@@ -208,11 +208,13 @@ def test_deprecated_archive_upload_warns_and_works(
     from pytest_ckpts.archive import create_archive
 
     archive = create_archive(ckpt_dir, tmp_path / "ready.tar.gz", stage="hpo")
-    with mlflow.start_run() as run:
-        with pytest.warns(DeprecationWarning, match="upload_checkpoint_archive"):
-            assert ArtifactUploader(stage="hpo").upload_checkpoint_archive(
-                archive, manifest={"trial": 3}
-            )
+    with (
+        mlflow.start_run() as run,
+        pytest.warns(DeprecationWarning, match="upload_checkpoint_archive"),
+    ):
+        assert ArtifactUploader(stage="hpo").upload_checkpoint_archive(
+            archive, manifest={"trial": 3}
+        )
     assert mlflow_tracking.list_artifacts(run.info.run_id) == [
         "best_trial_checkpoint.tar.gz",
         "best_trial_checkpoint.tar.gz.manifest.json",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from models import TinyDenoiser, TinyVAE, demo_batch
 
 from pytest_ckpts import Checkpoint, get_checkpoint
+from pytest_ckpts.baseline import BaselineChecker
 
 
 @pytest.fixture
@@ -48,7 +51,7 @@ def test_denoiser_predicts_noise_better_than_chance(checkpoints: dict[str, Check
     assert error < 0.8  # predicting zeros scores 1.0
 
 
-def test_on_demand_checkpoint(checkpoint) -> None:  # type: ignore[no-untyped-def]
+def test_on_demand_checkpoint(checkpoint: Callable[[str], Checkpoint]) -> None:
     ckpt = checkpoint("demo_denoiser")
     assert ckpt.path.suffix == ".safetensors"
     assert ckpt.verified
@@ -66,7 +69,7 @@ def test_needs_no_checkpoint() -> None:
 
 
 @pytest.mark.requires_checkpoints("demo_vae")
-def test_vae_output_matches_baseline(vae: TinyVAE, ckpt_baseline) -> None:  # type: ignore[no-untyped-def]
+def test_vae_output_matches_baseline(vae: TinyVAE, ckpt_baseline: BaselineChecker) -> None:
     """Local baseline regression run: outputs tied to the checkpoint's sha256."""
     with torch.no_grad():
         mu, logvar = vae.encode(demo_batch(4, seed=99))
@@ -75,7 +78,9 @@ def test_vae_output_matches_baseline(vae: TinyVAE, ckpt_baseline) -> None:  # ty
 
 
 @pytest.mark.requires_checkpoints("demo_denoiser")
-def test_denoiser_output_matches_baseline(checkpoints: dict[str, Checkpoint], ckpt_baseline) -> None:  # type: ignore[no-untyped-def]
+def test_denoiser_output_matches_baseline(
+    checkpoints: dict[str, Checkpoint], ckpt_baseline: BaselineChecker
+) -> None:
     model = TinyDenoiser()
     model.load_state_dict(checkpoints["demo_denoiser"].load())
     g = torch.Generator().manual_seed(3)
