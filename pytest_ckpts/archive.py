@@ -395,7 +395,8 @@ def extract_archive(path: str | os.PathLike[str], dest: str | os.PathLike[str]) 
     """Extract a verified archive into ``dest`` (absent or empty), all or nothing.
 
     Members are written into a temporary directory beside ``dest`` and checked
-    against the manifest; only then is the directory moved into place. Unsafe
+    against the manifest; only then is the directory moved into place, so ``dest``
+    holds exactly the archived tree (``MANIFEST.json`` is checked, not written). Unsafe
     members (absolute paths, ``..``, links, devices) are refused even if listed.
     """
     archive = Path(path)

@@ -45,7 +45,7 @@ from filelock import FileLock
 from .errors import ChecksumMismatchError
 from .integrity import atomic_write_text, calculate_sha256
 
-__all__ = ["CheckpointManager", "ExperimentHashGenerator", "canonicalize"]
+__all__ = ["CheckpointManager", "ExperimentHashGenerator", "canonicalize", "describe_architecture"]
 
 INDEX_NAME = "index.json"
 
@@ -150,19 +150,27 @@ def describe_architecture(model: Any) -> list[Any]:
     out: list[Any] = []
     for name, module in model.named_modules():
         cls = type(module)
-        entry: list[Any] = [name, f"{cls.__module__}.{cls.__qualname__}", module.extra_repr()]
+        # qualname, not module: a class run as ``__main__`` and imported elsewhere is
+        # the same architecture.
+        entry: list[Any] = [name, cls.__qualname__, module.extra_repr()]
+        entry.append([_tensor_sig(n, p) for n, p in module.named_parameters(recurse=False)])
         entry.append(
-            [[n, list(p.shape), str(p.dtype)] for n, p in module.named_parameters(recurse=False)]
-        )
-        entry.append(
-            [
-                [n, list(b.shape), str(b.dtype)]
-                for n, b in module.named_buffers(recurse=False)
-                if b is not None
-            ]
+            [_tensor_sig(n, b) for n, b in module.named_buffers(recurse=False) if b is not None]
         )
         out.append(entry)
     return out
+
+
+def _shape(tensor: Any) -> list[int] | None:
+    """The shape, or None for a lazy module's still-uninitialized parameter."""
+    try:
+        return [int(d) for d in tensor.shape]
+    except RuntimeError:
+        return None
+
+
+def _tensor_sig(name: str, tensor: Any) -> list[Any]:
+    return [name, _shape(tensor), str(tensor.dtype)]
 
 
 class ExperimentHashGenerator:
@@ -416,7 +424,10 @@ class CheckpointManager:
             lines.append("")
             lines.append("# parameters and buffers (name, shape, dtype)")
             for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-                lines.append(f"{name}\t{tuple(tensor.shape)}\t{tensor.dtype}")
+                shape = _shape(tensor)
+                lines.append(
+                    f"{name}\t{tuple(shape) if shape is not None else '?'}\t{tensor.dtype}"
+                )
             atomic_write_text(txt, "\n".join(lines) + "\n")
         if not pkl.exists():
             try:
@@ -528,6 +539,12 @@ class CheckpointManager:
 
     @staticmethod
     def _resolve(obj: Any, name: str | None, registry: dict[str, Any], what: str) -> Any:
+        if name is not None and not isinstance(name, str):
+            # save_model_checkpoint(model, optimizer) would otherwise silently drop it
+            raise TypeError(
+                f"pytest-ckpts: {what}_name must be a registered name (str), got "
+                f"{type(name).__qualname__}; pass objects by keyword, e.g. optimizer=opt"
+            )
         if obj is not None or name is None:
             return obj
         if name not in registry:

@@ -84,11 +84,19 @@ def local_hub() -> Iterator[LocalHub]:
 
 @pytest.fixture
 def checkpoint_manager(tmp_path: Path) -> CheckpointManager:
-    """A ``CheckpointManager`` rooted in ``tmp_path / "logs"`` (hash-named experiment dirs)::
+    """A ``CheckpointManager`` rooted in ``tmp_path / "logs"`` (hash-named experiment dirs).
 
-    def test_training_loop_saves(checkpoint_manager, model):
-        h, is_new = checkpoint_manager.update_experiment_hash(model, config, uids)
-        checkpoint_manager.save_model_checkpoint(model, optimizer, step=100)
+    Each test gets its own root, so a training-loop test can assert the exact files
+    its loop wrote::
+
+        from pytest_ckpts.testing.experiments import assert_experiment_layout
+
+        def test_training_loop_saves(checkpoint_manager, model, optimizer):
+            h, is_new = checkpoint_manager.update_experiment_hash(model, config, uids)
+            checkpoint_manager.save_model_checkpoint(model, step=100, optimizer=optimizer)
+            assert_experiment_layout(checkpoint_manager.root, h, steps=[100])
+
+    Needs torch (``pip install "pytest-ckpts[torch]"``) once a checkpoint is saved.
     """
     from .experiments import CheckpointManager
 

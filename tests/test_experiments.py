@@ -448,3 +448,28 @@ def test_checkpoint_manager_fixture(pytester: pytest.Pytester) -> None:
         ["*AssertionError: experiment * is not laid out as expected:*", "*step checkpoints*"]
     )
     result.stdout.no_fnmatch_line("*def _index_problems*")
+
+
+def test_docs_example_runs(pytester: pytest.Pytester) -> None:
+    doc = Path(__file__).parent.parent / "docs" / "experiments.md"
+    example = doc.read_text("utf-8").split("```python\n", 1)[1].split("```", 1)[0]
+    pytester.makepyfile(test_doc_example=example)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_architecture_hash_ignores_the_defining_module_but_not_the_class() -> None:
+    def model_class(module: str, name: str = "Net") -> type[nn.Module]:
+        def init(self: nn.Module) -> None:
+            nn.Module.__init__(self)
+            self.fc = nn.Linear(2, 3)
+
+        return type(name, (nn.Module,), {"__init__": init, "__module__": module})
+
+    as_script = model_class("__main__")()
+    as_import = model_class("train")()
+    renamed = model_class("train", "OtherNet")()
+    gen = ExperimentHashGenerator()
+    assert gen.generate_hash(as_script) == gen.generate_hash(as_import)
+    assert gen.generate_hash(as_script) != gen.generate_hash(renamed)
+    # a lazy module hashes (shape unknown) and its architecture file can be written
+    assert len(gen.generate_hash(nn.LazyLinear(3))) == 16
