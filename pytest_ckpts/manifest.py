@@ -16,12 +16,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from .errors import ManifestError
 from .integrity import SHA256_RE
+
+if TYPE_CHECKING:
+    import yaml
 
 __all__ = [
     "DEFAULT_MANIFEST",
@@ -199,6 +200,8 @@ class _Ctx:
 def _mapping_items(
     ctx: _Ctx, node: yaml.Node, *, what: str, entry: str | None = None, key: str | None = None
 ) -> list[tuple[str, yaml.Node, yaml.Node]]:
+    import yaml
+
     if not isinstance(node, yaml.MappingNode):
         raise ctx.error(
             f"{what} must be a mapping (key: value lines)", entry=entry, key=key, node=node
@@ -244,6 +247,8 @@ def _check_keys(
 
 def _value(node: yaml.Node) -> Any:
     """Construct the Python value of a node the way ``yaml.safe_load`` would."""
+    import yaml
+
     return yaml.SafeLoader("").construct_object(node, deep=True)
 
 
@@ -397,6 +402,8 @@ def _check_endpoint(ctx: _Ctx, node: yaml.Node) -> str:
 
 def parse_manifest(text: str, path: Path) -> Manifest:
     """Validate manifest ``text`` read from ``path``."""
+    import yaml
+
     ctx = _Ctx(path)
     try:
         root_node = yaml.compose(text, Loader=yaml.SafeLoader)
