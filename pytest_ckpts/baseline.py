@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ._extras import require
 from .integrity import atomic_write_bytes
 
 __all__ = [
@@ -49,13 +50,7 @@ class BaselineMismatch(BaselineError):
 
 
 def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - depends on extras
-        raise ImportError(
-            'pytest-ckpts: ckpt_baseline needs torch and safetensors: pip install "pytest-ckpts[torch]"'
-        ) from exc
-    return torch
+    return require("torch", "ckpt_baseline")
 
 
 def _as_tensors(tensors: Any) -> tuple[dict[str, Any], bool]:

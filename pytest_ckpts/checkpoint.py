@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._extras import require
+
 __all__ = ["Checkpoint"]
 
 
@@ -38,21 +40,10 @@ class Checkpoint:
         ``weights_only=False`` only for files you trust.
         """
         if self.path.suffix == ".safetensors":
-            try:
-                from safetensors.torch import load_file
-            except ImportError as exc:  # pragma: no cover - depends on extras
-                raise ImportError(
-                    "pytest-ckpts: loading .safetensors needs safetensors and torch: "
-                    'pip install "pytest-ckpts[torch]"'
-                ) from exc
+            st = require("safetensors.torch", "loading .safetensors checkpoints")
             device = map_location if isinstance(map_location, str) else str(map_location)
-            return load_file(os.fspath(self.path), device=device)
-        try:
-            import torch
-        except ImportError as exc:  # pragma: no cover - depends on extras
-            raise ImportError(
-                'pytest-ckpts: Checkpoint.load() needs torch: pip install "pytest-ckpts[torch]"'
-            ) from exc
+            return st.load_file(os.fspath(self.path), device=device)
+        torch = require("torch", "Checkpoint.load()")
         return torch.load(
             os.fspath(self.path), map_location=map_location, weights_only=weights_only
         )

@@ -33,7 +33,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePath
@@ -42,8 +41,9 @@ from typing import Any, BinaryIO
 import yaml
 from filelock import FileLock
 
+from ._extras import require
 from .errors import ChecksumMismatchError
-from .integrity import atomic_write_text, calculate_sha256
+from .integrity import atomic_write_stream, atomic_write_text, calculate_sha256
 
 __all__ = ["CheckpointManager", "ExperimentHashGenerator", "canonicalize", "describe_architecture"]
 
@@ -51,13 +51,7 @@ INDEX_NAME = "index.json"
 
 
 def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - depends on extras
-        raise ImportError(
-            'pytest-ckpts: experiment checkpoints need torch: pip install "pytest-ckpts[torch]"'
-        ) from exc
-    return torch
+    return require("torch", "experiment checkpoints")
 
 
 # --------------------------------------------------------------------------- hashing
@@ -243,29 +237,9 @@ class ExperimentHashGenerator:
 
 
 def _atomic_stream(path: Path, write: Callable[[BinaryIO], object]) -> tuple[str, int]:
-    """Run ``write(f)`` into a temp file beside ``path``, fsync, rename; return (sha256, size).
-
-    For payloads too big to hold twice in memory (``atomic_write_bytes`` needs the
-    bytes up front). A crash or exception mid-write leaves the old ``path`` (or none)
-    and no temp file: readers never see half a checkpoint.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        sha = calculate_sha256(tmp)  # re-read from page cache: cheap, and exactly what landed
-        size = os.path.getsize(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return sha, size
+    """Write atomically (streaming); return (sha256, size) of exactly what landed."""
+    atomic_write_stream(path, write)
+    return calculate_sha256(path), path.stat().st_size  # from the page cache: cheap
 
 
 # --------------------------------------------------------------------------- manager

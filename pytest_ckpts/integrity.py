@@ -15,8 +15,10 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import ChecksumMismatchError
 
@@ -24,6 +26,7 @@ __all__ = [
     "SHA256_RE",
     "Stamp",
     "atomic_write_bytes",
+    "atomic_write_stream",
     "atomic_write_text",
     "calculate_sha256",
     "read_stamp",
@@ -76,13 +79,20 @@ class Stamp:
         return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino, sha256=sha256)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
+def atomic_write_stream(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Run ``write(f)`` into a temp file beside ``path``, fsync, then rename it into place.
+
+    Readers see the old file or the new one, never half of one; an exception (or a
+    crash) mid-write leaves no temp file behind. ``write`` may stream, so payloads
+    need not fit in memory twice.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -90,6 +100,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write_stream`)."""
+    atomic_write_stream(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ._extras import require
 from .archive import create_archive
 from .errors import CheckpointsError
 
@@ -335,13 +336,8 @@ class ArtifactUploader:
     def _log_artifact(self, local: Path, directory: PurePosixPath) -> None:
         run_id = self.run_id
         assert run_id is not None
-        try:
-            from mlflow.tracking import MlflowClient
-        except ImportError as exc:  # pragma: no cover - depends on extras
-            raise ImportError(
-                'pytest-ckpts: uploads need mlflow: pip install "pytest-ckpts[mlflow]"'
-            ) from exc
-        client = MlflowClient(tracking_uri=self.tracking_uri)
+        tracking = require("mlflow.tracking", "uploading artifacts")
+        client = tracking.MlflowClient(tracking_uri=self.tracking_uri)
         dest = None if str(directory) in ("", ".") else str(directory)
 
         def call() -> None:

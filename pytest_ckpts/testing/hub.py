@@ -106,15 +106,28 @@ class RequestRecord:
 
 
 class HubStats:
-    """Thread-safe request and byte counters."""
+    """Thread-safe request and byte counters.
+
+    A request is counted before its response goes out, and body bytes before they
+    are written, so a client that has its answer always finds it counted.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._records: list[RequestRecord] = []
 
-    def add(self, record: RequestRecord) -> None:
+    def add(self, record: RequestRecord) -> int:
         with self._lock:
             self._records.append(record)
+            return len(self._records) - 1
+
+    def add_bytes(self, index: int, n: int) -> None:
+        with self._lock:
+            if index < len(self._records):  # not reset meanwhile
+                r = self._records[index]
+                self._records[index] = RequestRecord(
+                    r.method, r.path, r.status, r.bytes_sent + n, r.range, r.body
+                )
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -408,8 +421,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # -- plumbing
-    def _record(self, status: int, sent: int = 0, *, body: bool = False) -> None:
-        self.hub.stats.add(
+    def _record(self, status: int, sent: int = 0, *, body: bool = False) -> int:
+        return self.hub.stats.add(
             RequestRecord(
                 method=self.command,
                 path=self.path,
@@ -433,10 +446,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
+        self._record(status, len(payload) if self.command != "HEAD" else 0)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
-        self._record(status, len(payload) if self.command != "HEAD" else 0)
 
     def _json(self, status: int, obj: object) -> None:
         self._send(status, json.dumps(obj).encode())
@@ -569,36 +582,36 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Repo-Commit", commit)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{blob.size}")
-        self.end_headers()
         if self.command == "HEAD":
             self._record(status)
+            self.end_headers()
             return
+        record = self._record(status, 0, body=True)
+        self.end_headers()
         drop = self.hub.faults.take("drop", self.command, self.path)
         corrupt = self.hub.faults.take("corrupt", self.command, self.path)
         sent = 0
-        try:
-            for chunk in blob.read(start, end):
-                if drop is not None and sent + len(chunk) > drop.after_bytes:
-                    part = chunk[: max(0, drop.after_bytes - sent)]
-                    self.wfile.write(part)
-                    sent += len(part)
-                    self.wfile.flush()
-                    if drop.reset:
-                        self.connection.setsockopt(
-                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                        )
-                        self.connection.close()
-                    else:
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                    self.close_connection = True
-                    return
-                if corrupt is not None and chunk:
-                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
-                    corrupt = None
-                self.wfile.write(chunk)
-                sent += len(chunk)
-        finally:
-            self._record(status, sent, body=True)
+        for chunk in blob.read(start, end):
+            if drop is not None and sent + len(chunk) > drop.after_bytes:
+                part = chunk[: max(0, drop.after_bytes - sent)]
+                self.hub.stats.add_bytes(record, len(part))
+                self.wfile.write(part)
+                self.wfile.flush()
+                if drop.reset:
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self.connection.close()
+                else:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
+            if corrupt is not None and chunk:
+                chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                corrupt = None
+            self.hub.stats.add_bytes(record, len(chunk))
+            self.wfile.write(chunk)
+            sent += len(chunk)
 
     # -- API
     def _api_route(self, parts: list[str], method: str) -> Any:

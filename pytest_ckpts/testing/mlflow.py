@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .._extras import require
 from ..archive import verify_archive
 from ..uploads import STAGE_ARTIFACT_PATHS
 
@@ -40,13 +41,7 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin", ".h5", "
 
 
 def _import_mlflow() -> Any:
-    try:
-        import mlflow
-    except ImportError as exc:  # pragma: no cover - depends on extras
-        raise ImportError(
-            'pytest-ckpts: the MLflow fixtures need mlflow: pip install "pytest-ckpts[mlflow]"'
-        ) from exc
-    return mlflow
+    return require("mlflow", "the MLflow fixtures")
 
 
 class TemplateStore:
