@@ -8,7 +8,6 @@ has its own session; workers ship a small JSON-able ``Stats`` to the controller 
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -131,7 +130,6 @@ class CkptsSession:
     manifest: Manifest | None
     cache_dir: Path | None
     stats: Stats = field(default_factory=Stats)
-    started: float = field(default_factory=time.perf_counter)
     _store: Store | None = None
     _warned_unverified: bool = False
 

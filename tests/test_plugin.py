@@ -54,7 +54,7 @@ def run(
     return runner
 
 
-@pytest.fixture(params=[[], ["-n", "0"], ["-n", "2"], ["-p", "no:xdist"]], ids=str)
+@pytest.fixture(params=[[], ["-n", "0"], ["-n", "2"], ["-n", "4"], ["-p", "no:xdist"]], ids=str)
 def plugin_args(request: pytest.FixtureRequest) -> list[str]:
     return list(request.param)
 
