@@ -23,18 +23,18 @@ def _selected(manifest: Manifest, names: Sequence[str]) -> list[CheckpointSpec]:
     return selected(manifest, names)
 
 
-def _write_edits(manifest: Manifest, edits: dict[str, dict[str, str]]) -> None:
+def _apply_edits(manifest: Manifest, edits: dict[str, dict[str, str]], out: TextIO) -> int:
+    """Write ``edits`` into the manifest in place (atomically) and say what changed."""
     from .yamledit import set_entry_values
 
-    raw = manifest.path.read_bytes()
-    text = raw.decode("utf-8")
-    atomic_write_bytes(manifest.path, set_entry_values(text, edits).encode("utf-8"))
-
-
-def _report(edits: dict[str, dict[str, str]], out: TextIO, verb: str) -> None:
+    if edits:
+        text = manifest.path.read_bytes().decode("utf-8")
+        atomic_write_bytes(manifest.path, set_entry_values(text, edits).encode("utf-8"))
     for name, values in edits.items():
         for key, value in values.items():
-            out.write(f"{verb} {name}.{key} = {value}\n")
+            out.write(f"set {name}.{key} = {value}\n")
+    out.write(f"locked {len(edits)} entries in {manifest.path}\n")
+    return 0
 
 
 def lock(
@@ -89,11 +89,7 @@ def lock(
             values["sha256"] = sha
         if values:
             edits[spec.name] = values
-    if edits:
-        _write_edits(manifest, edits)
-    _report(edits, out, "set")
-    out.write(f"locked {len(edits)} entries in {manifest.path}\n")
-    return 0
+    return _apply_edits(manifest, edits, out)
 
 
 def upload(
@@ -137,11 +133,7 @@ def upload(
         edits = _upload_groups(api, hf, specs, source_dir, endpoint, token, pin, message, out)
     finally:
         constants.HF_HUB_DISABLE_XET = saved_xet
-    if edits:
-        _write_edits(manifest, edits)
-    _report(edits, out, "set")
-    out.write(f"locked {len(edits)} entries in {manifest.path}\n")
-    return 0
+    return _apply_edits(manifest, edits, out)
 
 
 def _upload_groups(
