@@ -5,7 +5,7 @@ checkpoint directory leaves the machine as one verified ``.tar.gz``. Training wr
 hash-named experiment directories (``pytest_ckpts.experiments``). The conversion
 stage exports with ``torch.export`` (onnx is not installed here; the upload path is the same).
 
-    python examples/stages/pipeline.py /tmp/stages-demo    # against MLFLOW_TRACKING_URI
+    python examples/stages/pipeline.py stages-demo    # against MLFLOW_TRACKING_URI
 """
 
 from __future__ import annotations

@@ -357,8 +357,9 @@ class LocalHub:
     ) -> str:
         """Commit several files at once; returns the new 40-hex commit sha.
 
-        Commit shas are deterministic (parent + sorted paths and content hashes), so
-        a manifest can pin a commit that every fresh hub with the same files serves.
+        Commit shas are deterministic (parent + sorted paths and content hashes; not
+        the message), so a manifest can pin a commit that every fresh hub with the
+        same files serves.
         """
         blobs = {path.strip("/"): _Blob.of(content) for path, content in files.items()}
         return self._commit(repo_id, repo_type, revision, blobs, message)
@@ -371,7 +372,9 @@ class LocalHub:
             parent = repo.branches.get(revision, _EMPTY_COMMIT)
             tree = dict(repo.commits.get(parent, {}))
             tree.update(blobs)
-            digest = hashlib.sha1(f"{parent}\n{message}\n".encode())
+            # The message is not hashed: the same files give the same commit whoever
+            # serves them (the demo's conftest, `python -m pytest_ckpts.testing.hub`).
+            digest = hashlib.sha1(f"{parent}\n".encode())
             for path in sorted(tree):
                 digest.update(f"{path}\0{tree[path].sha256}\n".encode())
             commit = digest.hexdigest()
