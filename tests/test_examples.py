@@ -61,3 +61,17 @@ def test_demo_suite_ci_kill_switch(tmp_path: Path) -> None:
     filtered = run_demo(tmp_path, "-m", "not requires_checkpoints", "--ckpts=skip")
     assert filtered.returncode == 0, filtered.stdout
     assert "deselected" in filtered.stdout
+
+
+def test_demo_manifest_pins_the_commit_the_bundled_hub_serves() -> None:
+    """README's CLI walk-through serves hub_data with `python -m pytest_ckpts.testing.hub`;
+    the demo's conftest serves it too. Both must produce the pinned commit."""
+    from pytest_ckpts import load_manifest
+    from pytest_ckpts.testing import LocalHub
+
+    data = ROOT / "examples" / "demo" / "hub_data"
+    files = {p.relative_to(data).as_posix(): p for p in sorted(data.rglob("*")) if p.is_file()}
+    manifest = load_manifest(ROOT / "checkpoints" / "checkpoints.yaml")
+    with LocalHub() as hub:
+        commit = hub.add_files("acme/demo-checkpoints", files, message="anything")
+    assert {e.revision for e in manifest.entries.values()} == {commit}
