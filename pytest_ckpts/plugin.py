@@ -6,29 +6,17 @@ kept on the one ``CkptsSession``; the hooks below only route pytest events to it
 
 from __future__ import annotations
 
-import os
 from collections.abc import Generator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from . import fixtures, hookspecs, mlflow_fixtures
 from .errors import CheckpointDownloadError, CheckpointSkipped, ManifestError
-from .manifest import DEFAULT_MANIFEST, ENV_MANIFEST, env_value
-from .policy import MODES, Mode, Policy, parse_mode, resolve_mode
-from .session import RESOLVED_KEY, SESSION_KEY, CkptsSession, get_session
-
-MARKER = "requires_checkpoints"
-
-
-def _mode_type(value: str) -> str:
-    try:
-        return parse_mode(value, source="--ckpts").value
-    except ValueError as exc:
-        import argparse
-
-        raise argparse.ArgumentTypeError(str(exc)) from None
+from .manifest import ENV_MANIFEST
+from .marker import MARKER, BadMarker, marked_names, marker_problem
+from .policy import MODES, Mode, Policy, mode_option, resolve_mode
+from .session import RESOLVED_KEY, SESSION_KEY, CkptsSession, cache_dir, get_session, manifest_path
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -41,7 +29,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--ckpts",
         dest="ckpts_mode",
         metavar="MODE",
-        type=_mode_type,
+        type=mode_option,
         default=None,
         help=f"what to do with tests that need checkpoints: {', '.join(MODES)}. "
         "auto: download missing, skip if the hub is down; offline: cache only; "
@@ -99,39 +87,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _manifest_path(config: pytest.Config) -> Path | None:
-    """CLI > env > ini > <rootdir>/checkpoints/checkpoints.yaml (only if it exists).
-
-    An explicitly configured path that does not exist is an error (raised by
-    ``load_manifest``): a typo there must not silently turn the plugin off.
-    """
-    cli = config.getoption("ckpts_manifest")
-    if cli:
-        return Path(config.invocation_params.dir, os.path.expanduser(cli))
-    env = env_value(ENV_MANIFEST)
-    if env:
-        return Path(os.path.expanduser(env)).absolute()
-    ini = str(config.getini("ckpts_manifest") or "")
-    if ini:
-        base = config.inipath.parent if config.inipath else config.rootpath
-        return base / os.path.expanduser(ini)
-    default = config.rootpath / DEFAULT_MANIFEST
-    return default if default.is_file() else None
-
-
-def _cache_dir(config: pytest.Config) -> Path | None:
-    cli = config.getoption("ckpts_cache_dir")
-    if cli:
-        return Path(config.invocation_params.dir, os.path.expanduser(cli))
-    env = env_value("PYTEST_CKPTS_CACHE_DIR")
-    if env:
-        return Path(os.path.expanduser(env)).absolute()
-    ini = str(config.getini("ckpts_cache_dir") or "")
-    if ini:
-        return config.rootpath / os.path.expanduser(ini)
-    return None
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
@@ -155,7 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
         strict=bool(strict_opt if strict_opt is not None else config.getini("ckpts_strict")),
         rehash=bool(config.getoption("ckpts_rehash")),
     )
-    path = _manifest_path(config)
+    path = manifest_path(config)
     manifest = None
     if path is not None:
         from .manifest import load_manifest
@@ -165,7 +120,7 @@ def pytest_configure(config: pytest.Config) -> None:
         except ManifestError as exc:
             raise pytest.UsageError(str(exc)) from None
     session = CkptsSession(
-        config=config, policy=policy, manifest=manifest, cache_dir=_cache_dir(config)
+        config=config, policy=policy, manifest=manifest, cache_dir=cache_dir(config)
     )
     config.stash[SESSION_KEY] = session
     from . import api
@@ -183,43 +138,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         api.deactivate(session)
 
 
-class _BadMarker(pytest.Collector):
-    """Stands in for a test whose marker names unknown checkpoints: a collection error."""
-
-    message: str = ""
-
-    def collect(self) -> list[pytest.Item | pytest.Collector]:
-        raise self.CollectError(self.message)
-
-
-def _marked_names(node: pytest.Item) -> list[str]:
-    names: list[str] = []
-    for mark in node.iter_markers(MARKER):
-        for arg in mark.args:
-            if isinstance(arg, str):
-                names.append(arg)
-            else:
-                names.extend(str(a) for a in arg)
-    return list(dict.fromkeys(names))
-
-
-def _marker_problem(session: CkptsSession, item: pytest.Item) -> str | None:
-    names = _marked_names(item)
-    if not names:
-        return None
-    if session.manifest is None:
-        return (
-            f"pytest-ckpts: {item.nodeid} requires checkpoints {names} but no manifest was "
-            "found. Create checkpoints/checkpoints.yaml or pass --ckpts-manifest."
-        )
-    unknown = [n for n in names if n not in session.manifest]
-    if unknown:
-        return "pytest-ckpts: " + " ".join(
-            session.manifest.unknown_name_message(n) for n in unknown
-        )
-    return None
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_pycollect_makeitem(
     collector: pytest.Collector, name: str, obj: object
@@ -231,11 +149,11 @@ def pytest_pycollect_makeitem(
     items = result if isinstance(result, list) else [result]
     out: list[Any] = []
     for node in items:
-        problem = _marker_problem(session, node) if isinstance(node, pytest.Item) else None
+        problem = marker_problem(session, node) if isinstance(node, pytest.Item) else None
         if problem is None:
             out.append(node)
         else:
-            bad = _BadMarker.from_parent(collector, name=node.name)
+            bad = BadMarker.from_parent(collector, name=node.name)
             bad.message = problem
             out.append(bad)
     return out if isinstance(result, list) else out[0]
@@ -247,24 +165,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in items:
         if item.get_closest_marker(MARKER) is not None:
-            names = ", ".join(_marked_names(item)) or "checkpoints"
+            names = ", ".join(marked_names(item)) or "checkpoints"
             item.add_marker(
                 pytest.mark.skip(
                     reason=f"{names}: checkpoint downloads disabled ({session.policy.source})"
                 )
             )
-            for name in _marked_names(item):
+            for name in marked_names(item):
                 session.stats.skipped.setdefault(
                     name, f"downloads disabled ({session.policy.source})"
                 )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    names = _marked_names(item)
+    names = marked_names(item)
     if not names:
         return
     session = get_session(item.config)
-    problem = _marker_problem(session, item)  # marks added by parametrize ids land here
+    problem = marker_problem(session, item)  # marks added by parametrize ids land here
     if problem is not None:
         pytest.fail(problem, pytrace=False)
     resolved = item.stash.setdefault(RESOLVED_KEY, {})

@@ -13,7 +13,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["Mode", "Policy", "library_mode", "parse_mode", "resolve_mode", "skip_switch_on"]
+__all__ = [
+    "Mode",
+    "Policy",
+    "library_mode",
+    "mode_option",
+    "parse_mode",
+    "resolve_mode",
+    "skip_switch_on",
+]
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -43,6 +51,16 @@ def parse_mode(value: str, *, source: str) -> Mode:
             f"pytest-ckpts: invalid checkpoint mode {value!r} from {source}; "
             f"valid modes: {', '.join(MODES)}"
         ) from None
+
+
+def mode_option(value: str) -> str:
+    """argparse ``type=`` for ``--ckpts``: a bad value is a usage error listing the modes."""
+    import argparse
+
+    try:
+        return parse_mode(value, source="--ckpts").value
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def skip_switch_on(env: Mapping[str, str] | None = None) -> bool:

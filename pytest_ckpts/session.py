@@ -8,6 +8,7 @@ has its own session; workers ship a small JSON-able ``Stats`` to the controller 
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .errors import CheckpointDownloadError, CheckpointSkipped, ChecksumMismatchError
+from .manifest import DEFAULT_MANIFEST, ENV_MANIFEST, env_value
 from .policy import Mode, Policy
 
 if TYPE_CHECKING:
@@ -31,7 +33,9 @@ __all__ = [
     "CheckpointsWarning",
     "CkptsSession",
     "Stats",
+    "cache_dir",
     "get_session",
+    "manifest_path",
     "used_checkpoint_shas",
 ]
 
@@ -234,3 +238,39 @@ def _reason(exc: BaseException) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc)
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def manifest_path(config: pytest.Config) -> Path | None:
+    """CLI > env > ini > <rootdir>/checkpoints/checkpoints.yaml (only if it exists).
+
+    An explicitly configured path that does not exist is an error (raised by
+    ``load_manifest``): a typo there must not silently turn the plugin off.
+    """
+    cli = config.getoption("ckpts_manifest")
+    if cli:
+        return Path(config.invocation_params.dir, os.path.expanduser(cli))
+    env = env_value(ENV_MANIFEST)
+    if env:
+        return Path(os.path.expanduser(env)).absolute()
+    ini = str(config.getini("ckpts_manifest") or "")
+    if ini:
+        base = config.inipath.parent if config.inipath else config.rootpath
+        return base / os.path.expanduser(ini)
+    default = config.rootpath / DEFAULT_MANIFEST
+    return default if default.is_file() else None
+
+
+def cache_dir(config: pytest.Config) -> Path | None:
+    cli = config.getoption("ckpts_cache_dir")
+    if cli:
+        return Path(config.invocation_params.dir, os.path.expanduser(cli))
+    env = env_value("PYTEST_CKPTS_CACHE_DIR")
+    if env:
+        return Path(os.path.expanduser(env)).absolute()
+    ini = str(config.getini("ckpts_cache_dir") or "")
+    if ini:
+        return config.rootpath / os.path.expanduser(ini)
+    return None
