@@ -238,7 +238,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 class _XdistHooks:
-    """Controller-side merge of worker stats; registered only when xdist is active."""
+    """Controller side of xdist; registered only when xdist is active."""
+
+    def pytest_configure_node(self, node: Any) -> None:
+        """Decide hub reachability and branch commits once, for every worker."""
+        node.workerinput["ckpts_probes"] = get_session(node.config).probes_for_workers()
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         data = getattr(node, "workeroutput", {}).get("ckpts_stats")

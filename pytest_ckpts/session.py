@@ -135,6 +135,7 @@ class CkptsSession:
     cache_dir: Path | None
     stats: Stats = field(default_factory=Stats)
     _store: Store | None = None
+    _probes_done: dict[str, dict[str, Any]] | None = None
     _warned_unverified: bool = False
 
     @property
@@ -151,7 +152,18 @@ class CkptsSession:
                 rehash=self.policy.rehash,
                 observer=_HookObserver(self.config, self.stats),
             )
+            workerinput = getattr(self.config, "workerinput", None)
+            if workerinput and workerinput.get("ckpts_probes"):
+                self._store.import_probes(workerinput["ckpts_probes"])
         return self._store
+
+    def probes_for_workers(self) -> dict[str, dict[str, Any]]:
+        """Branch revisions resolved once on the xdist controller (empty when not needed)."""
+        if self._probes_done is None:
+            self._probes_done = {}
+            if self.manifest is not None and self.policy.downloads:
+                self._probes_done = self.store.export_probes()
+        return self._probes_done
 
     def spec(self, name: str) -> CheckpointSpec:
         if self.manifest is None:

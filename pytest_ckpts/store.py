@@ -246,6 +246,42 @@ class Store:
         assert cached.commit is not None
         return cached.commit
 
+    def export_probes(self) -> dict[str, dict[str, Any]]:
+        """Probe every branch revision the manifest uses; JSON-able results.
+
+        The xdist controller calls this once and hands the answers to its workers
+        (``import_probes``), so N workers cost one probe per repo, and a dead hub
+        costs one timeout per run, not one per worker.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for spec in self.manifest.entries.values():
+            if is_pinned(spec.revision):
+                continue
+            key = "\0".join((self.endpoint, spec.repo_type, spec.repo, spec.revision))
+            if key in out:
+                continue
+            try:
+                out[key] = {"commit": self.probe(spec)}
+            except CheckpointDownloadError as exc:
+                out[key] = {"error": str(exc), "unreachable": exc.unreachable, "status": exc.status}
+        return out
+
+    def import_probes(self, data: dict[str, dict[str, Any]]) -> None:
+        """Seed this store with probe answers another process already got."""
+        for key, value in data.items():
+            endpoint, repo_type, repo, revision = key.split("\0")
+            if "commit" in value:
+                probe = _Probe(commit=str(value["commit"]))
+            else:
+                probe = _Probe(
+                    error=CheckpointDownloadError(
+                        str(value["error"]),
+                        unreachable=bool(value.get("unreachable")),
+                        status=value.get("status"),
+                    )
+                )
+            self._probes[(endpoint, repo_type, repo, revision)] = probe
+
     def _do_probe(self, spec: CheckpointSpec, endpoint: str) -> _Probe:
         token = hf_token()
         url = (

@@ -100,6 +100,8 @@ def test_xdist_downloads_each_checkpoint_once(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *plugin_args, timeout=120)
     result.assert_outcomes(passed=12)
     assert hub.stats.bodies_served == 4
+    # the branch was resolved once for the whole run (on the controller under xdist)
+    assert hub.stats.count(path_contains="/api/models/") == 1
     out = result.stdout.str()
     assert out.count("= checkpoints =") == 1
     result.stdout.fnmatch_lines(["4 downloaded (*), 0 cached, 0 skipped*"])
@@ -174,6 +176,17 @@ def test_hub_down_auto_skips_fast_naming_the_hub(
     assert time.monotonic() - started < 10
     result.assert_outcomes(passed=1, skipped=2)
     result.stdout.fnmatch_lines([f"*checkpoint 'vae': hub unreachable at {endpoint}*Connection*"])
+
+
+def test_hub_down_with_xdist_is_decided_once(pytester: pytest.Pytester) -> None:
+    endpoint = dead_endpoint()
+    make_manifest(pytester.path, None, FILES, endpoint=endpoint)
+    pytester.makepyfile(test_it=TESTS)
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "-rs", timeout=60)
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines([f"*checkpoint '*': hub unreachable at {endpoint}*"])
+    assert time.monotonic() - started < 10
 
 
 def test_hub_down_require_errors(
