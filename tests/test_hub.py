@@ -229,3 +229,27 @@ def test_serve_directory_from_the_command_line(tmp_path: Path) -> None:
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_local_hub_fixture_in_a_user_suite(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from pathlib import Path
+
+        import pytest
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError
+
+        def test_flaky_hub(local_hub, tmp_path):
+            local_hub.add_file("org/models", "vae.ckpt", b"weights")
+            local_hub.faults.fail_next(1, status=500, method="GET")
+            with pytest.raises(HfHubHTTPError):
+                hf_hub_download("org/models", "vae.ckpt", endpoint=local_hub.endpoint,
+                                cache_dir=tmp_path)
+            path = hf_hub_download("org/models", "vae.ckpt", endpoint=local_hub.endpoint,
+                                   cache_dir=tmp_path)
+            assert Path(path).read_bytes() == b"weights"
+            assert local_hub.stats.bodies_served == 1
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
