@@ -77,9 +77,15 @@ def _as_tensors(tensors: Any) -> tuple[dict[str, Any], bool]:
 
 
 def read_baseline(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """Return (tensors, metadata) of a baseline file, for tools and reports."""
+    """Return (tensors, metadata) of a baseline file, for tools and reports.
+
+    Tensors are torch tensors in their stored dtype. A baseline of a single tensor
+    (not a dict) holds it under the key ``"__tensor__"``. Metadata keys: ``format``,
+    ``checkpoints`` (JSON name -> sha256), ``tensors`` (JSON key -> dtype and
+    shape), ``rtol``, ``atol`` and ``kind`` (``single`` or ``dict``).
+    """
     _torch()
-    from safetensors import safe_open
+    safe_open = require("safetensors", "ckpt_baseline").safe_open
 
     with safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata() or {})
@@ -93,6 +99,21 @@ def _label(key: str) -> str:
 
 def _fmt(value: float) -> str:
     return f"{value:.6g}"
+
+
+def _dtype_name(t: Any) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def _same_bytes(a: Any, b: Any) -> bool:
+    """Fast path: identical dtype, shape and bytes (NaNs included) need no arithmetic."""
+    torch = _torch()
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    try:
+        return bool(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
+    except RuntimeError:  # a dtype that cannot be viewed as bytes
+        return bool(torch.equal(a, b))
 
 
 class BaselineChecker:
@@ -166,11 +187,15 @@ class BaselineChecker:
         atol: float,
         single: bool,
     ) -> None:
-        from safetensors.torch import save
+        save = require("safetensors.torch", "ckpt_baseline").save
 
+        layout = {
+            k: {"dtype": _dtype_name(t), "shape": list(t.shape)} for k, t in sorted(tensors.items())
+        }
         metadata = {
             "format": FORMAT,
             "checkpoints": json.dumps(dict(sorted(shas.items()))),
+            "tensors": json.dumps(layout),
             "rtol": repr(rtol),
             "atol": repr(atol),
             "kind": "single" if single else "dict",
@@ -187,14 +212,10 @@ class BaselineChecker:
         rtol: float,
         atol: float,
     ) -> str | None:
-        torch = _torch()
         if stored.keys() == current.keys() and all(
-            stored[k].dtype == current[k].dtype
-            and stored[k].shape == current[k].shape
-            and torch.equal(stored[k], current[k])
-            for k in stored
+            _same_bytes(stored[k], current[k]) for k in stored
         ):
-            return None  # fast path: identical
+            return None  # fast path: identical bytes
         lines: list[str] = []
         problems: list[str] = []
         for k in sorted(set(stored) - set(current)):
@@ -205,8 +226,8 @@ class BaselineChecker:
             a, b = current[k], stored[k]
             if a.dtype != b.dtype or a.shape != b.shape:
                 problems.append(
-                    f"  {_label(k)}: baseline {str(b.dtype).replace('torch.', '')}"
-                    f"{list(b.shape)}, output {str(a.dtype).replace('torch.', '')}{list(a.shape)}"
+                    f"  {_label(k)}: baseline {_dtype_name(b)}{list(b.shape)}, "
+                    f"output {_dtype_name(a)}{list(a.shape)}"
                 )
                 continue
             detail = self._numeric_diff(k, a, b, rtol, atol)
@@ -221,6 +242,11 @@ class BaselineChecker:
             for n in sorted(set(recorded) & set(shas))
             if recorded[n] != shas[n]
         ]
+        if not changed and recorded.keys() != shas.keys() and (recorded or shas):
+            changed.append(
+                f"the baseline was written using checkpoints {sorted(recorded)}; "
+                f"this run used {sorted(shas)}."
+            )
         lines.append(f"pytest-ckpts: baseline '{name}' does not match the output.")
         lines.extend(changed)
         lines.extend(problems)
@@ -231,14 +257,18 @@ class BaselineChecker:
     def _numeric_diff(key: str, a: Any, b: Any, rtol: float, atol: float) -> list[str]:
         torch = _torch()
         if a.dtype.is_floating_point or a.dtype.is_complex:
-            work = torch.complex128 if a.dtype.is_complex else torch.float64
+            # Half types are compared in float32 (as torch.allclose would upcast them);
+            # float32/float64/complex in their own precision, like torch.allclose.
+            work = torch.float32 if a.dtype in (torch.float16, torch.bfloat16) else a.dtype
             x, y = a.to(work), b.to(work)
-            both_nan = torch.isnan(x) & torch.isnan(y)
+            # NaN matches NaN at the same position, and an inf only the same inf
+            # (as torch.isclose with equal_nan=True): neither is a tolerance question.
+            same = (x == y) | (torch.isnan(x) & torch.isnan(y))
+            finite = torch.isfinite(x) & torch.isfinite(y)
             diff = (x - y).abs()
-            diff = torch.where(both_nan, torch.zeros_like(diff), diff)
+            diff = torch.where(same, torch.zeros_like(diff), diff)
             diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
-            one_nan = torch.isnan(x) ^ torch.isnan(y)
-            bad = (diff > atol + rtol * y.abs()) | one_nan
+            bad = ~same & (~finite | (diff > atol + rtol * y.abs()))
         else:
             x, y = a.to(torch.float64), b.to(torch.float64)
             diff = (x - y).abs()
@@ -247,7 +277,9 @@ class BaselineChecker:
         if count == 0:
             return []
         total = bad.numel()
-        rel = diff / y.abs().clamp_min(torch.finfo(torch.float64).tiny)
+        # Relative to the baseline; a zero baseline element gives inf, as numpy's does.
+        rel = diff.to(torch.float64) / y.abs().to(torch.float64)
+        rel = torch.where(torch.isnan(rel), torch.zeros_like(rel), rel)
         flat_diff, flat_rel = (
             diff.reshape(-1),
             torch.where(bad, rel, torch.zeros_like(rel)).reshape(-1),
@@ -269,7 +301,7 @@ class BaselineChecker:
             f"    max abs diff {_fmt(float(flat_diff[i_abs]))} at index {index(i_abs)}",
             f"    max rel diff {_fmt(float(flat_rel[i_rel]))} at index {index(i_rel)}",
             "    worst elements:",
-            f"    {'index':<18} {'baseline':>14} {'output':>14} {'abs diff':>12}",
+            f"    {'index':<18} {'baseline':>14} {'actual':>14} {'abs diff':>12}",
         ]
         k = min(_TABLE_ROWS, count)
         order = torch.topk(masked, k).indices.tolist()

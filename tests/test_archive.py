@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
 import os
+import socket
 import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
+import pytest_ckpts.archive as archive
 from pytest_ckpts.archive import (
     ArchiveError,
     create_archive,
@@ -106,7 +111,7 @@ def test_extract_round_trip_all_or_nothing(tmp_path: Path) -> None:
     dest = extract_archive(out, tmp_path / "restored")
     assert tree(dest) == tree(src)
     assert os.stat(dest / "run.sh").st_mode & 0o111
-    with pytest.raises(ArchiveError, match="not empty"):
+    with pytest.raises(ArchiveError, match="not an empty directory"):
         extract_archive(out, dest)
 
 
@@ -132,20 +137,25 @@ def test_verify_detects_tampering(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def hostile(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"x") -> Path:
+def hostile(
+    tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"x", *, manifest_first: bool = False
+) -> Path:
     """An archive whose MANIFEST.json lists the hostile member, so only the member check can stop it."""
     path = tmp_path / "evil.tar.gz"
     listed = [{"path": member.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}]
     manifest = json.dumps({"format_version": 1, "file_count": 1, "files": listed}).encode()
+    info = tarfile.TarInfo(MANIFEST)
+    info.size = len(manifest)
     with tarfile.open(path, "w:gz") as tar:
+        if manifest_first:
+            tar.addfile(info, io.BytesIO(manifest))
         if member.isfile():
             member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
         else:
             tar.addfile(member)
-        info = tarfile.TarInfo(MANIFEST)
-        info.size = len(manifest)
-        tar.addfile(info, io.BytesIO(manifest))
+        if not manifest_first:
+            tar.addfile(info, io.BytesIO(manifest))
     return path
 
 
@@ -160,6 +170,7 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
     ("member", "message"),
     [
         (_member("/etc/evil"), "absolute path"),
+        (_member("C:/evil"), "absolute path"),
         (_member("../evil"), "'..'"),
         (_member("a/../../evil"), "'..'"),
         (_member("link", tarfile.SYMTYPE, "/etc/passwd"), "link"),
@@ -170,6 +181,7 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
     ],
     ids=[
         "absolute",
+        "drive",
         "dotdot",
         "nested-dotdot",
         "symlink-out",
@@ -179,10 +191,11 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
         "fifo",
     ],
 )
+@pytest.mark.parametrize("manifest_first", [True, False], ids=["manifest-first", "manifest-last"])
 def test_hostile_archives_are_refused_leaving_nothing(
-    tmp_path: Path, member: tarfile.TarInfo, message: str
+    tmp_path: Path, member: tarfile.TarInfo, message: str, manifest_first: bool
 ) -> None:
-    evil = hostile(tmp_path, member)
+    evil = hostile(tmp_path, member, manifest_first=manifest_first)
     dest = tmp_path / "dest"
     with pytest.raises(ArchiveError, match=message):
         extract_archive(evil, dest)
@@ -193,6 +206,8 @@ def test_hostile_archives_are_refused_leaving_nothing(
     with pytest.raises(ArchiveError):
         extract_archive(evil, empty)
     assert list(empty.iterdir()) == []
+    with pytest.raises(ArchiveError, match=message):
+        verify_archive(evil)
 
 
 def test_wrong_hash_in_manifest_is_refused(tmp_path: Path) -> None:
@@ -253,3 +268,254 @@ def test_read_error_midway_leaves_no_temp(tmp_path: Path, monkeypatch: pytest.Mo
 def test_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="not a directory"):
         create_archive(tmp_path / "missing", tmp_path / "a.tar.gz")
+
+
+def members(path: Path) -> list[tarfile.TarInfo]:
+    with tarfile.open(path) as tar:
+        return tar.getmembers()
+
+
+def rewrite(src: Path, dst: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    """Copy archive ``src`` to ``dst``, passing each (member, data) through ``edit``."""
+    with tarfile.open(src) as tin, tarfile.open(dst, "w:gz") as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read() if m.isfile() else None  # type: ignore[union-attr]
+            for m2, d2 in edit(m, data):
+                if d2 is not None:
+                    m2.size = len(d2)
+                tout.addfile(m2, io.BytesIO(d2) if d2 is not None else None)
+    return dst
+
+
+def test_layout_manifest_first_dirs_included(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "ckpt")
+    out = create_archive(src, tmp_path / "a.tar.gz")
+    infos = members(out)
+    assert infos[0].name == MANIFEST
+    assert [m.name for m in infos[1:]] == sorted(m.name for m in infos[1:])
+    by_name = {m.name: m for m in infos}
+    assert by_name["empty"].isdir()
+    assert by_name["empty"].mode == 0o755
+    assert by_name["hp/config.yaml"].mode == 0o644
+    assert {m.mtime for m in infos} == {infos[0].mtime}  # one timestamp for all members
+    raw = out.read_bytes()
+    assert raw[:2] == b"\x1f\x8b"
+    assert raw[4:8] == b"\0\0\0\0"
+    assert not raw[3] & 0x08  # FLG.FNAME unset: no file name in the header
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_without_source_date_epoch_uses_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    src = make_tree(tmp_path / "ckpt")
+    before = int(time.time())
+    out = create_archive(src, tmp_path / "a.tar.gz")
+    after = int(time.time())
+    mtimes = {m.mtime for m in members(out)}
+    assert len(mtimes) == 1
+    assert before <= mtimes.pop() <= after
+    created = dt.datetime.fromisoformat(verify_archive(out)["created_at"].replace("Z", "+00:00"))
+    assert created.tzinfo is not None
+    assert before <= created.timestamp() <= after
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "1.5"])
+def test_bad_source_date_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    src = make_tree(tmp_path / "ckpt")
+    with pytest.raises(ArchiveError, match="SOURCE_DATE_EPOCH"):
+        create_archive(src, tmp_path / "a.tar.gz")
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_zlib_fallback_without_isal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    monkeypatch.setitem(sys.modules, "isal", None)  # `from isal import ...` now fails
+    src = make_tree(tmp_path / "ckpt")
+    a = create_archive(src, tmp_path / "a.tar.gz")
+    b = create_archive(src, tmp_path / "b.tar.gz")
+    assert a.read_bytes() == b.read_bytes()
+    assert verify_archive(a)["file_count"] == 4
+    assert tree(extract_archive(a, tmp_path / "x")) == tree(src)
+
+
+def test_empty_source_dir(tmp_path: Path) -> None:
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    out = create_archive(src, tmp_path / "a.tar.gz")
+    manifest = verify_archive(out)
+    assert (manifest["file_count"], manifest["total_size"], manifest["files"]) == (0, 0, [])
+    assert list(extract_archive(out, tmp_path / "x").iterdir()) == []
+
+
+def test_dest_replaced_atomically_and_parents_created(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "ckpt")
+    dest = tmp_path / "deep" / "er" / "a.tar.gz"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"old")
+    assert create_archive(str(src), str(dest)) == dest
+    verify_archive(dest)
+    assert [p.name for p in dest.parent.iterdir()] == ["a.tar.gz"]
+
+
+def test_source_file_is_not_a_directory(tmp_path: Path) -> None:
+    f = tmp_path / "w.pt"
+    f.write_bytes(b"x")
+    with pytest.raises(ArchiveError, match="not a directory"):
+        create_archive(f, tmp_path / "a.tar.gz")
+    assert not (tmp_path / "a.tar.gz").exists()
+
+
+def test_source_with_own_manifest_name_is_refused(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "ckpt")
+    (src / MANIFEST).write_text("{}")
+    with pytest.raises(ArchiveError, match="clash"):
+        create_archive(src, tmp_path / "a.tar.gz")
+    assert not (tmp_path / "a.tar.gz").exists()
+
+
+def test_file_changing_between_passes_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = make_tree(tmp_path / "ckpt")
+    real = archive._hash_file
+
+    def hash_then_change(entry):  # type: ignore[no-untyped-def]
+        hashed = real(entry)
+        if entry.rel == "hp/config.yaml":
+            entry.path.write_text("lr: 0.002\n")  # same size, different bytes
+        return hashed
+
+    monkeypatch.setattr(archive, "_hash_file", hash_then_change)
+    out_dir = tmp_path / "out"
+    with pytest.raises(ArchiveError, match="changed while it was archived"):
+        create_archive(src, out_dir / "a.tar.gz")
+    assert list(out_dir.iterdir()) == []
+
+
+def test_socket_in_source_is_refused(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "ckpt")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(src / "s"))
+        with pytest.raises(ArchiveError, match="not a regular file"):
+            create_archive(src, tmp_path / "a.tar.gz")
+    assert not (tmp_path / "a.tar.gz").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda m, d: (
+                [(m, d)] + ([(tarfile.TarInfo("extra.bin"), b"!")] if m.name == MANIFEST else [])
+            ),
+            "extra.bin: in the archive but not listed",
+        ),
+        (
+            lambda m, d: [] if m.name == "run.sh" else [(m, d)],
+            "run.sh: listed in MANIFEST.json but not",
+        ),
+        (lambda m, d: [] if m.name == MANIFEST else [(m, d)], "has no MANIFEST.json"),
+        (lambda m, d: [(m, d), (m, d)] if m.name == "run.sh" else [(m, d)], "duplicate member"),
+        (lambda m, d: [(m, b"{not json" if m.name == MANIFEST else d)], "unreadable MANIFEST.json"),
+        (
+            lambda m, d: [
+                (
+                    m,
+                    json.dumps({**json.loads(d), "file_count": 3}).encode()
+                    if m.name == MANIFEST
+                    else d,
+                )
+            ],
+            "file_count",
+        ),
+        (
+            lambda m, d: [
+                (
+                    m,
+                    json.dumps({**json.loads(d), "files": [{"path": "run.sh"}]}).encode()
+                    if m.name == MANIFEST
+                    else d,
+                )
+            ],
+            "malformed entry",
+        ),
+        (
+            lambda m, d: [(m, d + b"more" if m.name == "run.sh" else d)],
+            "run.sh: expected",
+        ),
+    ],
+    ids=[
+        "extra",
+        "missing",
+        "no-manifest",
+        "duplicate",
+        "bad-json",
+        "file-count",
+        "malformed",
+        "size",
+    ],
+)
+def test_verify_refuses_inconsistent_archives(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    good = create_archive(make_tree(tmp_path / "ckpt"), tmp_path / "a.tar.gz")
+    bad = rewrite(good, tmp_path / "bad.tar.gz", edit)
+    with pytest.raises(ArchiveError, match=message):
+        verify_archive(bad)
+    with pytest.raises(ArchiveError, match=message):
+        extract_archive(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz", "bad.tar.gz", "ckpt"]
+
+
+def test_truncated_or_missing_archive(tmp_path: Path) -> None:
+    good = create_archive(make_tree(tmp_path / "ckpt"), tmp_path / "a.tar.gz")
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ArchiveError, match="not a readable"):
+        extract_archive(cut, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ArchiveError, match="does not exist"):
+        verify_archive(tmp_path / "nope.tar.gz")
+
+
+def test_extract_refuses_non_empty_or_file_dest(tmp_path: Path) -> None:
+    good = create_archive(make_tree(tmp_path / "ckpt"), tmp_path / "a.tar.gz")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    with pytest.raises(ArchiveError, match="not an empty directory"):
+        extract_archive(good, busy)
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ArchiveError, match="not an empty directory"):
+        extract_archive(good, afile)
+    assert afile.read_text() == "x"
+
+
+def test_long_and_unicode_names_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    src = tmp_path / "ckpt"
+    deep = src / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    (deep / ("w" * 120 + ".safetensors")).write_bytes(b"\0" * 1000)
+    (src / "gewichte_ä_日本.bin").write_bytes(b"\1" * 10)
+    out = create_archive(src, tmp_path / "a.tar.gz")
+    assert out.read_bytes() == create_archive(src, tmp_path / "b.tar.gz").read_bytes()
+    x = tmp_path / "x"
+    x.mkdir()
+    subprocess.run(["tar", "xzf", str(out), "-C", str(x)], check=True)
+    (x / MANIFEST).unlink()
+    assert tree(x) == tree(src)
+    assert tree(extract_archive(out, tmp_path / "y")) == tree(src)
+
+
+def test_backslash_name_refused_on_create(tmp_path: Path) -> None:
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    (src / "a\\b.pt").write_bytes(b"x")
+    with pytest.raises(ArchiveError, match="backslash"):
+        create_archive(src, tmp_path / "a.tar.gz")
+    assert not (tmp_path / "a.tar.gz").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -125,6 +126,77 @@ def test_update_rewrites_only_mismatching(tmp_path: Path) -> None:
     checker(tmp_path, update=True).check("u", t * 3)
     assert torch.equal(read_baseline(path)[0]["__tensor__"], t * 3)
     checker(tmp_path).check("u", t * 3)
+
+
+def test_metadata_records_layout_and_tolerance(tmp_path: Path) -> None:
+    with pytest.raises(BaselineMissing):
+        checker(tmp_path, shas={"vae": "a" * 64}).check(
+            "m", {"x": torch.zeros(2, 3, dtype=torch.float16), "y": np.arange(4)}, rtol=1e-3
+        )
+    tensors, meta = read_baseline(tmp_path / "baselines" / "m.safetensors")
+    assert tensors["x"].dtype == torch.float16  # stored in the original dtype
+    assert json.loads(meta["tensors"]) == {
+        "x": {"dtype": "float16", "shape": [2, 3]},
+        "y": {"dtype": "int64", "shape": [4]},
+    }
+    assert float(meta["rtol"]) == 1e-3
+    assert float(meta["atol"]) == 1e-8
+    assert meta["kind"] == "dict"
+
+
+def test_infinities_match_only_the_same_infinity(tmp_path: Path) -> None:
+    inf = float("inf")
+    base = torch.tensor([1.0, inf, -inf, float("nan")])
+    with pytest.raises(BaselineMissing):
+        checker(tmp_path).check("inf", base)
+    checker(tmp_path).check("inf", base.clone())
+    with pytest.raises(BaselineMismatch) as info:
+        checker(tmp_path).check("inf", torch.tensor([1.0, 1e30, inf, 0.0]))
+    report = str(info.value)
+    assert "3 of 4 elements differ (75.00%)" in report
+    assert "max abs diff inf" in report
+
+
+def test_report_sections_in_order_and_table_capped(tmp_path: Path) -> None:
+    shas = {"vae": "a" * 64}
+    with pytest.raises(BaselineMissing):
+        checker(tmp_path, shas=shas).check("o", {"big": torch.zeros(5, 6), "gone": torch.ones(1)})
+    new = {"big": torch.arange(30, dtype=torch.float32).reshape(5, 6), "new": torch.ones(1)}
+    with pytest.raises(BaselineMismatch) as info:
+        checker(tmp_path, shas={"vae": "d" * 64}).check("o", new)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "pytest-ckpts: baseline 'o' does not match the output."
+    assert lines[1] == (
+        "checkpoint 'vae' changed since the baseline was written: "
+        "was aaaaaaaaaaaa… now dddddddddddd…; this is the likely cause."
+    )
+    assert lines[2] == "  'gone': in the baseline, missing from the output"
+    assert lines[3] == "  'new': in the output, not in the baseline"
+    assert lines[4] == "  'big': 29 of 30 elements differ (96.67%)"
+    assert lines[5] == "    max abs diff 29 at index (4, 5)"
+    assert lines[6] == "    max rel diff inf at index (0, 1)"
+    table = lines[lines.index("    worst elements:") + 2 :]
+    rows = [line for line in table if line.startswith("    (")]
+    assert len(rows) == 10
+    assert rows[0].split()[:2] == ["(4,", "5)"]
+    assert "    ... and 19 more" in lines
+    assert lines[-1] == "If the change is intended, re-run with --ckpts-update-baselines."
+
+
+def test_different_checkpoint_set_is_mentioned(tmp_path: Path) -> None:
+    with pytest.raises(BaselineMissing):
+        checker(tmp_path, shas={"vae": "a" * 64}).check("s", torch.ones(2))
+    with pytest.raises(BaselineMismatch, match=r"written using checkpoints \['vae'\]; this run"):
+        checker(tmp_path, shas={"ldm": "b" * 64}).check("s", torch.zeros(2))
+
+
+def test_matching_within_tolerance_is_not_rewritten_on_update(tmp_path: Path) -> None:
+    with pytest.raises(BaselineMissing):
+        checker(tmp_path).check("t", torch.ones(3))
+    path = tmp_path / "baselines" / "t.safetensors"
+    before = path.read_bytes()
+    checker(tmp_path, update=True).check("t", torch.ones(3) + 1e-9)
+    assert path.read_bytes() == before
 
 
 def test_rejects_non_tensors(tmp_path: Path) -> None:

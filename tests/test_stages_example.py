@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import sys
+import importlib.util
+import re
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -11,9 +13,17 @@ from pytest_ckpts.archive import extract_archive
 from pytest_ckpts.testing.mlflow import MlflowTracking
 from pytest_ckpts.uploads import STAGE_ARTIFACT_PATHS
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "stages"))
+PIPELINE = Path(__file__).resolve().parents[1] / "examples" / "stages" / "pipeline.py"
 
-from pipeline import run_pipeline
+
+def load_pipeline() -> ModuleType:
+    """Import the example by path (no sys.path edits, no clash with another ``pipeline``)."""
+    spec = importlib.util.spec_from_file_location("ckpts_stages_example", PIPELINE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tree(root: Path) -> dict[str, bytes | None]:
@@ -27,10 +37,14 @@ def tree(root: Path) -> dict[str, bytes | None]:
 def test_every_stage_is_archive_first_and_round_trips(
     mlflow_tracking: MlflowTracking, tmp_path: Path
 ) -> None:
-    result = run_pipeline(tmp_path / "work")
+    result = load_pipeline().run_pipeline(tmp_path / "work")
+    assert {stage: info["uploaded"] for stage, info in result.items()} == dict.fromkeys(
+        ("training", "hpo", "benchmark", "conversion"), True
+    )
     for stage in ("training", "hpo", "benchmark"):
         info = result[stage]
         source: Path = info["checkpoint_dir"]
+        assert re.fullmatch(r"[0-9a-f]{16}", source.name)  # a hash-named experiment dir
         manifest = mlflow_tracking.assert_archive_first(info["run_id"], stage, source)
         assert manifest["stage"] == stage
         local = mlflow_tracking.download_artifact(
@@ -53,5 +67,9 @@ def test_every_stage_is_archive_first_and_round_trips(
         "benchmark_checkpoint.tar.gz",
     ]
     assert mlflow_tracking.list_artifacts(result["conversion"]["run_id"]) == [
-        "conversion/model.pt2"
+        "conversion/model.onnx"
     ]
+    converted = mlflow_tracking.download_artifact(
+        result["conversion"]["run_id"], "conversion/model.onnx", tmp_path / "dl" / "conversion"
+    )
+    assert converted.read_bytes() == result["conversion"]["file"].read_bytes()

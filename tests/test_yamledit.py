@@ -95,9 +95,136 @@ def test_empty_value_is_filled() -> None:
     assert out == f'checkpoints:\n  a:\n    sha256: "{SHA}"\n    hf_path: a.ckpt\n'
 
 
-def test_flow_style_entry_is_refused_clearly() -> None:
-    with pytest.raises(ValueError, match="flow style"):
-        set_entry_values("checkpoints:\n  a: {hf_path: a.ckpt}\n", {"a": {"sha256": SHA}})
+def test_flow_mapping_entries_are_edited_in_place() -> None:
+    text = (
+        "checkpoints:\n"
+        "  a: {hf_path: a.ckpt, sha256: <to_be_calculated>}  # flow\n"
+        "  b: {hf_path: 'b.ckpt' }\n"
+        "  c: {}\n"
+        "  d: {\n"
+        "    hf_path: d.ckpt,  # multi-line\n"
+        "  }\n"
+    )
+    edits = {
+        "a": {"sha256": SHA, "revision": COMMIT},
+        "b": {"sha256": DIGITS},
+        "c": {"hf_path": "c,1.ckpt"},
+        "d": {"hf_path": "e,1.ckpt", "sha256": SHA},
+    }
+    out = set_entry_values(text, edits)
+    assert out == (
+        "checkpoints:\n"
+        f'  a: {{hf_path: a.ckpt, sha256: {SHA}, revision: "{COMMIT}"}}  # flow\n'
+        f"  b: {{hf_path: 'b.ckpt', sha256: \"{DIGITS}\" }}\n"
+        '  c: {hf_path: "c,1.ckpt"}\n'
+        "  d: {\n"
+        f'    hf_path: "e,1.ckpt", sha256: "{SHA}",  # multi-line\n'
+        "  }\n"
+    )
+    data = yaml.safe_load(out)["checkpoints"]
+    assert data["a"] == {"hf_path": "a.ckpt", "sha256": SHA, "revision": COMMIT}
+    assert data["b"]["sha256"] == DIGITS
+    assert data["c"] == {"hf_path": "c,1.ckpt"}
+    assert data["d"] == {"hf_path": "e,1.ckpt", "sha256": SHA}
+
+
+def test_quoting_styles_are_kept_and_escaped() -> None:
+    text = (
+        "checkpoints:\n"
+        "  a:\n"
+        "    hf_path: 'it''s.ckpt'\n"
+        '    description: "old"\n'
+        "    revision: main\n"
+        "    filename: x\n"
+    )
+    edits = {
+        "a": {
+            "hf_path": "it's new.ckpt",
+            "description": 'say "hi"',
+            "revision": "true",
+            "filename": "a: b",
+        }
+    }
+    out = set_entry_values(text, edits)
+    assert out == (
+        "checkpoints:\n"
+        "  a:\n"
+        "    hf_path: 'it''s new.ckpt'\n"
+        '    description: "say \\"hi\\""\n'
+        '    revision: "true"\n'
+        '    filename: "a: b"\n'
+    )
+    assert yaml.safe_load(out)["checkpoints"]["a"] == edits["a"]
+
+
+def test_insert_after_a_block_scalar_and_a_nested_value() -> None:
+    text = (
+        "checkpoints:\n"
+        "  a:\n"
+        "    hf_path: a.ckpt\n"
+        "    description: |\n"
+        "      two\n"
+        "      lines\n"
+        "  b:\n"
+        "    hf_path: b.ckpt\n"
+        "    tags:\n"
+        "      - x\n"
+        "      - y   # last\n"
+        "\n"
+        "  # about c\n"
+        "  c:\n"
+        "    hf_path: c.ckpt\n"
+    )
+    out = set_entry_values(text, {"a": {"sha256": SHA}, "b": {"sha256": SHA}})
+    assert out == (
+        "checkpoints:\n"
+        "  a:\n"
+        "    hf_path: a.ckpt\n"
+        "    description: |\n"
+        "      two\n"
+        "      lines\n"
+        f'    sha256: "{SHA}"\n'
+        "  b:\n"
+        "    hf_path: b.ckpt\n"
+        "    tags:\n"
+        "      - x\n"
+        "      - y   # last\n"
+        f'    sha256: "{SHA}"\n'
+        "\n"
+        "  # about c\n"
+        "  c:\n"
+        "    hf_path: c.ckpt\n"
+    )
+
+
+def test_values_that_cannot_be_edited_in_place_are_refused() -> None:
+    with pytest.raises(ValueError, match="entry 'a' key 'sha256' is a block scalar"):
+        set_entry_values("checkpoints:\n  a:\n    sha256: |\n      x\n", {"a": {"sha256": SHA}})
+    with pytest.raises(ValueError, match="entry 'b' key 'sha256' is an alias"):
+        set_entry_values(
+            "checkpoints:\n  a:\n    sha256: &s x\n  b:\n    sha256: *s\n",
+            {"b": {"sha256": SHA}},
+        )
+    with pytest.raises(ValueError, match="not valid YAML"):
+        set_entry_values("checkpoints: [\n", {"a": {"sha256": SHA}})
+
+
+def test_mixed_line_endings_use_the_entry_line_ending() -> None:
+    text = "checkpoints:\r\n  a:\r\n    hf_path: a\r\n  b:\n    hf_path: b\n"
+    out = set_entry_values(text, {"a": {"sha256": SHA}, "b": {"sha256": SHA}})
+    assert out == (
+        f'checkpoints:\r\n  a:\r\n    hf_path: a\r\n    sha256: "{SHA}"\r\n'
+        f'  b:\n    hf_path: b\n    sha256: "{SHA}"\n'
+    )
+
+
+def test_crlf_file_without_trailing_newline() -> None:
+    text = "checkpoints:\r\n  a:\r\n    hf_path: a  # c"
+    out = set_entry_values(text, {"a": {"sha256": SHA, "revision": COMMIT}})
+    assert out == (
+        "checkpoints:\r\n  a:\r\n    hf_path: a  # c"
+        f'\r\n    sha256: "{SHA}"\r\n    revision: "{COMMIT}"'
+    )
 
 
 def test_unknown_entry_is_refused() -> None:

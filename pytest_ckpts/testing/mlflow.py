@@ -2,14 +2,21 @@
 
 ``mlflow_tracking`` gives each test a real sqlite-backed store. Creating one runs
 ~40 schema migrations (1.4-2.4 s here); copying an already migrated template file
-takes milliseconds, so the template is built once per session and copied per test.
-``mlflow_server`` runs the real MLflow FastAPI app under uvicorn in a thread, with
-artifact proxying, behind a small ASGI layer that counts requests and injects faults.
+takes milliseconds, so the template is built once (per session, shared by the
+pytest-xdist workers of a run) and copied per test.
+
+``mlflow_server`` runs the real MLflow FastAPI app (which mounts the Flask tracking
+handlers) under uvicorn in a daemon thread, configured the way ``mlflow server
+--serve-artifacts`` configures its workers, behind a small ASGI layer that logs
+requests and injects faults. MLflow's server keeps its stores in module globals and
+reads part of its configuration from ``os.environ`` per request, so: one server per
+process, and its environment is present only while a test uses it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import sqlite3
@@ -17,7 +24,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,16 +34,29 @@ from ..archive import verify_archive
 from ..uploads import STAGE_ARTIFACT_PATHS
 
 __all__ = [
+    "ARTIFACT_ROOT_ENV",
     "MlflowServer",
     "MlflowTracking",
     "ServerFaults",
+    "ServerTracking",
     "TemplateStore",
     "mlflow_state",
 ]
 
-#: mlflow's internal name for the server's default artifact root; the sqlite store uses
-#: it instead of ./mlruns when set, which is how no test leaves ./mlruns behind.
+#: mlflow's internal name for the server's default artifact root. The client-side
+#: sqlite store uses it instead of ``./mlruns`` when set: that is how no test leaves
+#: ``./mlruns`` behind, whatever the cwd.
 ARTIFACT_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"
+#: Env vars a test may change through mlflow's fluent API; saved and restored.
+_STATE_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    ARTIFACT_ROOT_ENV,
+)
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin", ".h5", ".pkl")
 
 
@@ -44,20 +64,63 @@ def _import_mlflow() -> Any:
     return require("mlflow", "the MLflow fixtures")
 
 
-class TemplateStore:
-    """A migrated sqlite tracking DB, built once, copied for every test."""
+@contextlib.contextmanager
+def _env_applied(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, remove) env vars for a block, restoring the old values after."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
 
-    def __init__(self, directory: Path) -> None:
+
+# --------------------------------------------------------------------------- template
+
+
+class TemplateStore:
+    """A migrated sqlite tracking DB, built once, copied for every test.
+
+    Several processes (pytest-xdist workers) may share ``directory``: the first builds
+    the template under a file lock, into a temp file renamed into place, and the
+    others wait and reuse it.
+    """
+
+    def __init__(self, directory: Path, *, timeout: float = 300.0) -> None:
         self.directory = directory
         self.db = directory / "template.db"
-        if not self.db.exists():
+        if self.db.exists():
+            return
+        from filelock import FileLock
+
+        directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(directory / "template.lock"), timeout=timeout):
+            if not self.db.exists():
+                self._build()
+
+    def _build(self) -> None:
+        tmp = self.directory / f"template.{os.getpid()}.tmp.db"
+        tmp.unlink(missing_ok=True)
+        with warnings.catch_warnings():
+            # SQLAlchemy deprecation noise from mlflow's mappers, raised once per process
+            # when the store module is first imported: not the user's problem, and fatal
+            # under -W error.
+            warnings.simplefilter("ignore")
             _import_mlflow()
             from mlflow.store.tracking import sqlalchemy_store
 
-            artifacts = directory / "template-artifacts"
             store_cls: Any = sqlalchemy_store.SqlAlchemyStore
-            store = store_cls(f"sqlite:///{self.db}", str(artifacts))
-            store.engine.dispose()
+            store = store_cls(f"sqlite:///{tmp}", str(self.directory / "template-artifacts"))
+        store.engine.dispose()
+        os.replace(tmp, self.db)
 
     def copy_to(self, directory: Path, *, proxied: bool = False) -> tuple[Path, Path]:
         """A fresh store in ``directory``: (db path, artifact root).
@@ -80,54 +143,65 @@ class TemplateStore:
         return db, artifacts
 
 
+# --------------------------------------------------------------------------- state
+
+
 @contextlib.contextmanager
-def mlflow_state(tracking_uri: str, artifact_root: str | None) -> Iterator[None]:
+def mlflow_state(
+    tracking_uri: str,
+    artifact_root: str | None,
+    *,
+    experiment_id: str | None = None,
+) -> Iterator[None]:
     """Point mlflow at ``tracking_uri`` for a block; restore everything after.
 
-    Restores the env vars, the tracking URI set with ``mlflow.set_tracking_uri``, the
-    active experiment, and ends runs the block left active.
+    Restores the env vars a test may touch through mlflow (tracking/registry URI, run
+    and experiment ids), the URIs set with ``mlflow.set_tracking_uri`` /
+    ``set_registry_uri``, the active experiment, and ends runs the block left active.
+    ``artifact_root`` is where a sqlite store puts new experiments' artifacts.
     """
     mlflow = _import_mlflow()
     from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    names = (
-        "MLFLOW_TRACKING_URI",
-        ARTIFACT_ROOT_ENV,
-        "MLFLOW_RUN_ID",
-        "MLFLOW_EXPERIMENT_ID",
-        "MLFLOW_EXPERIMENT_NAME",
+    saved_uri = tracking_utils._tracking_uri
+    saved_registry = registry_utils._registry_uri
+    saved_experiment = fluent._active_experiment_id
+    values: dict[str, str | None] = dict.fromkeys(_STATE_ENV)
+    values["MLFLOW_TRACKING_URI"] = tracking_uri
+    values[ARTIFACT_ROOT_ENV] = (
+        artifact_root if artifact_root is not None else os.environ.get(ARTIFACT_ROOT_ENV)
     )
-    saved_env = {n: os.environ.get(n) for n in names}
-    saved_uri = getattr(tracking_utils, "_tracking_uri", None)
-    saved_experiment = getattr(fluent, "_active_experiment_id", None)
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    if artifact_root is not None:
-        os.environ[ARTIFACT_ROOT_ENV] = artifact_root
-    for n in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        os.environ.pop(n, None)
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        for n, v in saved_env.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
-        tracking_utils._tracking_uri = saved_uri
-        fluent._active_experiment_id = saved_experiment
+    with _env_applied(values):
+        tracking_utils.set_tracking_uri(tracking_uri)
+        registry_utils._registry_uri = None
+        fluent._active_experiment_id = None
+        try:
+            if experiment_id is not None:
+                mlflow.set_experiment(experiment_id=experiment_id)
+            yield
+        finally:
+            while mlflow.active_run() is not None:
+                mlflow.end_run()
+            # set_tracking_uri also resets mlflow's tracer, which caches the URI; it
+            # edits MLFLOW_TRACKING_URI too, which _env_applied then puts back
+            set_uri: Any = tracking_utils.set_tracking_uri  # typed str | Path; None = unset
+            set_uri(saved_uri)
+            registry_utils._registry_uri = saved_registry
+            fluent._active_experiment_id = saved_experiment
+
+
+# --------------------------------------------------------------------------- helpers
 
 
 @dataclass
 class MlflowTracking:
-    """What the ``mlflow_tracking`` and ``mlflow_server`` fixtures hand to a test."""
+    """What the ``mlflow_tracking`` fixture hands to a test: a store and helpers."""
 
     tracking_uri: str
     artifact_root: Path
-    _client: Any = None
+    _client: Any = field(default=None, repr=False)
 
     @property
     def client(self) -> Any:
@@ -139,7 +213,7 @@ class MlflowTracking:
         return self._client
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
-        """Every artifact file of the run, recursively, as posix paths."""
+        """Every artifact file of the run (recursively), as sorted posix paths."""
         out: list[str] = []
         for info in self.client.list_artifacts(run_id, path):
             if info.is_dir:
@@ -163,15 +237,30 @@ class MlflowTracking:
     ) -> dict[str, Any]:
         """Assert the run holds exactly one checkpoint archive, at the stage's path.
 
-        No loose checkpoint files may sit beside it. The archive must verify against
-        its ``MANIFEST.json``, and with ``source_dir`` that manifest must describe
-        exactly the files in it. Returns the manifest.
+        No loose checkpoint files may sit beside it (files with checkpoint suffixes,
+        or, with ``source_dir``, any of its files that live in a subdirectory). The
+        archive must verify against its ``MANIFEST.json``, record ``stage``, and with
+        ``source_dir`` that manifest must describe exactly its files. Returns the
+        manifest.
         """
         __tracebackhide__ = True
         expected = artifact_path or STAGE_ARTIFACT_PATHS[stage]
         artifacts = self.list_artifacts(run_id)
         archives = [a for a in artifacts if a.endswith(".tar.gz")]
-        loose = [a for a in artifacts if PurePosixPath(a).suffix in _CHECKPOINT_SUFFIXES]
+        nested: set[str] = set()
+        src = Path(source_dir) if source_dir is not None else None
+        if src is not None:
+            nested = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+            nested = {n for n in nested if "/" in n}
+        loose = [
+            a
+            for a in artifacts
+            if a not in archives
+            and (
+                PurePosixPath(a).suffix in _CHECKPOINT_SUFFIXES
+                or any(a == n or a.endswith("/" + n) for n in nested)
+            )
+        ]
         problems = []
         if archives != [expected]:
             problems.append(f"expected exactly one archive at {expected!r}, found {archives}")
@@ -186,12 +275,12 @@ class MlflowTracking:
             manifest = verify_archive(local)
         if manifest.get("stage") != stage:
             raise AssertionError(
-                f"archive manifest says stage {manifest.get('stage')!r}, not {stage!r}"
+                f"archive {expected} of run {run_id}: MANIFEST.json says stage "
+                f"{manifest.get('stage')!r}, not {stage!r}"
             )
-        if source_dir is not None:
+        if src is not None:
             from ..integrity import calculate_sha256
 
-            src = Path(source_dir)
             actual = {
                 p.relative_to(src).as_posix(): (p.stat().st_size, calculate_sha256(p))
                 for p in sorted(src.rglob("*"))
@@ -203,13 +292,13 @@ class MlflowTracking:
                 extra = sorted(set(listed) - set(actual))
                 changed = sorted(k for k in set(actual) & set(listed) if actual[k] != listed[k])
                 raise AssertionError(
-                    f"archive {expected} does not match {src}: missing {missing}, "
-                    f"extra {extra}, different {changed}"
+                    f"archive {expected} of run {run_id} does not match {src}: "
+                    f"not in archive {missing}, only in archive {extra}, different {changed}"
                 )
         return manifest
 
 
-# --------------------------------------------------------------------------- server
+# --------------------------------------------------------------------------- faults
 
 
 @dataclass
@@ -223,7 +312,11 @@ class _Fault:
 
 @dataclass
 class ServerFaults:
-    """Fault injection and request log in front of the real MLflow app."""
+    """Fault injection and a request log, in front of the real MLflow app.
+
+    ``requests`` lists ``(method, path, status)`` for every HTTP request the server
+    answered, injected failures included, in the order they finished.
+    """
 
     requests: list[tuple[str, str, int]] = field(default_factory=list)
     _faults: list[tuple[str, _Fault]] = field(default_factory=list)
@@ -237,7 +330,10 @@ class ServerFaults:
         method: str | None = "PUT",
         path_contains: str = "/mlflow-artifacts/",
     ) -> None:
-        """Answer the next ``n`` matching requests (default: artifact uploads) with ``status``."""
+        """Answer the next ``n`` matching requests (default: artifact uploads) with ``status``.
+
+        The app never sees them: nothing is stored.
+        """
         with self._lock:
             self._faults.append(("fail", _Fault(n, status, 0.0, method, path_contains)))
 
@@ -249,21 +345,30 @@ class ServerFaults:
         method: str | None = None,
         path_contains: str = "/mlflow-artifacts/",
     ) -> None:
-        """Hold matching requests for ``seconds`` before the app sees them."""
+        """Hold the next ``n`` (None: all) matching requests ``seconds`` before the app sees them."""
         with self._lock:
             self._faults.append(("delay", _Fault(n, 0, seconds, method, path_contains)))
 
     def clear(self) -> None:
+        """Forget injected faults and the request log (done between tests)."""
         with self._lock:
             self._faults.clear()
             self.requests.clear()
 
     def count(self, method: str | None = None, path_contains: str = "") -> int:
-        return sum(
-            1 for m, p, _ in self.requests if (method is None or m == method) and path_contains in p
-        )
+        """How many logged requests match ``method`` (None: any) and ``path_contains``."""
+        with self._lock:
+            return sum(
+                1
+                for m, p, _ in self.requests
+                if (method is None or m == method) and path_contains in p
+            )
 
-    def take(self, kind: str, method: str, path: str) -> _Fault | None:
+    def _record(self, method: str, path: str, status: int) -> None:
+        with self._lock:
+            self.requests.append((method, path, status))
+
+    def _take(self, kind: str, method: str, path: str) -> _Fault | None:
         with self._lock:
             for k, f in self._faults:
                 if (
@@ -292,14 +397,14 @@ class _FaultMiddleware:
         import asyncio
 
         method, path = scope["method"], scope["path"]
-        delay = self.faults.take("delay", method, path)
+        delay = self.faults._take("delay", method, path)
         if delay is not None:
             await asyncio.sleep(delay.seconds)
-        fail = self.faults.take("fail", method, path)
+        fail = self.faults._take("fail", method, path)
         if fail is not None:
             while True:  # drain the upload body so the client sees the answer cleanly
                 message = await receive()
-                if not message.get("more_body"):
+                if message["type"] != "http.request" or not message.get("more_body"):
                     break
             body = b'{"error_code": "INJECTED_FAULT", "message": "injected by pytest-ckpts"}'
             await send(
@@ -313,7 +418,7 @@ class _FaultMiddleware:
                 }
             )
             await send({"type": "http.response.body", "body": body})
-            self.faults.requests.append((method, path, fail.status))
+            self.faults._record(method, path, fail.status)
             return
         status_box: list[int] = []
 
@@ -322,15 +427,53 @@ class _FaultMiddleware:
                 status_box.append(message["status"])
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
-        self.faults.requests.append((method, path, status_box[0] if status_box else 0))
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.faults._record(method, path, status_box[0] if status_box else 0)
+
+
+# --------------------------------------------------------------------------- server
+
+
+@dataclass
+class ServerTracking(MlflowTracking):
+    """What the ``mlflow_server`` fixture hands to a test.
+
+    The ``mlflow_tracking`` helpers, going over HTTP, plus ``faults`` (injection and
+    the request log), ``experiment_id`` (a fresh experiment, active for the test) and
+    ``server``.
+    """
+
+    experiment_id: str = ""
+    server: MlflowServer | None = field(default=None, repr=False)
+
+    @property
+    def faults(self) -> ServerFaults:
+        assert self.server is not None
+        return self.server.faults
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    @property
+    def tracking(self) -> ServerTracking:
+        """Itself (the helpers live here; kept for code written as ``.tracking.x``)."""
+        return self
 
 
 class MlflowServer:
     """The real MLflow tracking server (uvicorn in a daemon thread) on 127.0.0.1.
 
     One per process: MLflow's server handlers keep their stores in module globals.
+    The server reads ``_MLFLOW_SERVER_*`` env vars per request; :meth:`serving` puts
+    them in place for the duration of a test and takes them away after, so tests
+    that don't use the server see a clean environment.
     """
+
+    _started_in_process = False
 
     def __init__(self, directory: Path, template: TemplateStore) -> None:
         self.directory = directory
@@ -339,33 +482,64 @@ class MlflowServer:
         self.backend_uri = f"sqlite:///{db}"
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._counter = itertools.count(1)
         self.port = 0
-        self.tracking: MlflowTracking | None = None  # helpers bound to the server, once started
 
     @property
     def tracking_uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def server_env(self) -> dict[str, str | None]:
+        """What ``mlflow server --serve-artifacts`` puts in its workers' environment."""
+        server_mod: Any = require("mlflow.server", "the MLflow server fixture")
+        return {
+            server_mod.BACKEND_STORE_URI_ENV_VAR: self.backend_uri,
+            server_mod.ARTIFACT_ROOT_ENV_VAR: "mlflow-artifacts:/",
+            server_mod.SERVE_ARTIFACTS_ENV_VAR: "true",
+            server_mod.ARTIFACTS_DESTINATION_ENV_VAR: str(self.artifacts),
+        }
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """The server's environment, for the duration of a test that uses it."""
+        with _env_applied(self.server_env()):
+            yield
+
     def start(self) -> MlflowServer:
-        import importlib
-
-        server_mod: Any = importlib.import_module("mlflow.server")
-        # What `mlflow server --serve-artifacts` puts in the environment of its workers.
-        os.environ[server_mod.BACKEND_STORE_URI_ENV_VAR] = self.backend_uri
-        os.environ[server_mod.ARTIFACT_ROOT_ENV_VAR] = "mlflow-artifacts:/"
-        os.environ[server_mod.SERVE_ARTIFACTS_ENV_VAR] = "true"
-        os.environ[server_mod.ARTIFACTS_DESTINATION_ENV_VAR] = str(self.artifacts)
+        """Build the server's stores, then serve on a free port; returns when it listens."""
+        if MlflowServer._started_in_process:
+            raise RuntimeError(
+                "pytest-ckpts: one MLflow test server per process (MLflow keeps the "
+                "server's stores in module globals); share the session's mlflow_server"
+            )
         import uvicorn
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
 
-        with warnings.catch_warnings():
-            # mlflow's app mounts Flask through a starlette shim that starlette now
-            # deprecates; not the user's problem, and fatal under -W error.
-            warnings.simplefilter("ignore")
-            from mlflow.server import handlers
-            from mlflow.server.fastapi_app import app
+        saved_uri = tracking_utils._tracking_uri
+        saved_registry = registry_utils._registry_uri
+        with (
+            self.serving(),
+            _env_applied(dict.fromkeys(("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"))),
+        ):
+            with warnings.catch_warnings():
+                # mlflow's app mounts Flask through a starlette shim that starlette now
+                # deprecates; not the user's problem, and fatal under -W error.
+                warnings.simplefilter("ignore")
+                from mlflow.server import handlers as _handlers
+                from mlflow.server.fastapi_app import app
+            handlers: Any = _handlers
 
-        # Build the server's stores now, while the environment says where they are.
-        handlers._get_tracking_store()
+            # Build the stores now, while the environment says where they are. Doing
+            # so also points this process's mlflow at the backend DB: undone below.
+            handlers._get_tracking_store()
+            with contextlib.suppress(Exception):  # registry is optional for uploads
+                handlers._get_model_registry_store()
+            handlers._get_artifact_repo_mlflow_artifacts()
+        tracking_utils._tracking_uri = saved_uri
+        registry_utils._registry_uri = saved_registry
+        MlflowServer._started_in_process = True
+
         config = uvicorn.Config(
             _FaultMiddleware(app, self.faults),
             host="127.0.0.1",
@@ -374,18 +548,39 @@ class MlflowServer:
             lifespan="off",
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, name="pytest-ckpts-mlflow-server", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("pytest-ckpts: the MLflow test server did not start")
-            time.sleep(0.01)
+            time.sleep(0.005)
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.tracking = MlflowTracking(tracking_uri=self.tracking_uri, artifact_root=self.artifacts)
         return self
 
+    def new_test(self, name: str) -> ServerTracking:
+        """A fresh experiment for one test (call inside :meth:`serving`); helpers bound to it.
+
+        Runs of different tests never share an experiment, so listing and searching
+        in one test never sees another test's runs.
+        """
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:200]
+        experiment_id = client.create_experiment(f"{next(self._counter):04d}-{safe}")
+        return ServerTracking(
+            tracking_uri=self.tracking_uri,
+            artifact_root=self.artifacts,
+            _client=client,
+            experiment_id=str(experiment_id),
+            server=self,
+        )
+
     def stop(self) -> None:
+        """Ask uvicorn to exit and wait for the thread (up to 10 s)."""
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
