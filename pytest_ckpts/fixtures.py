@@ -64,7 +64,7 @@ def checkpoint(request: pytest.FixtureRequest) -> Callable[[str], Checkpoint]:
 
 
 @pytest.fixture
-def local_hub() -> Iterator[LocalHub]:
+def local_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[LocalHub]:
     """A Hugging Face Hub stand-in serving HTTP on 127.0.0.1 for one test.
 
     The real ``huggingface_hub`` client talks to it; use it to test your own
@@ -75,10 +75,16 @@ def local_hub() -> Iterator[LocalHub]:
             path = hf_hub_download("org/repo", "model.ckpt",
                                    endpoint=local_hub.endpoint, cache_dir=tmp_path)
             assert local_hub.stats.bodies_served == 1
+
+    The stand-in has no Xet storage, so for the test huggingface_hub uploads over
+    the plain LFS protocol (as with ``HF_HUB_DISABLE_XET=1``).
     """
+    from huggingface_hub import constants
+
     from .testing.hub import LocalHub
 
-    with LocalHub() as hub:
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    with LocalHub(upload_dir=tmp_path / "local-hub-uploads") as hub:
         yield hub
 
 
@@ -109,7 +115,10 @@ def _baseline_dir(request: pytest.FixtureRequest) -> Path:
     if not root.is_absolute():
         root = Path(request.config.rootpath) / root
     module = Path(str(request.node.path)).stem
-    name = str(request.node.name)
+    # test methods keep their class ("TestVae.test_out") so two classes in one module
+    # never share (and, under xdist, race on) one baseline directory
+    classes = [n.name for n in request.node.listchain() if isinstance(n, pytest.Class)]
+    name = ".".join([*classes, str(request.node.name)])
     for ch in '<>:"/\\|?*[] ':
         name = name.replace(ch, "_")
     return root / module / name

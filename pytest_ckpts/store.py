@@ -557,6 +557,8 @@ class Store:
                 hint = "set HF_TOKEN (or run `hf auth login`) with read access to the repo"
             else:
                 hint = "check hf_repo/repo in the manifest and that HF_TOKEN can read it"
+        elif status in (401, 403):  # a token the hub refused (no error code)
+            hint = "the hub refused the token; check HF_TOKEN or run `hf auth login`"
         elif isinstance(exc, hf_errors.RevisionNotFoundError):
             hint = "check the revision in the manifest"
         elif isinstance(exc, hf_errors.EntryNotFoundError):

@@ -243,14 +243,14 @@ def test_fail_next_then_recover(hub: LocalHub, tmp_path: Path) -> None:
 def test_delay_applies_to_matching_requests_only(hub: LocalHub, tmp_path: Path) -> None:
     hub.add_file(REPO, "w.bin", DATA)
     hub.add_file(REPO, "x.bin", b"x")
-    hub.faults.delay(0.3, n=2, path_contains="w.bin")  # the HEAD and the GET
+    hub.faults.delay(0.4, n=2, path_contains="w.bin")  # the HEAD and the GET
     started = time.monotonic()
     download(hub, tmp_path)
-    assert time.monotonic() - started >= 0.6
+    assert time.monotonic() - started >= 0.8
     started = time.monotonic()
     download(hub, tmp_path, "x.bin")
-    download(hub, tmp_path / "again")
-    assert time.monotonic() - started < 0.3
+    download(hub, tmp_path / "again")  # the fault is used up
+    assert time.monotonic() - started < 0.4
 
 
 def test_drop_mid_body_leaves_no_complete_file(hub: LocalHub, tmp_path: Path) -> None:
@@ -398,7 +398,7 @@ def test_upload_regular_file_with_the_unmodified_client(tmp_path: Path) -> None:
 @pytest.mark.parametrize("size", [100, 3 * 1024 * 1024], ids=["small", "large"])
 def test_upload_lfs_file_then_download(tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
-    with LocalHub(token="hf_write") as hub:
+    with LocalHub(token="hf_write", upload_dir=tmp_path) as hub:
         api = HfApi(endpoint=hub.endpoint, token="hf_write")
         api.create_repo("org/new", private=True)
         info = api.upload_file(path_or_fileobj=data, path_in_repo="m/w.bin", repo_id="org/new")
@@ -418,27 +418,34 @@ def test_upload_lfs_file_then_download(tmp_path: Path, size: int) -> None:
 
 
 @pytest.mark.usefixtures("no_xet")
-def test_create_commit_adds_and_deletes(hub: LocalHub, tmp_path: Path) -> None:
-    first = hub.add_files(REPO, {"old.bin": b"old", "keep.txt": b"keep"})
-    api = HfApi(endpoint=hub.endpoint)
-    info = api.create_commit(
-        REPO,
-        operations=[
-            CommitOperationAdd("new/w.safetensors", DATA),
-            CommitOperationAdd("README.md", b"# models\n"),
-            CommitOperationDelete("old.bin"),
-        ],
-        commit_message="swap",
-        parent_commit=first,
-    )
-    assert sorted(api.list_repo_files(REPO)) == ["README.md", "keep.txt", "new/w.safetensors"]
-    assert download(hub, tmp_path, "new/w.safetensors", revision=info.oid).read_bytes() == DATA
-    with pytest.raises(HfHubHTTPError) as stale:  # the branch moved since `first`
-        api.create_commit(
-            REPO, operations=[CommitOperationDelete("keep.txt")], commit_message="x",
+def test_create_commit_adds_and_deletes(tmp_path: Path) -> None:
+    with LocalHub(upload_dir=tmp_path) as hub:
+        first = hub.add_files(REPO, {"old.bin": b"old", "keep.txt": b"keep"})
+        api = HfApi(endpoint=hub.endpoint)
+        info = api.create_commit(
+            REPO,
+            operations=[
+                CommitOperationAdd("new/w.safetensors", DATA),
+                CommitOperationAdd("README.md", b"# models\n"),
+                CommitOperationDelete("old.bin"),
+            ],
+            commit_message="swap",
             parent_commit=first,
-        )  # fmt: skip
-    assert stale.value.response.status_code == 412
+        )
+        files = sorted(api.list_repo_files(REPO))
+        assert files == ["README.md", "keep.txt", "new/w.safetensors"]
+        got = download(hub, tmp_path / "c", "new/w.safetensors", revision=info.oid)
+        assert got.read_bytes() == DATA
+        with pytest.raises(HfHubHTTPError) as stale:  # the branch moved since `first`
+            api.create_commit(
+                REPO,
+                operations=[CommitOperationDelete("keep.txt")],
+                commit_message="x",
+                parent_commit=first,
+            )
+        assert stale.value.response.status_code == 412
+        assert list(tmp_path.glob("pytest-ckpts-hub-*"))  # LFS uploads spilled here...
+    assert not list(tmp_path.glob("pytest-ckpts-hub-*"))  # ...and removed by stop()
 
 
 # --------------------------------------------------------------------------- processes

@@ -355,9 +355,19 @@ class LocalHub:
 
     With ``token`` set, every request must carry ``Authorization: Bearer <token>``
     (uploads included); private repos need a bearer token even when it is not set.
+    LFS content uploaded over HTTP is spilled to a temp dir the hub owns (inside
+    ``upload_dir`` when given, so a test can keep it under ``tmp_path``), removed by
+    ``stop()``.
     """
 
-    def __init__(self, *, token: str | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        upload_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.token = token
         self.host = host
         self.port = port
@@ -369,6 +379,7 @@ class LocalHub:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
+        self._upload_parent = None if upload_dir is None else Path(upload_dir)
         self._upload_dir: Path | None = None
         self._upload_cleanup: Callable[[], object] | None = None
         self._lfs: dict[str, _Blob] = {}  # sha256 -> content uploaded over the LFS API
@@ -569,7 +580,9 @@ class LocalHub:
         """The temp dir for LFS uploads, made on first use and removed by ``stop()``."""
         with self._lock:
             if self._upload_dir is None:
-                self._upload_dir = Path(tempfile.mkdtemp(prefix="pytest-ckpts-hub-"))
+                self._upload_dir = Path(
+                    tempfile.mkdtemp(prefix="pytest-ckpts-hub-", dir=self._upload_parent)
+                )
                 # also removed if the hub is never stopped
                 self._upload_cleanup = weakref.finalize(
                     self, shutil.rmtree, str(self._upload_dir), ignore_errors=True
