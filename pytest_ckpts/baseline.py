@@ -9,13 +9,17 @@ elements are off, the worst absolute and relative differences with their indices
 a short table of the worst elements.
 
 Baselines are ``.safetensors`` files: safe to load (no pickle), readable by any
-framework, and they keep bf16/fp16 exactly. torch, numpy and safetensors are imported
-only when a check runs.
+framework, and they keep bf16/fp16 exactly. The header is written canonically (sorted
+metadata, no timestamps), so the same tensors and checkpoints always give the same
+bytes, whichever process or machine wrote them: a regenerated baseline that did not
+change shows no diff in review. torch, numpy and safetensors are imported only when a
+check runs; this module never imports pytest, so tools can reuse it.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,8 @@ from ._extras import require
 from .integrity import atomic_write_bytes
 
 __all__ = [
+    "FORMAT",
+    "UPDATE_FLAG",
     "BaselineChecker",
     "BaselineError",
     "BaselineMismatch",
@@ -31,9 +37,11 @@ __all__ = [
     "read_baseline",
 ]
 
+#: Value of the ``format`` metadata key; bumped only if the layout changes incompatibly.
 FORMAT = "pytest-ckpts-baseline/1"
+#: The flag that rewrites missing or mismatching baselines (named in every failure).
 UPDATE_FLAG = "--ckpts-update-baselines"
-_SINGLE = "__tensor__"
+_SINGLE = "__tensor__"  # key used when a single tensor (not a dict) is checked
 _TABLE_ROWS = 10
 
 
@@ -46,7 +54,7 @@ class BaselineMissing(BaselineError):
 
 
 class BaselineMismatch(BaselineError):
-    """The tensors differ from the baseline beyond tolerance."""
+    """The tensors differ from the baseline (structure, or values beyond tolerance)."""
 
 
 def _torch() -> Any:
@@ -54,40 +62,89 @@ def _torch() -> Any:
 
 
 def _as_tensors(tensors: Any) -> tuple[dict[str, Any], bool]:
-    """Normalise a tensor, an array or a dict of them to {key: cpu tensor}."""
+    """Normalise a tensor, an array or a dict of them to ({key: cpu tensor}, single)."""
     torch = _torch()
 
     def one(value: Any, key: str) -> Any:
         if isinstance(value, torch.Tensor):
             return value.detach().to("cpu").contiguous().clone()
-        if type(value).__module__.startswith("numpy"):
-            import numpy as np
-
+        if type(value).__module__.split(".")[0] == "numpy":
+            np = require("numpy", "ckpt_baseline")
             return torch.from_numpy(np.ascontiguousarray(value).copy())
         raise TypeError(
-            f"pytest-ckpts: ckpt_baseline value for '{key}' is a {type(value).__name__}; "
+            f"pytest-ckpts: ckpt_baseline value for {key} is a {type(value).__name__}; "
             "pass a torch tensor, a numpy array or a dict of them"
         )
 
     if isinstance(tensors, Mapping):
         if not tensors:
             raise ValueError("pytest-ckpts: ckpt_baseline got an empty dict")
-        return {str(k): one(v, str(k)) for k, v in tensors.items()}, False
-    return {_SINGLE: one(tensors, "tensor")}, True
+        out: dict[str, Any] = {}
+        for k, v in tensors.items():
+            if not isinstance(k, str) or not k or k in ("__metadata__", _SINGLE):
+                raise ValueError(
+                    f"pytest-ckpts: ckpt_baseline key {k!r} is not allowed: use non-empty "
+                    f"str keys other than '__metadata__' and '{_SINGLE}'"
+                )
+            out[k] = one(v, f"'{k}'")
+        return out, False
+    return {_SINGLE: one(tensors, "the tensor")}, True
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _canonical(blob: bytes) -> bytes:
+    """Rewrite a safetensors header with sorted metadata keys (safetensors uses a hash map).
+
+    Only the JSON header changes; tensor data and offsets (relative to the end of
+    the header) are untouched, so the file stays valid for every reader.
+    """
+    (size,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data section to 8 bytes
+    return struct.pack("<Q", len(text)) + text + blob[8 + size :]
+
+
+def _encode(
+    tensors: Mapping[str, Any], shas: Mapping[str, str], rtol: float, atol: float, single: bool
+) -> bytes:
+    """The baseline file's bytes: the tensors as given, plus what explains them later."""
+    save = require("safetensors.torch", "ckpt_baseline").save
+    metadata = {
+        "format": FORMAT,
+        "kind": "single" if single else "dict",
+        "checkpoints": json.dumps(dict(sorted(shas.items()))),
+        "tensors": json.dumps(
+            {
+                k: {"dtype": _dtype_name(t.dtype), "shape": list(t.shape)}
+                for k, t in sorted(tensors.items())
+            }
+        ),
+        "rtol": repr(float(rtol)),
+        "atol": repr(float(atol)),
+    }
+    return _canonical(save(dict(tensors), metadata=metadata))
 
 
 def read_baseline(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """Return (tensors, metadata) of a baseline file, for tools and reports.
+    """Return ``(tensors, metadata)`` of a baseline file, for tools and reports.
 
-    Tensors are torch tensors in their stored dtype. A baseline of a single tensor
-    (not a dict) holds it under the key ``"__tensor__"``. Metadata keys: ``format``,
-    ``checkpoints`` (JSON name -> sha256), ``tensors`` (JSON key -> dtype and
-    shape), ``rtol``, ``atol`` and ``kind`` (``single`` or ``dict``).
+    ``tensors`` maps key to torch tensor (a baseline of a single tensor has the one key
+    ``"__tensor__"``); ``metadata`` is the raw str→str safetensors metadata, whose
+    ``checkpoints`` and ``tensors`` values are JSON (checkpoint name → sha256, and key →
+    dtype/shape). Example: which checkpoint produced a baseline::
+
+        tensors, meta = read_baseline("tests/baselines/test_vae/test_out/recon.safetensors")
+        json.loads(meta["checkpoints"])   # {"mp_20_vae": "3b6d…"}
     """
     _torch()
-    safe_open = require("safetensors", "ckpt_baseline").safe_open
-
-    with safe_open(str(path), framework="pt") as f:
+    safetensors = require("safetensors", "ckpt_baseline")
+    with safetensors.safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
     return tensors, metadata
@@ -97,27 +154,30 @@ def _label(key: str) -> str:
     return "tensor" if key == _SINGLE else f"'{key}'"
 
 
-def _fmt(value: float) -> str:
+def _fmt(value: Any) -> str:
+    if isinstance(value, complex):
+        return f"{value.real:.6g}{value.imag:+.6g}j"
     return f"{value:.6g}"
 
 
-def _dtype_name(t: Any) -> str:
-    return str(t.dtype).replace("torch.", "")
-
-
-def _same_bytes(a: Any, b: Any) -> bool:
-    """Fast path: identical dtype, shape and bytes (NaNs included) need no arithmetic."""
+def _bytes_equal(a: Any, b: Any) -> bool:
+    """Same dtype, shape and bit pattern: equal without arithmetic (NaN payloads too)."""
     torch = _torch()
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    try:
-        return bool(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
-    except RuntimeError:  # a dtype that cannot be viewed as bytes
-        return bool(torch.equal(a, b))
+    if a.numel() == 0:
+        return True
+    return bool(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
 
 
 class BaselineChecker:
-    """Compares tensors with ``<directory>/<name>.safetensors`` (the ``ckpt_baseline`` fixture)."""
+    """Compares tensors with ``<directory>/<name>.safetensors`` (the ``ckpt_baseline`` fixture).
+
+    ``checkpoint_shas`` is called at each check and returns name → sha256 of the
+    checkpoints the test used so far; they are stored with the baseline and compared
+    on failure, so a report can say "the checkpoint changed" instead of only "numbers
+    changed". ``update`` is ``--ckpts-update-baselines``.
+    """
 
     def __init__(
         self,
@@ -135,8 +195,8 @@ class BaselineChecker:
         self.atol = atol
 
     def path(self, name: str) -> Path:
-        """Where baseline ``name`` lives."""
-        if not name or "/" in name or "\\" in name or name.startswith("."):
+        """Where baseline ``name`` lives (a plain file name: no separators, no leading dot)."""
+        if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
             raise ValueError(f"pytest-ckpts: invalid baseline name {name!r}")
         return self.directory / f"{name}.safetensors"
 
@@ -150,9 +210,13 @@ class BaselineChecker:
     ) -> None:
         """Fail the test unless ``tensors`` match baseline ``name`` within tolerance.
 
-        A missing baseline is written and the test fails once (review and commit
-        it); with ``--ckpts-update-baselines`` missing or mismatching baselines are
-        rewritten and the test passes. Matching baselines are never rewritten.
+        ``tensors`` is a torch tensor, a numpy array or a dict of them. Floating
+        values match when ``|actual - baseline| <= atol + rtol * |baseline|`` (NaN
+        matches NaN in the same place, inf matches inf of the same sign); integer and
+        bool values must be equal. A missing baseline is written and the test fails
+        once (review and commit it); with ``--ckpts-update-baselines`` missing or
+        mismatching baselines are rewritten and the test passes. Matching baselines
+        are never rewritten, so their bytes stay stable.
         """
         __tracebackhide__ = True
         rtol = self.rtol if rtol is None else rtol
@@ -161,47 +225,34 @@ class BaselineChecker:
         path = self.path(name)
         shas = dict(self._checkpoint_shas())
         if not path.exists():
-            self._write(path, current, shas, rtol, atol, single)
+            atomic_write_bytes(path, _encode(current, shas, rtol, atol, single))
             if self.update:
                 return
             raise BaselineMissing(
                 f"pytest-ckpts: baseline '{name}' did not exist; it was written to {path}. "
                 "Review and commit it, then re-run the test."
             )
-        stored, metadata = read_baseline(path)
+        try:
+            stored, metadata = read_baseline(path)
+        except Exception as exc:  # safetensors, OS or JSON error: the advice is the same
+            if self.update:
+                atomic_write_bytes(path, _encode(current, shas, rtol, atol, single))
+                return
+            raise BaselineMismatch(
+                f"pytest-ckpts: baseline '{name}' at {path} could not be read "
+                f"({type(exc).__name__}: {exc}). Re-run with {UPDATE_FLAG} to rewrite it."
+            ) from None
         report = self._compare(name, stored, metadata, current, shas, rtol, atol)
         if report is None:
             return
         if self.update:
-            self._write(path, current, shas, rtol, atol, single)
+            atomic_write_bytes(path, _encode(current, shas, rtol, atol, single))
             return
-        raise BaselineMismatch(report + f"\nIf the change is intended, re-run with {UPDATE_FLAG}.")
+        raise BaselineMismatch(
+            report + f"\nIf the change is intended, re-run with {UPDATE_FLAG} to rewrite {path}."
+        )
 
     # ------------------------------------------------------------------ internals
-    def _write(
-        self,
-        path: Path,
-        tensors: dict[str, Any],
-        shas: Mapping[str, str],
-        rtol: float,
-        atol: float,
-        single: bool,
-    ) -> None:
-        save = require("safetensors.torch", "ckpt_baseline").save
-
-        layout = {
-            k: {"dtype": _dtype_name(t), "shape": list(t.shape)} for k, t in sorted(tensors.items())
-        }
-        metadata = {
-            "format": FORMAT,
-            "checkpoints": json.dumps(dict(sorted(shas.items()))),
-            "tensors": json.dumps(layout),
-            "rtol": repr(rtol),
-            "atol": repr(atol),
-            "kind": "single" if single else "dict",
-        }
-        atomic_write_bytes(path, save(tensors, metadata=metadata))
-
     def _compare(
         self,
         name: str,
@@ -212,105 +263,125 @@ class BaselineChecker:
         rtol: float,
         atol: float,
     ) -> str | None:
+        """Return the failure report, or None when ``current`` matches ``stored``."""
         if stored.keys() == current.keys() and all(
-            _same_bytes(stored[k], current[k]) for k in stored
+            _bytes_equal(stored[k], current[k]) for k in stored
         ):
-            return None  # fast path: identical bytes
-        lines: list[str] = []
-        problems: list[str] = []
+            return None  # fast path: bit-identical, no arithmetic
+        structure: list[str] = []
         for k in sorted(set(stored) - set(current)):
-            problems.append(f"  {_label(k)}: in the baseline, missing from the output")
+            structure.append(f"  {_label(k)}: in the baseline, missing from the output")
         for k in sorted(set(current) - set(stored)):
-            problems.append(f"  {_label(k)}: in the output, not in the baseline")
-        for k in sorted(set(stored) & set(current)):
+            structure.append(f"  {_label(k)}: in the output, not in the baseline")
+        common = sorted(set(stored) & set(current))
+        numbers: list[str] = []
+        for k in common:
             a, b = current[k], stored[k]
             if a.dtype != b.dtype or a.shape != b.shape:
-                problems.append(
-                    f"  {_label(k)}: baseline {_dtype_name(b)}{list(b.shape)}, "
-                    f"output {_dtype_name(a)}{list(a.shape)}"
+                structure.append(
+                    f"  {_label(k)}: baseline {_dtype_name(b.dtype)}{list(b.shape)}, "
+                    f"output {_dtype_name(a.dtype)}{list(a.shape)}"
                 )
-                continue
-            detail = self._numeric_diff(k, a, b, rtol, atol)
-            if detail:
-                problems.extend(detail)
-        if not problems:
+        for k in common:
+            a, b = current[k], stored[k]
+            if a.dtype == b.dtype and a.shape == b.shape and not _bytes_equal(a, b):
+                numbers.extend(_numeric_diff(k, a, b, rtol, atol))
+        if not structure and not numbers:
             return None  # equal within tolerance
-        recorded = json.loads(metadata.get("checkpoints", "{}") or "{}")
-        changed = [
-            f"checkpoint '{n}' changed since the baseline was written: was {recorded[n][:12]}… "
-            f"now {shas[n][:12]}…; this is the likely cause."
-            for n in sorted(set(recorded) & set(shas))
-            if recorded[n] != shas[n]
-        ]
-        if not changed and recorded.keys() != shas.keys() and (recorded or shas):
-            changed.append(
-                f"the baseline was written using checkpoints {sorted(recorded)}; "
-                f"this run used {sorted(shas)}."
-            )
-        lines.append(f"pytest-ckpts: baseline '{name}' does not match the output.")
-        lines.extend(changed)
-        lines.extend(problems)
+        lines = [f"pytest-ckpts: baseline '{name}' does not match the output."]
+        lines.extend(_checkpoint_lines(metadata, shas))
+        lines.extend(structure)
+        lines.extend(numbers)
         lines.append(f"(rtol={rtol:g}, atol={atol:g})")
         return "\n".join(lines)
 
-    @staticmethod
-    def _numeric_diff(key: str, a: Any, b: Any, rtol: float, atol: float) -> list[str]:
-        torch = _torch()
-        if a.dtype.is_floating_point or a.dtype.is_complex:
-            # Half types are compared in float32 (as torch.allclose would upcast them);
-            # float32/float64/complex in their own precision, like torch.allclose.
-            work = torch.float32 if a.dtype in (torch.float16, torch.bfloat16) else a.dtype
-            x, y = a.to(work), b.to(work)
-            # NaN matches NaN at the same position, and an inf only the same inf
-            # (as torch.isclose with equal_nan=True): neither is a tolerance question.
-            same = (x == y) | (torch.isnan(x) & torch.isnan(y))
-            finite = torch.isfinite(x) & torch.isfinite(y)
-            diff = (x - y).abs()
-            diff = torch.where(same, torch.zeros_like(diff), diff)
-            diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
-            bad = ~same & (~finite | (diff > atol + rtol * y.abs()))
-        else:
-            x, y = a.to(torch.float64), b.to(torch.float64)
-            diff = (x - y).abs()
-            bad = a != b
-        count = int(bad.sum())
-        if count == 0:
-            return []
-        total = bad.numel()
-        # Relative to the baseline; a zero baseline element gives inf, as numpy's does.
-        rel = diff.to(torch.float64) / y.abs().to(torch.float64)
-        rel = torch.where(torch.isnan(rel), torch.zeros_like(rel), rel)
-        flat_diff, flat_rel = (
-            diff.reshape(-1),
-            torch.where(bad, rel, torch.zeros_like(rel)).reshape(-1),
+
+def _checkpoint_lines(metadata: Mapping[str, str], shas: Mapping[str, str]) -> list[str]:
+    """Say which checkpoints changed (the usual cause) or differ from those recorded."""
+    try:
+        recorded = json.loads(metadata.get("checkpoints") or "{}")
+        if not isinstance(recorded, dict):
+            recorded = {}
+    except ValueError:
+        recorded = {}
+    lines = [
+        f"checkpoint '{n}' changed since the baseline was written: was {str(recorded[n])[:12]}… "
+        f"now {shas[n][:12]}…; this is the likely cause."
+        for n in sorted(set(recorded) & set(shas))
+        if recorded[n] != shas[n]
+    ]
+    if set(recorded) != set(shas):
+        lines.append(
+            "the baseline was written by a test that used checkpoints "
+            f"{sorted(recorded) or 'none'}; this run used {sorted(shas) or 'none'}."
         )
-        flat_bad = bad.reshape(-1)
+    return lines
 
-        def index(i: int) -> tuple[int, ...]:
-            out = []
-            for size in reversed(a.shape):
-                out.append(i % size)
-                i //= size
-            return tuple(reversed(out))
 
-        masked = torch.where(flat_bad, flat_diff, torch.full_like(flat_diff, -1.0))
-        i_abs = int(torch.argmax(masked))
-        i_rel = int(torch.argmax(flat_rel))
-        lines = [
-            f"  {_label(key)}: {count} of {total} elements differ ({count / total:.2%})",
-            f"    max abs diff {_fmt(float(flat_diff[i_abs]))} at index {index(i_abs)}",
-            f"    max rel diff {_fmt(float(flat_rel[i_rel]))} at index {index(i_rel)}",
-            "    worst elements:",
-            f"    {'index':<18} {'baseline':>14} {'actual':>14} {'abs diff':>12}",
-        ]
-        k = min(_TABLE_ROWS, count)
-        order = torch.topk(masked, k).indices.tolist()
-        xs, ys = x.reshape(-1), y.reshape(-1)
-        for i in order:
-            lines.append(
-                f"    {index(i)!s:<18} {_fmt(float(ys[i].real)):>14} "
-                f"{_fmt(float(xs[i].real)):>14} {_fmt(float(flat_diff[i])):>12}"
-            )
-        if count > k:
-            lines.append(f"    ... and {count - k} more")
-        return lines
+def _numeric_diff(key: str, a: Any, b: Any, rtol: float, atol: float) -> list[str]:
+    """Report lines for one key whose dtype and shape match but whose values may not.
+
+    Floats (bf16/fp16 included) are compared in float64, so half-precision values
+    (which numpy cannot hold) are exact and differences do not round.
+    """
+    torch = _torch()
+    inf = float("inf")
+    if a.dtype.is_floating_point or a.dtype.is_complex:
+        work = torch.complex128 if a.dtype.is_complex else torch.float64
+        x, y = a.to(work), b.to(work)
+        nan_x, nan_y = torch.isnan(x), torch.isnan(y)
+        same = (x == y) | (nan_x & nan_y)  # covers inf == inf of the same sign
+        diff = (x - y).abs()
+        diff = torch.where(same, torch.zeros_like(diff), diff)
+        diff = torch.where(torch.isnan(diff), torch.full_like(diff, inf), diff)
+        special = nan_x | nan_y | torch.isinf(x) | torch.isinf(y)
+        bad = ~same & (special | (diff > atol + rtol * y.abs()))
+    else:
+        x, y = a.to(torch.float64), b.to(torch.float64)
+        bad = a != b
+        diff = torch.where(bad, (x - y).abs(), torch.zeros_like(x))
+    count = int(bad.sum())
+    if count == 0:
+        return []
+    total = bad.numel()
+    rel = diff / y.abs()
+    rel = torch.where(
+        torch.isnan(rel),
+        torch.where(diff == 0, torch.zeros_like(rel), torch.full_like(rel, inf)),
+        rel,
+    )
+    flat_bad = bad.reshape(-1)
+    flat_diff = diff.reshape(-1)
+    # -1 marks elements within tolerance so argmax/topk only pick mismatches
+    masked_abs = torch.where(flat_bad, flat_diff, torch.full_like(flat_diff, -1.0))
+    masked_rel = torch.where(flat_bad, rel.reshape(-1), torch.full_like(flat_diff, -1.0))
+
+    def index(i: int) -> tuple[int, ...]:
+        out = []
+        for size in reversed(a.shape):
+            out.append(i % size)
+            i //= size
+        return tuple(reversed(out))
+
+    def value(t: Any) -> Any:
+        return complex(t) if t.dtype.is_complex else float(t)
+
+    i_abs = int(torch.argmax(masked_abs))
+    i_rel = int(torch.argmax(masked_rel))
+    lines = [
+        f"  {_label(key)}: {count} of {total} elements differ ({count / total:.2%})",
+        f"    max abs diff {_fmt(float(flat_diff[i_abs]))} at index {index(i_abs)}",
+        f"    max rel diff {_fmt(float(masked_rel[i_rel]))} at index {index(i_rel)}",
+        "    worst elements:",
+        f"    {'index':<18} {'baseline':>14} {'actual':>14} {'abs diff':>12}",
+    ]
+    k = min(_TABLE_ROWS, count)
+    xs, ys = x.reshape(-1), y.reshape(-1)
+    for i in torch.topk(masked_abs, k).indices.tolist():
+        lines.append(
+            f"    {index(i)!s:<18} {_fmt(value(ys[i])):>14} "
+            f"{_fmt(value(xs[i])):>14} {_fmt(float(flat_diff[i])):>12}"
+        )
+    if count > k:
+        lines.append(f"    ... and {count - k} more")
+    return lines

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +13,15 @@ import torch
 from conftest import make_manifest
 
 from pytest_ckpts.baseline import (
+    FORMAT,
     BaselineChecker,
     BaselineMismatch,
     BaselineMissing,
     read_baseline,
 )
 from pytest_ckpts.testing import LocalHub
+
+VAE_A, VAE_B, LDM = "a" * 64, "c" * 64, "b" * 64
 
 
 def checker(
@@ -29,219 +32,397 @@ def checker(
     )
 
 
-def test_missing_is_written_then_matches(tmp_path: Path) -> None:
+def written(tmp_path: Path, name: str, value: object, **shas: str) -> Path:
+    """Write baseline ``name`` (first run: it fails as missing) and return its path."""
+    with pytest.raises(BaselineMissing):
+        checker(tmp_path, shas=shas).check(name, value)
+    return tmp_path / "baselines" / f"{name}.safetensors"
+
+
+def mismatch(tmp_path: Path, name: str, value: object, **kw: float) -> str:
+    with pytest.raises(BaselineMismatch) as info:
+        checker(tmp_path).check(name, value, **kw)
+    return str(info.value)
+
+
+# ---------------------------------------------------------------- writing and metadata
+
+
+def test_missing_is_written_fails_then_matches(tmp_path: Path) -> None:
     t = torch.linspace(0, 1, 12).reshape(3, 4)
-    with pytest.raises(BaselineMissing, match="was written to"):
-        checker(tmp_path, shas={"vae": "a" * 64}).check("out", t)
+    with pytest.raises(BaselineMissing) as info:
+        checker(tmp_path, shas={"vae": VAE_A}).check("out", t)
     path = tmp_path / "baselines" / "out.safetensors"
+    assert f"baseline 'out' did not exist; it was written to {path}" in str(info.value)
+    assert "re-run" in str(info.value)
+    assert isinstance(info.value, AssertionError)
     tensors, meta = read_baseline(path)
     assert torch.equal(tensors["__tensor__"], t)
-    assert meta["checkpoints"] == '{"vae": "' + "a" * 64 + '"}'
-    assert meta["format"] == "pytest-ckpts-baseline/1"
+    assert meta["format"] == FORMAT
+    assert json.loads(meta["checkpoints"]) == {"vae": VAE_A}
+    assert json.loads(meta["tensors"]) == {"__tensor__": {"dtype": "float32", "shape": [3, 4]}}
+    assert (float(meta["rtol"]), float(meta["atol"])) == (1e-5, 1e-8)
+    assert [p.name for p in path.parent.iterdir()] == ["out.safetensors"]  # no temp left
     checker(tmp_path).check("out", t.clone())
     checker(tmp_path).check("out", t + 1e-9)  # within tolerance
 
 
+def test_bytes_are_canonical(tmp_path: Path) -> None:
+    """Same tensors and checkpoints -> same bytes, with sorted metadata (no hash-map order)."""
+    value = {"z": torch.ones(2, dtype=torch.float16), "a": torch.arange(3)}
+    shas = {"vae": VAE_A, "ldm": LDM}
+    blobs = []
+    for i in range(3):
+        c = BaselineChecker(
+            directory=tmp_path / str(i), update=True, checkpoint_shas=lambda: shas, atol=1e-6
+        )
+        c.check("d", value)
+        blobs.append((tmp_path / str(i) / "d.safetensors").read_bytes())
+    assert blobs[0] == blobs[1] == blobs[2]
+    (size,) = struct.unpack("<Q", blobs[0][:8])
+    assert (8 + size) % 8 == 0
+    meta = json.loads(blobs[0][8 : 8 + size])["__metadata__"]
+    assert list(meta) == sorted(meta)
+    assert json.loads(meta["tensors"]) == {
+        "a": {"dtype": "int64", "shape": [3]},
+        "z": {"dtype": "float16", "shape": [2]},
+    }
+    assert float(meta["atol"]) == 1e-6
+
+
+def test_half_precision_is_stored_as_is_and_compared_in_float(tmp_path: Path) -> None:
+    bf = torch.tensor([1.0, 2.0, 3.0], dtype=torch.bfloat16)
+    path = written(tmp_path, "bf", {"bf": bf, "fp16": bf.to(torch.float16)})
+    stored = read_baseline(path)[0]
+    assert stored["bf"].dtype == torch.bfloat16
+    assert stored["fp16"].dtype == torch.float16
+    checker(tmp_path).check("bf", {"bf": bf.clone(), "fp16": bf.to(torch.float16)})
+    report = mismatch(tmp_path, "bf", {"bf": bf * 2, "fp16": bf.to(torch.float16)})
+    assert "'bf': 3 of 3 elements differ" in report
+    assert "max abs diff 3 at index (2,)" in report
+    assert "'fp16'" not in report
+
+
+def test_numpy_input(tmp_path: Path) -> None:
+    arr = np.arange(6, dtype=np.float64).reshape(2, 3)
+    path = written(tmp_path, "np", arr)
+    assert read_baseline(path)[0]["__tensor__"].dtype == torch.float64
+    checker(tmp_path).check("np", arr.copy())
+    checker(tmp_path).check("np", torch.from_numpy(arr.copy()))  # torch or numpy, same data
+    bad = arr.copy()
+    bad[1, 2] = 7.5
+    assert "max abs diff 2.5 at index (1, 2)" in mismatch(tmp_path, "np", bad)
+
+
+# ---------------------------------------------------------------- the report
+
+
 def test_mismatch_report(tmp_path: Path) -> None:
     base = torch.zeros(4, 5)
-    with pytest.raises(BaselineMissing):
-        checker(tmp_path).check("out", base)
+    path = written(tmp_path, "out", base)
     bad = base.clone()
     bad[2, 3] = 0.5
     bad[1, 1] = -0.25
-    with pytest.raises(BaselineMismatch) as info:
-        checker(tmp_path).check("out", bad, atol=1e-3)
-    report = str(info.value)
-    assert "2 of 20 elements differ (10.00%)" in report
+    report = mismatch(tmp_path, "out", bad, atol=1e-3)
+    lines = report.splitlines()
+    assert lines[0] == "pytest-ckpts: baseline 'out' does not match the output."
+    assert "tensor: 2 of 20 elements differ (10.00%)" in report
     assert "max abs diff 0.5 at index (2, 3)" in report
-    assert "max rel diff" in report
-    assert "(2, 3)" in report.split("worst elements:")[1]
-    assert "--ckpts-update-baselines" in report
+    assert "max rel diff inf at index" in report  # baseline 0: relative diff is infinite
+    table = report.split("worst elements:")[1].splitlines()
+    assert table[1].split() == ["index", "baseline", "actual", "abs", "diff"]
+    assert table[2].split() == ["(2,", "3)", "0", "0.5", "0.5"]  # worst first
+    assert table[3].split() == ["(1,", "1)", "0", "-0.25", "0.25"]
+    assert "(rtol=1e-05, atol=0.001)" in report
+    assert (
+        lines[-1]
+        == f"If the change is intended, re-run with --ckpts-update-baselines to rewrite {path}."
+    )
     assert "changed since" not in report
 
 
+def test_relative_diff_and_multidim_index(tmp_path: Path) -> None:
+    base = torch.full((2, 3, 4), 2.0)
+    written(tmp_path, "r", base)
+    bad = base.clone()
+    bad[1, 2, 3] = 3.0  # abs 1.0, rel 0.5
+    bad[0, 1, 2] = 2.5  # abs 0.5, rel 0.25
+    bad[1, 0, 0] = 2.0 + 1e-6  # within tolerance (atol 1e-8 + rtol 1e-5 * 2)
+    report = mismatch(tmp_path, "r", bad)
+    assert "2 of 24 elements differ (8.33%)" in report
+    assert "max abs diff 1 at index (1, 2, 3)" in report
+    assert "max rel diff 0.5 at index (1, 2, 3)" in report
+    assert "(1, 0, 0)" not in report
+
+
+def test_table_is_capped(tmp_path: Path) -> None:
+    written(tmp_path, "big", torch.zeros(100))
+    report = mismatch(tmp_path, "big", torch.arange(100, dtype=torch.float32))
+    table = report.split("worst elements:")[1].splitlines()[2:]
+    rows = [row for row in table if row.startswith("    (")]
+    assert len(rows) == 10
+    assert rows[0].split()[0] == "(99,)"  # sorted worst first
+    assert "... and 89 more" in report  # 99 differ (index 0 is equal)
+
+
 def test_changed_checkpoint_is_named_first(tmp_path: Path) -> None:
-    with pytest.raises(BaselineMissing):
-        checker(tmp_path, shas={"vae": "a" * 64, "ldm": "b" * 64}).check("out", torch.ones(3))
+    written(tmp_path, "out", torch.ones(3), vae=VAE_A, ldm=LDM)
     with pytest.raises(BaselineMismatch) as info:
-        checker(tmp_path, shas={"vae": "c" * 64, "ldm": "b" * 64}).check("out", torch.ones(3) * 2)
+        checker(tmp_path, shas={"vae": VAE_B, "ldm": LDM}).check("out", torch.ones(3) * 2)
     lines = str(info.value).splitlines()
-    assert lines[1].startswith(
-        "checkpoint 'vae' changed since the baseline was written: was aaaaaaaaaaaa"
+    assert lines[1] == (
+        f"checkpoint 'vae' changed since the baseline was written: was {VAE_A[:12]}… "
+        f"now {VAE_B[:12]}…; this is the likely cause."
     )
-    assert "likely cause" in lines[1]
-    assert "ldm" not in str(info.value)
+    assert lines[2].startswith("  tensor: 3 of 3 elements differ")
+    assert "ldm" not in str(info.value)  # unchanged checkpoints are not blamed
+
+
+def test_different_checkpoint_set_is_mentioned(tmp_path: Path) -> None:
+    written(tmp_path, "out", torch.ones(3), vae=VAE_A)
+    with pytest.raises(BaselineMismatch) as info:
+        checker(tmp_path, shas={"ldm": LDM}).check("out", torch.zeros(3))
+    assert (
+        "the baseline was written by a test that used checkpoints ['vae']; "
+        "this run used ['ldm']." in str(info.value)
+    )
+
+
+def test_changed_checkpoint_with_equal_output_passes(tmp_path: Path) -> None:
+    path = written(tmp_path, "out", torch.ones(3), vae=VAE_A)
+    before = path.read_bytes()
+    checker(tmp_path, shas={"vae": VAE_B}).check("out", torch.ones(3))
+    assert path.read_bytes() == before
 
 
 def test_keys_dtype_shape_checked_before_tolerance(tmp_path: Path) -> None:
-    with pytest.raises(BaselineMissing):
-        checker(tmp_path).check(
-            "d", {"a": torch.zeros(2), "b": torch.zeros(3), "c": torch.zeros(1)}
-        )
-    with pytest.raises(BaselineMismatch) as info:
-        checker(tmp_path).check(
-            "d",
-            {"a": torch.zeros(2, dtype=torch.float64), "b": torch.zeros(4), "x": torch.zeros(1)},
-        )
-    report = str(info.value)
-    assert "'c': in the baseline, missing from the output" in report
-    assert "'x': in the output, not in the baseline" in report
-    assert "'a': baseline float32[2], output float64[2]" in report
-    assert "'b': baseline float32[3], output float32[4]" in report
-
-
-def test_nan_positions_and_numpy_and_half_precision(tmp_path: Path) -> None:
-    arr = np.array([1.0, np.nan, 3.0], dtype=np.float32)
-    with pytest.raises(BaselineMissing):
-        checker(tmp_path).check("np", arr)
-    checker(tmp_path).check("np", arr.copy())  # NaN == NaN at the same place
-    with pytest.raises(BaselineMismatch, match="1 of 3 elements differ"):
-        checker(tmp_path).check("np", np.array([1.0, 2.0, 3.0], dtype=np.float32))
-    bf = torch.tensor([1.0, 2.0, 3.0], dtype=torch.bfloat16)
-    with pytest.raises(BaselineMissing):
-        checker(tmp_path).check("bf", bf)
-    assert (
-        read_baseline(tmp_path / "baselines" / "bf.safetensors")[0]["__tensor__"].dtype
-        == torch.bfloat16
+    written(
+        tmp_path,
+        "d",
+        {"a": torch.zeros(2), "b": torch.zeros(3), "c": torch.zeros(1), "n": torch.zeros(2)},
     )
-    checker(tmp_path).check("bf", bf.clone())
-    with pytest.raises(BaselineMismatch):
-        checker(tmp_path).check("bf", bf * 2)
+    report = mismatch(
+        tmp_path,
+        "d",
+        {
+            "a": torch.zeros(2, dtype=torch.float64),
+            "b": torch.zeros(4),
+            "n": torch.ones(2),
+            "x": torch.zeros(1),
+        },
+    )
+    lines = report.splitlines()
+    expected = [
+        "  'c': in the baseline, missing from the output",
+        "  'x': in the output, not in the baseline",
+        "  'a': baseline float32[2], output float64[2]",
+        "  'b': baseline float32[3], output float32[4]",
+        "  'n': 2 of 2 elements differ (100.00%)",
+    ]
+    assert [line for line in lines if line in expected] == expected  # structure first
 
 
-def test_integer_tensors_compare_exactly(tmp_path: Path) -> None:
-    with pytest.raises(BaselineMissing):
-        checker(tmp_path).check("i", torch.arange(6))
-    with pytest.raises(BaselineMismatch, match="1 of 6 elements differ"):
-        checker(tmp_path).check("i", torch.tensor([0, 1, 2, 3, 4, 6]))
+def test_single_tensor_against_dict_baseline(tmp_path: Path) -> None:
+    written(tmp_path, "d", {"a": torch.zeros(2)})
+    report = mismatch(tmp_path, "d", torch.zeros(2))
+    assert "'a': in the baseline, missing from the output" in report
+    assert "tensor: in the output, not in the baseline" in report
 
 
-def test_update_rewrites_only_mismatching(tmp_path: Path) -> None:
+# ---------------------------------------------------------------- value semantics
+
+
+def test_nan_matches_nan_in_the_same_place(tmp_path: Path) -> None:
+    arr = np.array([1.0, np.nan, 3.0], dtype=np.float32)
+    written(tmp_path, "nan", arr)
+    checker(tmp_path).check("nan", arr.copy())  # fast path: same bits
+    bits = torch.from_numpy(arr.copy()).view(torch.int32)
+    bits[1] ^= 1  # another NaN payload: the bytes differ, the values do not
+    other = bits.view(torch.float32)
+    assert torch.isnan(other[1])
+    assert other.numpy().tobytes() != arr.tobytes()
+    checker(tmp_path).check("nan", other)
+    report = mismatch(tmp_path, "nan", np.array([1.0, 2.0, 3.0], dtype=np.float32))
+    assert "1 of 3 elements differ" in report
+    assert "max abs diff inf at index (1,)" in report
+    report = mismatch(tmp_path, "nan", np.array([np.nan, np.nan, 3.0], dtype=np.float32))
+    assert "1 of 3 elements differ" in report
+    assert "at index (0,)" in report
+
+
+def test_infinities(tmp_path: Path) -> None:
+    inf = float("inf")
+    written(tmp_path, "inf", torch.tensor([inf, -inf, 1.0]))
+    checker(tmp_path).check("inf", torch.tensor([inf, -inf, 1.0]))
+    report = mismatch(tmp_path, "inf", torch.tensor([-inf, -inf, 1e30]))
+    assert "2 of 3 elements differ" in report  # -inf vs inf, and 1e30 vs 1.0
+    report = mismatch(tmp_path, "inf", torch.tensor([1e38, -inf, 1.0]))
+    assert "1 of 3 elements differ" in report  # finite never matches inf, whatever rtol
+
+
+def test_negative_zero_equals_zero(tmp_path: Path) -> None:
+    written(tmp_path, "z", torch.zeros(3))
+    checker(tmp_path).check("z", torch.tensor([-0.0, 0.0, -0.0]))  # bytes differ, values not
+
+
+def test_integer_and_bool_tensors_compare_exactly(tmp_path: Path) -> None:
+    written(tmp_path, "i", {"i": torch.arange(6), "b": torch.tensor([True, False])})
+    report = mismatch(
+        tmp_path, "i", {"i": torch.tensor([0, 1, 2, 3, 4, 6]), "b": torch.tensor([True, True])}
+    )
+    assert "'i': 1 of 6 elements differ" in report
+    assert "max abs diff 1 at index (5,)" in report
+    assert "'b': 1 of 2 elements differ" in report
+
+
+def test_zero_dim_and_empty_tensors(tmp_path: Path) -> None:
+    written(tmp_path, "s", {"s": torch.tensor(1.5), "e": torch.zeros(0, 3)})
+    checker(tmp_path).check("s", {"s": torch.tensor(1.5), "e": torch.zeros(0, 3)})
+    report = mismatch(tmp_path, "s", {"s": torch.tensor(2.5), "e": torch.zeros(0, 3)})
+    assert "max abs diff 1 at index ()" in report
+
+
+# ---------------------------------------------------------------- update semantics
+
+
+def test_update_rewrites_only_missing_or_mismatching(tmp_path: Path) -> None:
     t = torch.ones(3)
     checker(tmp_path, update=True).check("u", t)  # missing + update: written, passes
     path = tmp_path / "baselines" / "u.safetensors"
     stat = path.stat()
-    checker(tmp_path, update=True).check("u", t.clone())
-    assert path.stat().st_mtime_ns == stat.st_mtime_ns  # a match is not rewritten
-    checker(tmp_path, update=True).check("u", t * 3)
-    assert torch.equal(read_baseline(path)[0]["__tensor__"], t * 3)
+    checker(tmp_path, update=True, shas={"vae": VAE_B}).check("u", t.clone())
+    after = path.stat()
+    assert (after.st_mtime_ns, after.st_ino) == (stat.st_mtime_ns, stat.st_ino)  # untouched
+    checker(tmp_path, update=True, shas={"vae": VAE_B}).check("u", t * 3)
+    tensors, meta = read_baseline(path)
+    assert torch.equal(tensors["__tensor__"], t * 3)
+    assert json.loads(meta["checkpoints"]) == {"vae": VAE_B}
     checker(tmp_path).check("u", t * 3)
 
 
-def test_metadata_records_layout_and_tolerance(tmp_path: Path) -> None:
-    with pytest.raises(BaselineMissing):
-        checker(tmp_path, shas={"vae": "a" * 64}).check(
-            "m", {"x": torch.zeros(2, 3, dtype=torch.float16), "y": np.arange(4)}, rtol=1e-3
-        )
-    tensors, meta = read_baseline(tmp_path / "baselines" / "m.safetensors")
-    assert tensors["x"].dtype == torch.float16  # stored in the original dtype
-    assert json.loads(meta["tensors"]) == {
-        "x": {"dtype": "float16", "shape": [2, 3]},
-        "y": {"dtype": "int64", "shape": [4]},
-    }
-    assert float(meta["rtol"]) == 1e-3
-    assert float(meta["atol"]) == 1e-8
-    assert meta["kind"] == "dict"
+def test_unreadable_baseline(tmp_path: Path) -> None:
+    path = tmp_path / "baselines" / "bad.safetensors"
+    path.parent.mkdir()
+    path.write_bytes(b"not a safetensors file")
+    report = mismatch(tmp_path, "bad", torch.ones(2))
+    assert f"baseline 'bad' at {path} could not be read" in report
+    assert "--ckpts-update-baselines" in report
+    checker(tmp_path, update=True).check("bad", torch.ones(2))
+    checker(tmp_path).check("bad", torch.ones(2))
 
 
-def test_infinities_match_only_the_same_infinity(tmp_path: Path) -> None:
-    inf = float("inf")
-    base = torch.tensor([1.0, inf, -inf, float("nan")])
-    with pytest.raises(BaselineMissing):
-        checker(tmp_path).check("inf", base)
-    checker(tmp_path).check("inf", base.clone())
-    with pytest.raises(BaselineMismatch) as info:
-        checker(tmp_path).check("inf", torch.tensor([1.0, 1e30, inf, 0.0]))
-    report = str(info.value)
-    assert "3 of 4 elements differ (75.00%)" in report
-    assert "max abs diff inf" in report
-
-
-def test_report_sections_in_order_and_table_capped(tmp_path: Path) -> None:
-    shas = {"vae": "a" * 64}
-    with pytest.raises(BaselineMissing):
-        checker(tmp_path, shas=shas).check("o", {"big": torch.zeros(5, 6), "gone": torch.ones(1)})
-    new = {"big": torch.arange(30, dtype=torch.float32).reshape(5, 6), "new": torch.ones(1)}
-    with pytest.raises(BaselineMismatch) as info:
-        checker(tmp_path, shas={"vae": "d" * 64}).check("o", new)
-    lines = str(info.value).splitlines()
-    assert lines[0] == "pytest-ckpts: baseline 'o' does not match the output."
-    assert lines[1] == (
-        "checkpoint 'vae' changed since the baseline was written: "
-        "was aaaaaaaaaaaa… now dddddddddddd…; this is the likely cause."
-    )
-    assert lines[2] == "  'gone': in the baseline, missing from the output"
-    assert lines[3] == "  'new': in the output, not in the baseline"
-    assert lines[4] == "  'big': 29 of 30 elements differ (96.67%)"
-    assert lines[5] == "    max abs diff 29 at index (4, 5)"
-    assert lines[6] == "    max rel diff inf at index (0, 1)"
-    table = lines[lines.index("    worst elements:") + 2 :]
-    rows = [line for line in table if line.startswith("    (")]
-    assert len(rows) == 10
-    assert rows[0].split()[:2] == ["(4,", "5)"]
-    assert "    ... and 19 more" in lines
-    assert lines[-1] == "If the change is intended, re-run with --ckpts-update-baselines."
-
-
-def test_different_checkpoint_set_is_mentioned(tmp_path: Path) -> None:
-    with pytest.raises(BaselineMissing):
-        checker(tmp_path, shas={"vae": "a" * 64}).check("s", torch.ones(2))
-    with pytest.raises(BaselineMismatch, match=r"written using checkpoints \['vae'\]; this run"):
-        checker(tmp_path, shas={"ldm": "b" * 64}).check("s", torch.zeros(2))
-
-
-def test_matching_within_tolerance_is_not_rewritten_on_update(tmp_path: Path) -> None:
-    with pytest.raises(BaselineMissing):
-        checker(tmp_path).check("t", torch.ones(3))
-    path = tmp_path / "baselines" / "t.safetensors"
-    before = path.read_bytes()
-    checker(tmp_path, update=True).check("t", torch.ones(3) + 1e-9)
-    assert path.read_bytes() == before
-
-
-def test_rejects_non_tensors(tmp_path: Path) -> None:
+def test_rejects_bad_input(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="torch tensor, a numpy array"):
         checker(tmp_path).check("x", [1, 2, 3])
+    with pytest.raises(ValueError, match="empty dict"):
+        checker(tmp_path).check("x", {})
+    with pytest.raises(ValueError, match="'__metadata__' is not allowed"):
+        checker(tmp_path).check("x", {"__metadata__": torch.ones(1)})
+    for name in ("", "a/b", "..", ".hidden"):
+        with pytest.raises(ValueError, match="invalid baseline name"):
+            checker(tmp_path).check(name, torch.ones(1))
+    assert not (tmp_path / "baselines").exists()
 
+
+# ---------------------------------------------------------------- through the fixture
 
 WORKFLOW_TEST = """
+import pytest
 import torch
+
+SCALE = {scale}
+
 
 def test_output(ckpt_baseline):
     out = torch.linspace(0, 1, 10) * SCALE
-    ckpt_baseline.check("output", {"out": out, "sum": out.sum().reshape(1)})
+    ckpt_baseline.check("output", {{"out": out, "sum": out.sum().reshape(1)}})
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_stable(ckpt_baseline, n):
+    ckpt_baseline.check("ones", torch.ones(n, dtype=torch.bfloat16))
+
+
+class TestGroup:
+    def test_output(self, ckpt_baseline):
+        ckpt_baseline.check("output", torch.arange(4))
 """
 
 
-def write_test(pytester: pytest.Pytester, scale: float) -> None:
-    pytester.makepyfile(test_model=f"SCALE = {scale}\n" + textwrap.dedent(WORKFLOW_TEST))
+def test_five_step_workflow(pytester: pytest.Pytester) -> None:
+    """pytest-regressions' workflow: fails+writes, passes, fails, update, passes.
 
+    Steps run in-process, except step 2 (a fresh ``python -m pytest`` process reads
+    what step 1 wrote, plugin loaded through its entry point) and step 4 (``-n 2``:
+    xdist workers each rewrite only their own tests' files).
+    """
 
-@pytest.mark.parametrize("mode", ["inprocess", "subprocess", "xdist"])
-def test_five_step_workflow(pytester: pytest.Pytester, mode: str) -> None:
-    def run(*args: str) -> pytest.RunResult:
-        if mode == "inprocess":
-            return pytester.runpytest("-p", "no:cacheprovider", *args)
-        extra = ("-n", "2") if mode == "xdist" else ()
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", *extra, *args)
+    def write_test(scale: float) -> None:
+        pytester.makepyfile(test_model=WORKFLOW_TEST.format(scale=scale))
 
-    baseline = (
-        pytester.path / "tests" / "baselines" / "test_model" / "test_output" / "output.safetensors"
+    root = pytester.path / "tests" / "baselines" / "test_model"
+    output = root / "test_output" / "output.safetensors"
+    stable = [root / f"test_stable_{n}_" / "ones.safetensors" for n in (2, 3)]
+    in_class = root / "TestGroup.test_output" / "output.safetensors"
+
+    write_test(1.0)
+    result = pytester.runpytest("-p", "no:cacheprovider")  # 1. missing: written, fails
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines(
+        [f"*baseline 'output' did not exist; it was written to {output}*"], consecutive=False
     )
-    write_test(pytester, 1.0)
-    result = run()  # 1. missing: written, fails
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*baseline 'output' did not exist; it was written to*"])
-    assert baseline.is_file()
-    run().assert_outcomes(passed=1)  # 2. passes
-    write_test(pytester, 1.5)
-    result = run()  # 3. perturbed: fails with the report
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*'out': 9 of 10 elements differ*", "*--ckpts-update-baselines*"])
-    before = baseline.read_bytes()
-    run("--ckpts-update-baselines").assert_outcomes(passed=1)  # 4. rewritten
-    assert baseline.read_bytes() != before
-    run().assert_outcomes(passed=1)  # 5. passes
+    for path in (output, *stable, in_class):
+        assert path.is_file(), path
+    assert torch.equal(read_baseline(in_class)[0]["__tensor__"], torch.arange(4))
+    snapshot = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (output, *stable, in_class)}
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")  # 2. passes
+    result.assert_outcomes(passed=4)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in snapshot} == snapshot
+
+    write_test(1.5)
+    result = pytester.runpytest("-p", "no:cacheprovider")  # 3. perturbed: fails with report
+    result.assert_outcomes(failed=1, passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*baseline 'output' does not match the output.",
+            "*'out': 9 of 10 elements differ (90.00%)",
+            "*max abs diff 0.5 at index (9,)",
+            "*max rel diff 0.5 at index *",
+            "*worst elements:",
+            "*(9,)*1*1.5*0.5",
+            "*'sum': 1 of 1 elements differ (100.00%)",
+            "*re-run with --ckpts-update-baselines to rewrite*output.safetensors.",
+        ]
+    )
+    assert output.read_bytes() == snapshot[output][0]  # a failure never writes
+
+    result = pytester.runpytest_subprocess(  # 4. update under xdist: rewritten, passes
+        "-p", "no:cacheprovider", "-n", "2", "--ckpts-update-baselines"
+    )
+    result.assert_outcomes(passed=4)
+    assert output.read_bytes() != snapshot[output][0]
+    assert torch.equal(read_baseline(output)[0]["out"], torch.linspace(0, 1, 10) * 1.5)
+    for path in (*stable, in_class):  # matching baselines keep their bytes (and mtime)
+        assert (path.read_bytes(), path.stat().st_mtime_ns) == snapshot[path]
+    assert not [p for p in root.rglob("*") if p.is_file() and p.suffix != ".safetensors"]
+
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=4)  # 5. passes
+
+
+def test_baselines_dir_ini(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nckpts_baselines_dir = golden\n")
+    pytester.makepyfile(
+        test_m="""
+        import numpy as np
+
+        def test_x(ckpt_baseline):
+            ckpt_baseline.check("x", np.arange(3))
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(failed=1)
+    assert (pytester.path / "golden" / "test_m" / "test_x" / "x.safetensors").is_file()
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
 
 def test_changed_checkpoint_named_end_to_end(pytester: pytest.Pytester, hub: LocalHub) -> None:

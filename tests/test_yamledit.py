@@ -230,3 +230,96 @@ def test_crlf_file_without_trailing_newline() -> None:
 def test_unknown_entry_is_refused() -> None:
     with pytest.raises(ValueError, match="entry 'b' not found"):
         set_entry_values("checkpoints:\n  a:\n    hf_path: a\n", {"b": {"sha256": SHA}})
+
+
+def test_insert_after_collections_that_end_past_their_last_scalar() -> None:
+    """The insert goes after the entry's last token: a closing bracket, an alias, ..."""
+    text = (
+        "checkpoints:\n"
+        "  a: {hf_path: a.ckpt, tags: [x, y]}\n"
+        "  b:\n"
+        "    hf_path: &p b.ckpt\n"
+        "    tags: [x,\n"
+        "      y\n"
+        "    ]   # multi-line flow list\n"
+        "  c:\n"
+        "    hf_path: c.ckpt\n"
+        "    other: *p\n"
+    )
+    out = set_entry_values(text, {k: {"sha256": SHA} for k in "abc"})
+    assert out == (
+        "checkpoints:\n"
+        f'  a: {{hf_path: a.ckpt, tags: [x, y], sha256: "{SHA}"}}\n'
+        "  b:\n"
+        "    hf_path: &p b.ckpt\n"
+        "    tags: [x,\n"
+        "      y\n"
+        "    ]   # multi-line flow list\n"
+        f'    sha256: "{SHA}"\n'
+        "  c:\n"
+        "    hf_path: c.ckpt\n"
+        "    other: *p\n"
+        f'    sha256: "{SHA}"\n'
+    )
+    data = yaml.safe_load(out)["checkpoints"]
+    assert data["a"]["tags"] == ["x", "y"]
+    assert all(data[k]["sha256"] == SHA for k in "abc")
+
+
+def test_block_scalar_chomping_is_respected() -> None:
+    """Clip/strip: insert right after the text; keep (|+): after its blank lines."""
+    text = (
+        "checkpoints:\n"
+        "  a:\n"
+        "    description: >-\n"
+        "      folded\n"
+        "\n"
+        "  b:\n"
+        "    description: |+\n"
+        "      kept\n"
+        "\n"
+        "  c:\n"
+        "    hf_path: c\n"
+    )
+    out = set_entry_values(text, {"a": {"sha256": SHA}, "b": {"sha256": SHA}})
+    assert out == (
+        "checkpoints:\n"
+        "  a:\n"
+        "    description: >-\n"
+        "      folded\n"
+        f'    sha256: "{SHA}"\n'
+        "\n"
+        "  b:\n"
+        "    description: |+\n"
+        "      kept\n"
+        "\n"
+        f'    sha256: "{SHA}"\n'
+        "  c:\n"
+        "    hf_path: c\n"
+    )
+    data = yaml.safe_load(out)["checkpoints"]
+    assert data["a"]["description"] == "folded"
+    assert data["b"]["description"] == "kept\n\n"  # the kept blank line is still its own
+
+
+def test_anchors_and_tags_on_a_replaced_value_stay() -> None:
+    text = "checkpoints:\n  a:\n    sha256: &s <to_be_calculated>\n    revision: !!str main\n"
+    out = set_entry_values(text, {"a": {"sha256": SHA, "revision": "1" * 40}})
+    assert out == (f'checkpoints:\n  a:\n    sha256: &s {SHA}\n    revision: !!str "{"1" * 40}"\n')
+
+
+def test_yaml_1_2_numbers_are_quoted_too() -> None:
+    """PyYAML reads 123e456 as a str; YAML 1.2 readers (ruamel.yaml) read a float."""
+    digest = "1" * 30 + "e" + "2" * 33
+    assert isinstance(yaml.safe_load(digest), str)
+    text = "checkpoints:\n  a:\n    sha256: <to_be_calculated>\n"
+    out = set_entry_values(text, {"a": {"sha256": digest}})
+    assert out == f'checkpoints:\n  a:\n    sha256: "{digest}"\n'
+
+
+def test_empty_last_value_at_eof_then_a_new_key() -> None:
+    text = "checkpoints:\n  a:\n    hf_path: a.ckpt\n    sha256:"
+    out = set_entry_values(text, {"a": {"sha256": SHA, "revision": COMMIT}})
+    assert out == (
+        f'checkpoints:\n  a:\n    hf_path: a.ckpt\n    sha256: "{SHA}"\n    revision: "{COMMIT}"'
+    )
