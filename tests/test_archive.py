@@ -392,6 +392,28 @@ def test_file_changing_between_passes_is_refused(
     out_dir = tmp_path / "out"
     with pytest.raises(ArchiveError, match="changed while it was archived"):
         create_archive(src, out_dir / "a.tar.gz")
+    assert not out_dir.exists()  # the parent it created is removed again
+
+
+@pytest.mark.parametrize("change", ["shrink", "grow"])
+def test_file_resized_between_passes_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    src = make_tree(tmp_path / "ckpt")
+    real = archive._hash_file
+
+    def hash_then_resize(entry):  # type: ignore[no-untyped-def]
+        hashed = real(entry)
+        if entry.rel == "model/w_step_000100.pt":
+            data = entry.path.read_bytes()
+            entry.path.write_bytes(data[:1000] if change == "shrink" else data + b"tail")
+        return hashed
+
+    monkeypatch.setattr(archive, "_hash_file", hash_then_resize)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(ArchiveError, match="changed while it was archived"):
+        create_archive(src, out_dir / "a.tar.gz")
     assert list(out_dir.iterdir()) == []
 
 
@@ -519,3 +541,103 @@ def test_backslash_name_refused_on_create(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="backslash"):
         create_archive(src, tmp_path / "a.tar.gz")
     assert not (tmp_path / "a.tar.gz").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads chmod 000 files anyway")
+def test_unreadable_file_chmod_000(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "ckpt")
+    locked = src / "hp" / "config.yaml"
+    locked.chmod(0)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    try:
+        with pytest.raises(ArchiveError, match="Permission denied"):
+            create_archive(src, out_dir / "a.tar.gz")
+    finally:
+        locked.chmod(0o644)
+    assert list(out_dir.iterdir()) == []
+
+
+def test_dest_inside_source_is_refused(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "ckpt")
+    before = tree(src)
+    for dest in (src / "a.tar.gz", src / "model" / "new" / "a.tar.gz"):
+        with pytest.raises(ArchiveError, match="inside the checkpoint directory"):
+            create_archive(src, dest)
+    assert tree(src) == before
+
+
+def test_dest_is_a_directory_is_refused_before_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = make_tree(tmp_path / "ckpt")
+    (tmp_path / "d.tar.gz").mkdir()
+    monkeypatch.setattr(archive, "_hash_file", None)  # would crash if hashing started
+    with pytest.raises(ArchiveError, match="is a directory"):
+        create_archive(src, tmp_path / "d.tar.gz")
+    assert list((tmp_path / "d.tar.gz").iterdir()) == []
+
+
+def test_symlinked_checkpoint_dir_is_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory argument may be a link (e.g. ``latest -> run_42``); its contents may not."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    src = make_tree(tmp_path / "ckpt")
+    (tmp_path / "latest").symlink_to(src)
+    a = create_archive(tmp_path / "latest", tmp_path / "a.tar.gz")
+    b = create_archive(src, tmp_path / "b.tar.gz")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_refused_extract_removes_parents_it_created(tmp_path: Path) -> None:
+    evil = hostile(tmp_path, _member("../evil"))
+    with pytest.raises(ArchiveError, match=r"'\.\.'"):
+        extract_archive(evil, tmp_path / "new" / "deeper" / "dest")
+    assert [p.name for p in tmp_path.iterdir()] == ["evil.tar.gz"]
+    good = create_archive(make_tree(tmp_path / "ckpt"), tmp_path / "a.tar.gz")
+    assert tree(extract_archive(good, tmp_path / "new" / "dest")) == tree(tmp_path / "ckpt")
+
+
+def test_extract_refuses_symlink_dest(tmp_path: Path) -> None:
+    good = create_archive(make_tree(tmp_path / "ckpt"), tmp_path / "a.tar.gz")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ArchiveError, match="symlink"):
+        extract_archive(good, tmp_path / "link")
+    assert list((tmp_path / "real").iterdir()) == []
+
+
+def test_root_dir_member_from_tar_cli_is_accepted(tmp_path: Path) -> None:
+    """``tar czf x -C dir .`` writes a ``./`` member; it names dest itself, so it is harmless."""
+    src = make_tree(tmp_path / "ckpt")
+    ours = create_archive(src, tmp_path / "a.tar.gz")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    subprocess.run(["tar", "xzf", str(ours), "-C", str(staged)], check=True)
+    repacked = tmp_path / "cli.tar.gz"
+    subprocess.run(["tar", "czf", str(repacked), "-C", str(staged), "."], check=True)
+    assert any(m.isdir() and m.name == "." for m in members(repacked))  # tarfile strips "/"
+    assert verify_archive(repacked)["file_count"] == 4
+    assert tree(extract_archive(repacked, tmp_path / "x")) == tree(src)
+
+
+def test_source_date_epoch_beyond_year_9999(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(10**15))
+    with pytest.raises(ArchiveError, match="SOURCE_DATE_EPOCH"):
+        create_archive(make_tree(tmp_path / "ckpt"), tmp_path / "a.tar.gz")
+
+
+def test_isal_fallback_is_logged_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "isal", None)
+    archive._note_no_isal.cache_clear()
+    caplog.set_level("DEBUG", logger="pytest_ckpts.archive")
+    src = make_tree(tmp_path / "ckpt")
+    for name in ("a", "b"):
+        verify_archive(create_archive(src, tmp_path / f"{name}.tar.gz"))
+    notes = [r for r in caplog.records if "isal not installed" in r.getMessage()]
+    assert len(notes) == 1
