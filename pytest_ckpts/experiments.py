@@ -33,10 +33,11 @@ import os
 import pickle
 import re
 import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import yaml
 from filelock import FileLock
@@ -183,7 +184,13 @@ class ExperimentHashGenerator:
         """Digests of each component plus the 16-hex ``combined`` hash, without recording them.
 
         UIDs count as a set: order and duplicates do not matter, ``1`` and ``"1"`` differ.
+        A lone string or bytes is refused: iterating it would hash its characters.
         """
+        if isinstance(active_data_uids, (str, bytes)):
+            raise TypeError(
+                "pytest-ckpts: active_data_uids must be a collection of UIDs, got a single "
+                f"{type(active_data_uids).__name__}; wrap it in a list"
+            )
         uids = (
             sorted(
                 {
@@ -236,10 +243,78 @@ class ExperimentHashGenerator:
 # --------------------------------------------------------------------------- atomic files
 
 
-def _atomic_stream(path: Path, write: Callable[[BinaryIO], object]) -> tuple[str, int]:
+class _HashingWriter:
+    """File wrapper that hashes what passes through, so nothing is read back."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._sha.update(view)
+        self.size += view.nbytes
+        return self._raw.write(view)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+
+def _atomic_stream(path: Path, write: Callable[[Any], object]) -> tuple[str, int]:
     """Write atomically (streaming); return (sha256, size) of exactly what landed."""
-    atomic_write_stream(path, write)
-    return calculate_sha256(path), path.stat().st_size  # from the page cache: cheap
+    box: list[_HashingWriter] = []
+
+    def run(f: BinaryIO) -> None:
+        box.append(_HashingWriter(f))
+        write(box[0])
+
+    atomic_write_stream(path, run)
+    return box[0].sha256, box[0].size
+
+
+class _Staged(NamedTuple):
+    tmp: Path
+    sha256: str
+    size: int
+
+
+def _stage(directory: Path, name: str, write: Callable[[Any], object]) -> _Staged:
+    """Write a complete, fsynced, hashed temp file in ``directory``; the caller renames it.
+
+    Split from the rename so the (slow) tensor write happens outside the index lock:
+    the lock then covers only rename + index update, milliseconds whatever the size.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            writer = _HashingWriter(raw)
+            write(writer)
+            raw.flush()
+            os.fsync(raw.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return _Staged(Path(tmp), writer.sha256, writer.size)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where dirs cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- manager
@@ -262,6 +337,26 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
+class _Retention(NamedTuple):
+    keep_last: int | None
+    keep_best: int | None
+    metric: str | None
+    mode: str
+
+
+def _retention(
+    keep_last: int | None, keep_best: int | None, metric: str | None, mode: str
+) -> _Retention:
+    """Validated retention settings (shared by the constructor and per-save overrides)."""
+    _check_mode(mode)
+    for label, n in (("keep_last", keep_last), ("keep_best", keep_best)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"pytest-ckpts: {label} must be a positive int, got {n!r}")
+    if keep_best is not None and metric is None:
+        raise ValueError("pytest-ckpts: keep_best needs best_metric= to rank checkpoints by")
+    return _Retention(keep_last, keep_best, metric, mode)
+
+
 def _rank(entries: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
     """Entries that have ``metric``, best first; ties go to the later step.
 
@@ -282,8 +377,9 @@ class CheckpointManager:
     atomically under a file lock, so concurrent savers cannot lose entries.
 
     Retention: ``keep_last=N`` keeps the N newest step checkpoints, ``keep_best=K``
-    the K best by ``best_metric`` (``best_mode`` "min" or "max"); whatever the
-    settings, the latest and the best checkpoint are never deleted.
+    the K best by ``best_metric`` (``best_mode`` "min" or "max"), here or per
+    :meth:`save_model_checkpoint` call; whatever the settings, the latest and the
+    best checkpoint are never deleted.
     """
 
     def __init__(
@@ -295,12 +391,7 @@ class CheckpointManager:
         best_metric: str | None = None,
         best_mode: str = "min",
     ) -> None:
-        _check_mode(best_mode)
-        for label, n in (("keep_last", keep_last), ("keep_best", keep_best)):
-            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-                raise ValueError(f"pytest-ckpts: {label} must be a positive int, got {n!r}")
-        if keep_best is not None and best_metric is None:
-            raise ValueError("pytest-ckpts: keep_best needs best_metric= to rank checkpoints by")
+        _retention(keep_last, keep_best, best_metric, best_mode)
         self.root = Path(root_log_dir)
         self.checkpoints_dir = self.root / "checkpoints"
         self.data_dir = self.root / "data"
@@ -316,6 +407,7 @@ class CheckpointManager:
         self._models: dict[str, Any] = {}
         self._optimizers: dict[str, Any] = {}
         self._model: Any = None
+        self._locks: dict[str, FileLock] = {}
 
     # -- registry (the seed's ledgers, scoped to this manager instead of global state)
     def register_model(self, name: str, model: Any) -> None:
@@ -345,9 +437,17 @@ class CheckpointManager:
         return self.exp_dir(h) / INDEX_NAME
 
     def _lock(self, h: str | None = None) -> FileLock:
+        """The index lock of one experiment, one instance per hash so it is re-entrant.
+
+        It is held only for rename + index update (milliseconds), so the timeout is
+        a deadlock guard, not a wait budget for another process's tensor write.
+        """
         d = self.exp_dir(h)
-        d.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(d / ".index.lock"), timeout=60)
+        lock = self._locks.get(d.name)
+        if lock is None:
+            d.mkdir(parents=True, exist_ok=True)
+            lock = self._locks[d.name] = FileLock(str(d / ".index.lock"), timeout=60)
+        return lock
 
     # -- hash
     def update_experiment_hash(
@@ -363,8 +463,7 @@ class CheckpointManager:
         A new hash gets its ``model/``, ``hp/`` and ``data/`` folders, its architecture
         files (written once per hash, kept if they exist) and its config.
         """
-        uids = list(active_data_uids) if active_data_uids is not None else None
-        new_hash = self.hash_generator.generate_hash(model, config, uids)
+        new_hash = self.hash_generator.generate_hash(model, config, active_data_uids)
         is_new = force or new_hash != self.current_exp_hash
         self.current_exp_hash = new_hash
         if model is not None:
@@ -458,18 +557,31 @@ class CheckpointManager:
         metadata: Mapping[str, Any] | None = None,
         *,
         optimizer: Any = None,
+        metrics: Mapping[str, Any] | None = None,
+        keep_last: int | None = None,
+        keep_best: int | None = None,
+        best_metric: str | None = None,
+        best_mode: str | None = None,
     ) -> Path:
         """Save weights (and optimizer state) for ``step``; return the file path.
 
         The payload is ``{"step", "exp_hash", "model_state_dict",
         "optimizer_state_dict" (when saved), "metrics", "metadata"}``, loadable with
-        ``torch.load(weights_only=True)``. Finite numeric ``metadata`` values become
-        the entry's metrics in the index (``best()`` and retention rank by them).
-        ``step=None`` takes the next step after the latest. The file appears complete
-        or not at all, and the index only names files that are complete.
+        ``torch.load(weights_only=True)``. ``metrics`` plus the numeric values of
+        ``metadata`` (numbers, 0-d tensors) are the checkpoint's metrics; the finite
+        ones go to the index, where ``best()`` and retention rank by them.
+        ``metadata`` may hold numbers, strings, tensors, lists, tuples and dicts;
+        anything ``weights_only`` could not load back is a ``TypeError`` naming its
+        key, before anything is written.
+
+        ``step=None`` takes the next step after the latest. ``keep_last``,
+        ``keep_best``, ``best_metric`` and ``best_mode`` override the constructor's
+        retention for this save. The file appears complete or not at all, and the
+        index only names complete files.
         """
         torch = _torch()
-        model = self._resolve(model, model_name, self._models, "model") or self._model
+        resolved = self._resolve(model, model_name, self._models, "model")
+        model = resolved if resolved is not None else self._model
         if model is None:
             raise ValueError("pytest-ckpts: save_model_checkpoint needs a model")
         if optimizer is None and save_optimizer:
@@ -478,37 +590,71 @@ class CheckpointManager:
                 optimizer = next(iter(self._optimizers.values()))
         if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
             raise ValueError(f"pytest-ckpts: step must be a non-negative int, got {step!r}")
-        meta = dict(metadata or {})
-        metrics = {
-            str(k): float(v)
-            for k, v in meta.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        }
+        policy = _retention(
+            self.keep_last if keep_last is None else keep_last,
+            self.keep_best if keep_best is None else keep_best,
+            best_metric or self.best_metric,
+            best_mode or self.best_mode,
+        )
+        meta = _payload_value(torch, dict(metadata or {}), "metadata")
+        all_metrics = _collect_metrics(torch, metadata, metrics)
+        index_metrics = {k: v for k, v in all_metrics.items() if math.isfinite(v)}
         h = self.exp_dir().name
-        with self._lock():
-            index = self._read_index()
-            if step is None:
-                step = max((e["step"] for e in index["checkpoints"]), default=-1) + 1
-            path = self._model_dir() / f"{h}_step_{step:06d}.pt"
+        model_dir = self._model_dir(h)
+
+        def stage(step: int) -> _Staged:
             payload: dict[str, Any] = {
                 "step": step,
                 "exp_hash": h,
                 "model_state_dict": model.state_dict(),
-                "metrics": metrics,
-                "metadata": _plain(meta),
+                "metrics": all_metrics,
+                "metadata": meta,
             }
             if save_optimizer and optimizer is not None:
                 payload["optimizer_state_dict"] = optimizer.state_dict()
-            sha, size = _atomic_stream(path, lambda f: torch.save(payload, f))
-            entry = {"step": step, "file": path.name, "sha256": sha, "size": size}
-            entry["metrics"] = metrics
-            index["checkpoints"] = [e for e in index["checkpoints"] if e["step"] != step]
-            index["checkpoints"].append(entry)
-            index["checkpoints"].sort(key=lambda e: e["step"])
-            removed = self._apply_retention(index)
-            self._write_index(index)  # index first: it never names a deleted file
-            for e in removed:
-                (self._model_dir() / e["file"]).unlink(missing_ok=True)
+            return _stage(model_dir, f"{h}_step_{step:06d}.pt", lambda f: torch.save(payload, f))
+
+        if step is None:  # the step comes from the index: hold the lock throughout
+            with self._lock(h):
+                step = max((e["step"] for e in self._read_index(h)["checkpoints"]), default=-1)
+                step += 1
+                return self._commit(h, stage(step), step, index_metrics, policy)
+        staged = stage(step)  # the slow part, outside the lock
+        with self._lock(h):
+            return self._commit(h, staged, step, index_metrics, policy)
+
+    def _commit(
+        self,
+        h: str,
+        staged: _Staged,
+        step: int,
+        metrics: dict[str, float],
+        policy: _Retention,
+    ) -> Path:
+        """Under the lock: rename the staged file into place, index it, apply retention."""
+        model_dir = self._model_dir(h)
+        path = model_dir / f"{h}_step_{step:06d}.pt"
+        try:
+            index = self._read_index(h)
+            os.replace(staged.tmp, path)
+        except BaseException:
+            staged.tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(model_dir)
+        entry = {
+            "step": step,
+            "file": path.name,
+            "sha256": staged.sha256,
+            "size": staged.size,
+            "metrics": metrics,
+        }
+        index["checkpoints"] = [e for e in index["checkpoints"] if e["step"] != step]
+        index["checkpoints"].append(entry)
+        index["checkpoints"].sort(key=lambda e: e["step"])
+        removed = _apply_retention(index, policy)
+        self._write_index(index, h)  # index first: it never names a deleted file
+        for e in removed:
+            (model_dir / e["file"]).unlink(missing_ok=True)
         return path
 
     @staticmethod
@@ -570,13 +716,39 @@ class CheckpointManager:
         """The file an index entry (from ``latest()``/``best()``) names."""
         return self._model_dir(exp_hash) / str(entry["file"])
 
-    def verify(self, exp_hash: str | None = None) -> list[str]:
-        """Problems found by re-hashing every indexed checkpoint (empty list: all good)."""
-        problems = []
-        for e in self._read_index(exp_hash)["checkpoints"]:
-            problem = self._check_entry(e, exp_hash)
-            if problem:
-                problems.append(problem)
+    def verify(self, exp_hash: str | None = None, *, strict: bool = False) -> list[str]:
+        """Problems found by re-hashing every indexed checkpoint (empty list: all good).
+
+        Reports indexed files that are missing or whose size or sha256 differ from
+        ``index.json``, and step files the index does not name (left by a save that
+        was killed between rename and index update). ``strict=True`` raises
+        ``ChecksumMismatchError`` listing them instead of returning them.
+        """
+        d = self.exp_dir(exp_hash)
+        h = d.name
+        if not d.is_dir():
+            problems = [f"experiment directory missing: {d}"]
+        else:
+            with self._lock(h):  # a consistent snapshot of index and directory
+                entries = self._read_index(h)["checkpoints"]
+                model_dir = self._model_dir(h)
+                on_disk = (
+                    {p.name for p in model_dir.glob(f"{h}_step_*.pt")}
+                    if model_dir.is_dir()
+                    else set()
+                )
+            problems = [p for p in (self._check_entry(e, h) for e in entries) if p]
+            indexed = {str(e["file"]) for e in entries}
+            problems += [
+                f"{name}: not in index.json (a save interrupted before its index update?)"
+                for name in sorted(on_disk - indexed)
+            ]
+        if problems and strict:
+            raise ChecksumMismatchError(
+                f"pytest-ckpts: Checksum mismatch in experiment {h} ({d}):\n  "
+                + "\n  ".join(problems),
+                path=d,
+            )
         return problems
 
     def _check_entry(self, e: Mapping[str, Any], exp_hash: str | None) -> str | None:
@@ -590,23 +762,6 @@ class CheckpointManager:
         if actual != e["sha256"]:
             return f"{e['file']}: sha256 {actual} does not match index {e['sha256']}"
         return None
-
-    def _apply_retention(self, index: dict[str, Any]) -> list[dict[str, Any]]:
-        """Drop entries retention does not keep from ``index``; return the dropped ones."""
-        if self.keep_last is None and self.keep_best is None:
-            return []
-        entries: list[dict[str, Any]] = index["checkpoints"]
-        if not entries:
-            return []
-        ordered = sorted(entries, key=lambda e: e["step"])
-        keep = {ordered[-1]["step"]}  # the latest, always
-        if self.keep_last is not None:
-            keep.update(e["step"] for e in ordered[-self.keep_last :])
-        if self.best_metric is not None:
-            ranked = _rank(entries, self.best_metric, self.best_mode)
-            keep.update(e["step"] for e in ranked[: max(1, self.keep_best or 0)])
-        index["checkpoints"] = [e for e in entries if e["step"] in keep]
-        return [e for e in entries if e["step"] not in keep]
 
     # -- loading
     def load_latest_checkpoint(
@@ -761,26 +916,164 @@ class CheckpointManager:
         }
 
 
-def _plain(value: Any) -> Any:
-    """A YAML- and ``weights_only``-safe copy: paths and enums as strings, tuples/sets as lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted((_plain(v) for v in value), key=repr)
-    if isinstance(value, PurePath):
-        return value.as_posix()
+def _apply_retention(index: dict[str, Any], policy: _Retention) -> list[dict[str, Any]]:
+    """Drop the entries ``policy`` does not keep from ``index``; return the dropped ones.
+
+    The latest is always kept, and so is the best by ``policy.metric`` when there is
+    one (``keep_best`` or not), so no setting can delete what ``latest()`` or
+    ``best()`` would name.
+    """
+    if policy.keep_last is None and policy.keep_best is None:
+        return []
+    entries: list[dict[str, Any]] = index["checkpoints"]
+    if not entries:
+        return []
+    ordered = sorted(entries, key=lambda e: e["step"])
+    keep = {ordered[-1]["step"]}
+    if policy.keep_last is not None:
+        keep.update(e["step"] for e in ordered[-policy.keep_last :])
+    if policy.metric is not None:
+        ranked = _rank(entries, policy.metric, policy.mode)
+        keep.update(e["step"] for e in ranked[: max(1, policy.keep_best or 0)])
+    index["checkpoints"] = [e for e in entries if e["step"] in keep]
+    return [e for e in entries if e["step"] not in keep]
+
+
+def _scalar_key(key: Any, path: str) -> Any:
+    """A dict key YAML and ``weights_only`` both keep as is (enums by name)."""
+    if isinstance(key, enum.Enum):
+        return key.name
+    if key is None or isinstance(key, (str, int, float, bool)):
+        return key
+    raise TypeError(
+        f"pytest-ckpts: cannot store {path}: key {key!r} of type {type(key).__name__} "
+        "(use str, int, float, bool or enum keys)"
+    )
+
+
+def _plain(value: Any, path: str = "config") -> Any:
+    """A YAML-safe copy of a config: the values :func:`canonicalize` accepts, made plain.
+
+    Paths become POSIX strings, enums their names, dataclasses dicts, tuples and sets
+    lists (sets sorted, so the file is byte-stable), numpy/torch 0-d values Python
+    numbers. Dict keys keep their type (``3`` and ``"3"`` stay two keys). Anything
+    else is a ``TypeError`` naming its key path instead of a ``str()`` that could not
+    be read back.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
     if isinstance(value, enum.Enum):
         return value.name
+    if isinstance(value, (int, float)):
+        return int(value) if isinstance(value, int) else float(value)  # numpy.float64 too
+    if isinstance(value, PurePath):
+        return value.as_posix()
+    if _is_array_scalar(value):
+        return _plain(value.item(), path)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
-    if value is None or isinstance(value, bool):
+        return {
+            f.name: _plain(getattr(value, f.name), f"{path}.{f.name}")
+            for f in dataclasses.fields(value)
+        }
+    if isinstance(value, Mapping):
+        return {_scalar_key(k, path): _plain(v, f"{path}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        items = [_plain(v, f"{path}{{...}}") for v in value]
+        return sorted(items, key=_canonical_json)
+    raise TypeError(
+        f"pytest-ckpts: cannot store {path}: value of type {type(value).__module__}."
+        f"{type(value).__qualname__} has no plain YAML form; convert it to a str, number, "
+        "list or dict first"
+    )
+
+
+def _payload_value(torch: Any, value: Any, path: str) -> Any:
+    """A copy of checkpoint metadata that ``torch.load(weights_only=True)`` can read back.
+
+    Tensors are kept (detached, on CPU), numpy/torch scalars become Python numbers,
+    paths and enums strings, dataclasses dicts, sets sorted lists; tuples stay tuples.
+    Anything else (a numpy array, an arbitrary object) is a ``TypeError`` naming its
+    key: saved, it would make the checkpoint unloadable under ``weights_only``.
+    """
+    if value is None or isinstance(value, (bool, str)):
         return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, (int, float)):
+        return int(value) if isinstance(value, int) else float(value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, PurePath):
+        return value.as_posix()
+    if _is_array_scalar(value):
+        return _payload_value(torch, value.item(), path)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return _payload_value(torch, fields, path)
+    if isinstance(value, Mapping):
+        return {
+            _scalar_key(k, path): _payload_value(torch, v, f"{path}[{k!r}]")
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_payload_value(torch, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        return tuple(_payload_value(torch, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, (set, frozenset)):
+        items = [_payload_value(torch, v, f"{path}{{...}}") for v in value]
+        return sorted(items, key=repr)
+    hint = " (use torch.from_numpy(x) or x.tolist())" if type(value).__name__ == "ndarray" else ""
+    raise TypeError(
+        f"pytest-ckpts: cannot store {path} in a checkpoint: value of type "
+        f"{type(value).__module__}.{type(value).__qualname__} would not load with "
+        f"torch.load(weights_only=True){hint}"
+    )
+
+
+def _as_number(torch: Any, value: Any) -> float | None:
+    """``value`` as a float if it is a real number or a numeric 0-d tensor/array, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
         return float(value)
-    if isinstance(value, str):
-        return str(value)
-    return str(value)
+    if isinstance(value, torch.Tensor):
+        if (
+            value.numel() != 1
+            or value.dim() != 0
+            or value.is_complex()
+            or value.dtype == torch.bool
+        ):
+            return None
+        return float(value.item())
+    if _is_array_scalar(value):
+        item = value.item()
+        return (
+            float(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else None
+        )
+    return None
+
+
+def _collect_metrics(
+    torch: Any, metadata: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None
+) -> dict[str, float]:
+    """Numeric metadata values plus explicit ``metrics`` (which win on a clash).
+
+    Explicit metrics must be numbers: a typo such as a string there would otherwise
+    silently drop the value from ``best()`` and retention.
+    """
+    out: dict[str, float] = {}
+    for k, v in (metadata or {}).items():
+        number = _as_number(torch, v)
+        if number is not None:
+            out[str(k)] = number
+    for k, v in (metrics or {}).items():
+        number = _as_number(torch, v)
+        if number is None:
+            raise TypeError(
+                f"pytest-ckpts: metrics[{k!r}] must be a real number or a 0-d tensor, "
+                f"got {type(v).__qualname__}"
+            )
+        out[str(k)] = number
+    return out

@@ -89,6 +89,9 @@ def atomic_write_stream(path: Path, write: Callable[[BinaryIO], object]) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes 0600 files; give the usual umask-based mode, as open() would,
+        # so teammates sharing a cache or log directory can read what we wrote.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -100,6 +103,12 @@ def atomic_write_stream(path: Path, write: Callable[[BinaryIO], object]) -> None
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from torch import nn
 from pytest_ckpts.errors import ChecksumMismatchError
 from pytest_ckpts.experiments import CheckpointManager, ExperimentHashGenerator
 from pytest_ckpts.integrity import calculate_sha256
-from pytest_ckpts.testing.experiments import assert_experiment_layout
+from pytest_ckpts.testing.experiments import assert_experiment_layout, assert_state_equal
 
 
 def make_model(width: int = 8, extra: bool = False) -> nn.Module:
@@ -141,6 +142,19 @@ def test_hash_stable_across_processes_and_hash_seeds() -> None:
     assert len(hashes.pop()) == 16
 
 
+def test_hash_value_is_pinned() -> None:
+    """Existing experiment directories are named by this hash: changing the canonical
+    form would orphan every one of them, so it may only change on purpose."""
+    config = {
+        "lr": 0.001,
+        "batch_size": 32,
+        "optimizer": {"name": "adam", "betas": (0.9, 0.999)},
+        "tags": {"a", "b"},
+    }
+    h = ExperimentHashGenerator().generate_hash(None, config, ["s1", "s2", "s3"])
+    assert h == "4cff75d4ba5df4a4"
+
+
 def test_importing_the_module_does_not_import_torch() -> None:
     code = "import sys, pytest_ckpts.experiments; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -248,9 +262,20 @@ def test_load_latest_restores_model_and_optimizer_bit_exactly(tmp_path: Path) ->
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, expected_model[k])
     got = fresh_opt.state_dict()
+    assert got["state"].keys() == expected_opt["state"].keys()
     for pid, state in expected_opt["state"].items():
+        assert got["state"][pid].keys() == state.keys()
         for key, value in state.items():
             assert torch.equal(got["state"][pid][key], value)
+    assert got["param_groups"] == expected_opt["param_groups"]
+    assert_state_equal(fresh.state_dict(), expected_model, name="model")
+    assert_state_equal(got, expected_opt, name="optimizer")
+    # and training continues identically from the restored state
+    torch.manual_seed(7)
+    train(model, opt, 2)
+    torch.manual_seed(7)
+    train(fresh, fresh_opt, 2)
+    assert_state_equal(fresh.state_dict(), model.state_dict(), name="model after resume")
 
 
 def test_killed_save_leaves_no_partial_file_and_latest_still_loads(
@@ -422,7 +447,7 @@ def test_checkpoint_manager_fixture(pytester: pytest.Pytester) -> None:
         """
         import torch
         from torch import nn
-        from pytest_ckpts.testing.experiments import assert_experiment_layout
+        from pytest_ckpts.testing.experiments import assert_experiment_layout, assert_state_equal
 
         def test_loop(checkpoint_manager, tmp_path):
             model = nn.Linear(2, 2)
@@ -473,3 +498,158 @@ def test_architecture_hash_ignores_the_defining_module_but_not_the_class() -> No
     assert gen.generate_hash(as_script) != gen.generate_hash(renamed)
     # a lazy module hashes (shape unknown) and its architecture file can be written
     assert len(gen.generate_hash(nn.LazyLinear(3))) == 16
+
+
+def test_retention_as_save_arguments_overrides_the_constructor(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path)  # no retention configured
+    model = make_model()
+    mgr.update_experiment_hash(model, CONFIG, UIDS)
+    for step, loss in ((1, 0.3), (2, 0.9), (3, 0.8)):
+        mgr.save_model_checkpoint(model, step=step, metadata={"loss": loss})
+    assert [e["step"] for e in mgr.checkpoints()] == [1, 2, 3]
+    mgr.save_model_checkpoint(
+        model, step=4, metrics={"loss": 0.7}, keep_last=1, keep_best=1, best_metric="loss"
+    )
+    assert [e["step"] for e in mgr.checkpoints()] == [1, 4]  # best (0.3) and latest
+    names = sorted(p.name for p in (mgr.exp_dir() / "model").glob("*_step_*.pt"))
+    assert names == [
+        f"{mgr.current_exp_hash}_step_000001.pt",
+        f"{mgr.current_exp_hash}_step_000004.pt",
+    ]
+    with pytest.raises(ValueError, match="keep_best needs best_metric"):
+        mgr.save_model_checkpoint(model, step=5, keep_best=2)
+    with pytest.raises(ValueError, match="keep_last must be a positive int"):
+        mgr.save_model_checkpoint(model, step=5, keep_last=0)
+    assert [e["step"] for e in mgr.checkpoints()] == [1, 4]  # refused before writing
+
+
+def test_metrics_and_metadata_round_trip_under_weights_only(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path)
+    model = make_model()
+    h, _ = mgr.update_experiment_hash(model, CONFIG, UIDS)
+    loss = torch.tensor(0.25)
+    mgr.save_model_checkpoint(
+        model,
+        step=10,
+        metadata={
+            "loss": loss,  # a 0-d tensor, as a training step returns it
+            "epoch": 3,
+            "notes": "after lr drop",
+            "act": Act.RELU,
+            "out": Path("runs/x"),
+            "hist": torch.arange(3),
+            "shape": (4, 2),
+            "nan": float("nan"),
+        },
+        metrics={"acc": torch.tensor(0.5, dtype=torch.float64)},
+    )
+    entry = mgr.latest()
+    assert entry is not None
+    assert entry["metrics"] == {"loss": 0.25, "epoch": 3.0, "acc": 0.5}  # finite only
+    data = torch.load(mgr.checkpoint_path(entry), weights_only=True)
+    assert data["metadata"]["notes"] == "after lr drop"
+    assert data["metadata"]["act"] == "RELU"
+    assert data["metadata"]["out"] == "runs/x"
+    assert data["metadata"]["shape"] == (4, 2)
+    assert torch.equal(data["metadata"]["hist"], torch.arange(3))
+    assert torch.equal(data["metadata"]["loss"], loss)
+    assert data["metrics"]["loss"] == 0.25
+    assert data["metrics"]["nan"] != data["metrics"]["nan"]  # kept in the file, not the index
+    assert data["exp_hash"] == h
+
+    with pytest.raises(TypeError, match=r"metadata\['extra'\]\['fn'\].*weights_only"):
+        mgr.save_model_checkpoint(model, step=20, metadata={"extra": {"fn": object()}})
+    with pytest.raises(TypeError, match=r"metrics\['acc'\] must be a real number"):
+        mgr.save_model_checkpoint(model, step=20, metrics={"acc": "high"})
+    assert [e["step"] for e in mgr.checkpoints()] == [10]
+    assert not list((mgr.exp_dir() / "model").glob("*.tmp"))
+
+
+def test_config_yaml_keeps_key_types_and_refuses_objects(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path)
+    config = {
+        "lr": torch.tensor(0.5).item(),
+        "steps": torch.tensor(7),  # 0-d tensor: hashed and stored by value
+        "mixed": {3: "int key", "3": "str key"},
+        "tags": {"b", "a"},
+        "betas": (0.9, 0.999),
+    }
+    h, _ = mgr.update_experiment_hash(None, config, ["a"])
+    assert mgr.load_config(h) == {
+        "lr": 0.5,
+        "steps": 7,
+        "mixed": {3: "int key", "3": "str key"},
+        "tags": ["a", "b"],
+        "betas": [0.9, 0.999],
+    }
+    with pytest.raises(TypeError, match=r"config\['optimizer'\]\['fn'\]"):
+        mgr.save_config({"optimizer": {"fn": print}})
+    with pytest.raises(TypeError, match="single str"):
+        mgr.update_experiment_hash(None, config, "sample_1")
+
+
+def test_concurrent_savers_lose_no_index_entry(tmp_path: Path) -> None:
+    model = make_model()
+    managers = [CheckpointManager(tmp_path) for _ in range(2)]
+    hashes = {m.update_experiment_hash(model, CONFIG, UIDS)[0] for m in managers}
+    assert len(hashes) == 1
+    errors: list[BaseException] = []
+
+    def saver(mgr: CheckpointManager, first: int) -> None:
+        try:
+            for step in range(first, 24, 2):
+                mgr.save_model_checkpoint(model, step=step, metadata={"loss": step / 10})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=saver, args=(m, i)) for i, m in enumerate(managers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [e["step"] for e in managers[0].checkpoints()] == list(range(24))
+    assert managers[1].verify() == []
+
+
+def test_verify_reports_unindexed_files_and_strict_raises(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path)
+    model = make_model()
+    h, _ = mgr.update_experiment_hash(model, CONFIG, UIDS)
+    path = mgr.save_model_checkpoint(model, step=1)
+    assert mgr.verify(strict=True) == []
+    orphan = path.with_name(f"{h}_step_000002.pt")
+    orphan.write_bytes(path.read_bytes())  # as a save killed before its index update
+    assert mgr.verify() == [
+        f"{orphan.name}: not in index.json (a save interrupted before its index update?)"
+    ]
+    assert mgr.latest()["step"] == 1  # type: ignore[index]
+    with pytest.raises(
+        ChecksumMismatchError, match=rf"(?s)Checksum mismatch in experiment {h}.*{orphan.name}"
+    ):
+        mgr.verify(strict=True)
+    other = "0" * 16
+    assert mgr.verify(other) == [
+        f"experiment directory missing: {tmp_path / 'checkpoints' / other}"
+    ]
+    assert not (tmp_path / "checkpoints" / other).exists()
+
+
+def test_state_assertion_lists_differences_by_key_path() -> None:
+    w = torch.tensor([1.0, 2.0, 0.0])
+    expected = {"w": w, "groups": [{"lr": 0.1, "betas": (0.9, 0.99)}]}
+    same = {"w": torch.tensor([1.0, 2.0, 0.0]), "groups": [{"lr": 0.1, "betas": [0.9, 0.99]}]}
+    assert_state_equal(same, expected)
+    bad = {
+        "w": torch.tensor([1.0, 2.5, -0.0]),
+        "groups": [{"lr": 0.2, "betas": (0.9, 0.99)}],
+        "extra": 1,
+    }
+    with pytest.raises(AssertionError) as exc_info:
+        assert_state_equal(bad, expected, name="opt")
+    message = str(exc_info.value)
+    assert "opt: unexpected keys ['extra']" in message
+    assert "opt['w']: 2 of 3 elements differ (first at flat index 1, max abs diff 0.5)" in message
+    assert "opt['groups'][0]['lr']: 0.2 vs expected 0.1" in message
+    with pytest.raises(AssertionError, match=r"dtype torch.float64 vs expected torch.float32"):
+        assert_state_equal({"w": w.double()}, {"w": w})

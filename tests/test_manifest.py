@@ -295,3 +295,14 @@ def test_unknown_name_suggests_close_matches(project: Path) -> None:
     with pytest.raises(KeyError, match="not found in config") as info:
         m.get("mp_20_vea")
     assert "'mp_20_vae'" in str(info.value)
+
+
+def test_atomic_writes_get_the_umask_mode_not_0600(tmp_path: Path) -> None:
+    from pytest_ckpts.integrity import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "f.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
