@@ -1,66 +1,62 @@
-"""``get_checkpoint()`` and friends: the library API, compatible with seed 004.
+"""``get_checkpoint()`` and friends: the library API (README "Library API").
 
-Inside a pytest run the plugin *activates* its session here, so a test that calls
+Inside a pytest run the plugin registers a resolver here, so a test that calls
 ``get_checkpoint()`` directly shares the run's store (one probe, one lock, one
-summary) and policy. Outside pytest the environment decides the mode.
+summary) and settings. Outside pytest the environment decides (``Settings.from_env``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .checkpoint import Checkpoint
 from .errors import CheckpointSkipped
-from .manifest import env_value, load_manifest
-from .policy import Mode, library_mode
+from .settings import Mode, Settings
 
-if TYPE_CHECKING:
-    from .session import CkptsSession
+__all__ = ["get_checkpoint", "resolve_checkpoint", "use_resolver"]
 
-__all__ = ["activate", "deactivate", "get_checkpoint", "resolve_checkpoint"]
+Resolver = Callable[[str, bool], Checkpoint]
 
-# The pytest session currently running in this process, if any. A list rather than
-# a bare global so nested pytester runs stack and unwind correctly.
-_ACTIVE: list[CkptsSession] = []
-
-
-def activate(session: CkptsSession) -> None:
-    _ACTIVE.append(session)
+# Resolvers handed in by a running pytest session (innermost last), so a test that
+# calls ``get_checkpoint()`` shares the run's store, mode and --ckpts-strict. The
+# library never imports the plugin; the plugin registers itself here.
+_RESOLVERS: list[Resolver] = []
 
 
-def deactivate(session: CkptsSession) -> None:
-    if session in _ACTIVE:
-        _ACTIVE.remove(session)
+def use_resolver(resolver: Resolver) -> Callable[[], None]:
+    """Route library calls through ``resolver`` until the returned function is called."""
+    _RESOLVERS.append(resolver)
+
+    def undo() -> None:
+        if resolver in _RESOLVERS:
+            _RESOLVERS.remove(resolver)
+
+    return undo
 
 
 def resolve_checkpoint(name: str, force_download: bool = False) -> Checkpoint:
     """Like :func:`get_checkpoint` but returns the full :class:`Checkpoint`."""
-    session = _ACTIVE[-1] if _ACTIVE else None
-    if session is not None and session.manifest is not None:
-        mode = session.policy.mode
-        source = session.policy.source
-    else:
-        mode = library_mode()
-        source = "SKIP_CHECKPOINT_DOWNLOAD=true" if mode is Mode.SKIP else "PYTEST_CKPTS_MODE"
-    if mode is Mode.SKIP:
-        raise CheckpointSkipped(
-            f"Checkpoint download skipped ({source}). Cannot load checkpoint: {name}"
-        )
-    if session is not None and session.manifest is not None:
-        store = session.store
-        spec = session.manifest.get(name)
-    else:
-        from .store import Store
+    if _RESOLVERS:
+        return _RESOLVERS[-1](name, force_download)
+    from .manifest import load_manifest
+    from .store import Store
 
-        manifest = load_manifest()
-        spec = manifest.get(name)
-        cache = env_value("PYTEST_CKPTS_CACHE_DIR")
-        store = Store(
-            manifest,
-            cache_dir=Path(cache).expanduser().absolute() if cache else None,
-            offline=mode is Mode.OFFLINE,
+    settings = Settings.from_env()
+    if settings.mode is Mode.SKIP:
+        raise CheckpointSkipped(
+            f"Checkpoint download skipped ({settings.source('mode')}). "
+            f"Cannot load checkpoint: {name}"
         )
+    manifest = load_manifest(settings.manifest)
+    spec = manifest.get(name)
+    store = Store(
+        manifest,
+        cache_dir=settings.cache_dir,
+        offline=settings.mode is Mode.OFFLINE,
+        retry_budget=settings.retry_budget,
+        trust_endpoint=settings.trust_manifest_endpoint,
+    )
     return store.resolve(spec, force_download=force_download)
 
 

@@ -8,15 +8,23 @@ Exit codes: 0 ok, 1 a check failed, 2 usage error (bad manifest, bad arguments).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
+import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from .errors import CheckpointsError, CheckpointSkipped, ChecksumMismatchError, ManifestError
-from .manifest import CheckpointSpec, Manifest, env_value, load_manifest
+from .errors import (
+    CacheError,
+    CheckpointsError,
+    CheckpointSkipped,
+    ChecksumMismatchError,
+    ManifestError,
+    UsageFailure,
+)
+from .manifest import CheckpointSpec, Manifest, load_manifest
+from .settings import Settings, count_option
 from .store import Store
 
 __all__ = ["main"]
@@ -24,8 +32,8 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class UsageFailure(Exception):
-    """A problem the user fixes by changing the command or the manifest (exit 2)."""
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
 
 
 def _size(nbytes: int | None) -> str:
@@ -54,17 +62,36 @@ def selected(manifest: Manifest, names: Sequence[str]) -> list[CheckpointSpec]:
         try:
             specs.append(manifest.get(name))
         except KeyError as exc:
-            raise UsageFailure(str(exc.args[0])) from None
+            raise UsageFailure(f"pytest-ckpts: {exc.args[0]}") from None
     return specs
 
 
-def _store(args: argparse.Namespace, manifest: Manifest, **kwargs: object) -> Store:
-    cache = args.cache_dir or env_value("PYTEST_CKPTS_CACHE_DIR")
+def _store(args: argparse.Namespace, manifest: Manifest, **kwargs: Any) -> Store:
+    settings: Settings = args.settings
+    kwargs.setdefault("offline", settings.mode.value == "offline")
     return Store(
         manifest,
-        cache_dir=Path(cache).expanduser().absolute() if cache else None,
-        **kwargs,  # type: ignore[arg-type]
+        cache_dir=settings.cache_dir,
+        retry_budget=settings.retry_budget,
+        trust_endpoint=settings.trust_manifest_endpoint,
+        **kwargs,
     )
+
+
+def _state(store: Store, spec: CheckpointSpec) -> dict[str, Any]:
+    """One entry of ``list --json`` / ``verify --json`` (the run report's shape)."""
+    path = store.cached_path(spec)
+    size = path.stat().st_size if path is not None else spec.size
+    return {
+        "name": spec.name,
+        "cached": path is not None,
+        "verified": spec.sha256 is not None and path is not None and store.is_trusted(spec),
+        "sha256": spec.sha256,
+        "size": size,
+        "path": str(path) if path is not None else None,
+        "revision": spec.revision,
+        "description": spec.description,
+    }
 
 
 # --------------------------------------------------------------------------- commands
@@ -72,19 +99,28 @@ def _store(args: argparse.Namespace, manifest: Manifest, **kwargs: object) -> St
 
 def cmd_list(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     store = _store(args, manifest)
+    states = [_state(store, spec) for spec in selected(manifest, args.names)]
+    if args.json:
+        json.dump({"checkpoints": states}, out, indent=2)
+        out.write("\n")
+        return EXIT_OK
     rows = [["NAME", "SIZE", "CACHED", "VERIFIED", "DESCRIPTION"]]
-    for spec in selected(manifest, args.names):
-        path = store.cached_path(spec)
-        size = spec.size
-        if path is not None:
-            size = path.stat().st_size
-            if spec.sha256 is None:
-                verified = "unverified"
-            else:
-                verified = "yes" if store.is_trusted(spec) else "not yet"
+    for st in states:
+        if st["sha256"] is None:
+            verified = "unverified"
+        elif not st["cached"]:
+            verified = "-"
         else:
-            verified = "unverified" if spec.sha256 is None else "-"
-        rows.append([spec.name, _size(size), "yes" if path else "no", verified, spec.description])
+            verified = "yes" if st["verified"] else "not yet"
+        rows.append(
+            [
+                st["name"],
+                _size(st["size"]),
+                "yes" if st["cached"] else "no",
+                verified,
+                st["description"],
+            ]
+        )
     _table(rows, out)
     out.write(f"manifest: {manifest.path}\ncache:    {store.cache}\n")
     return EXIT_OK
@@ -92,116 +128,93 @@ def cmd_list(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
 
 def cmd_fetch(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     store = _store(args, manifest, progress=not args.quiet, rehash=args.rehash)
-    failed = 0
-    for spec in selected(manifest, args.names):
+    specs = selected(manifest, args.names)
+
+    def one(spec: CheckpointSpec) -> str:
         try:
             ckpt = store.resolve(spec, force_download=args.force)
+        except CheckpointSkipped as exc:
+            return f"FAILED      {spec.name}: {str(exc).removeprefix('pytest-ckpts: ')}"
         except (CheckpointsError, OSError) as exc:
-            failed += 1
-            out.write(f"FAILED  {spec.name}: {exc}\n")
-            continue
-        note = "" if ckpt.verified else "  (unverified: no sha256 in manifest)"
-        out.write(f"{ckpt.source:<10}  {spec.name}  {_size(ckpt.size)}  {ckpt.path}{note}\n")
-    return EXIT_FAILED if failed else EXIT_OK
+            return f"FAILED      {spec.name}: {str(exc).removeprefix('pytest-ckpts: ')}"
+        note = "" if ckpt.verified else "  (unverified: no sha256 in the manifest)"
+        return f"{ckpt.source:<10}  {spec.name}  {_size(ckpt.size)}  {ckpt.path}{note}"
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        lines = list(pool.map(one, specs))  # results in manifest order, whatever finishes first
+    for line in lines:
+        out.write(line + "\n")
+    return EXIT_FAILED if any(line.startswith("FAILED") for line in lines) else EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     store = _store(args, manifest, offline=True, rehash=True)
     failed = 0
+    states: list[dict[str, Any]] = []
     for spec in selected(manifest, args.names):
+        state = _state(store, spec)
+        state["verified"] = False
+        states.append(state)
         path = store.cached_path(spec)
         if path is None:
-            out.write(
-                f"missing     {spec.name}: not cached (run `pytest-ckpts fetch {spec.name}`)\n"
-            )
-            failed += bool(args.names)
+            failed += 1
+            state["error"] = "not cached"
+            if not args.json:
+                out.write(
+                    f"missing     {spec.name}: not cached (run `pytest-ckpts fetch {spec.name}`)\n"
+                )
             continue
         try:
             ckpt = store.resolve(spec)
         except ChecksumMismatchError as exc:
             failed += 1
-            out.write(
-                f"MISMATCH    {spec.name}: {path}\n  expected {exc.expected}\n  actual   {exc.actual}\n"
-            )
+            state["error"] = f"checksum mismatch: actual sha256 {exc.actual}"
+            if not args.json:
+                out.write(
+                    f"MISMATCH    {spec.name}: {path}\n  expected {exc.expected}\n"
+                    f"  actual   {exc.actual}\n"
+                )
             continue
-        except CheckpointSkipped as exc:  # pragma: no cover - cached_path said it exists
-            failed += 1
-            out.write(f"missing     {spec.name}: {exc}\n")
-            continue
-        state = "ok" if ckpt.verified else "unverified"
-        out.write(f"{state:<10}  {spec.name}: sha256 {ckpt.sha256}\n")
+        state["verified"] = ckpt.verified
+        if not args.json:
+            label = "ok" if ckpt.verified else "unverified"
+            note = "" if ckpt.verified else " (no sha256 in the manifest: hashed, not verified)"
+            out.write(f"{label:<10}  {spec.name}: sha256 {ckpt.sha256}{note}\n")
+    if args.json:
+        json.dump({"checkpoints": states}, out, indent=2)
+        out.write("\n")
     return EXIT_FAILED if failed else EXIT_OK
-
-
-def _walk_files(root: Path) -> Iterable[Path]:
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            yield Path(dirpath) / f
-
-
-def _cache_repos(cache: Path) -> list[Path]:
-    if not cache.is_dir():
-        return []
-    return sorted(
-        p for p in cache.iterdir() if p.is_dir() and p.name.startswith(("models--", "datasets--"))
-    )
 
 
 def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     store = _store(args, manifest)
-    cache = store.cache
-    repos = _cache_repos(cache)
+    layout = store.layout
+    if args.cache_command == "key":
+        from .cachekey import cache_key
+
+        out.write(cache_key(manifest, selected(manifest, args.names), store.endpoint) + "\n")
+        return EXIT_OK
     if args.cache_command == "info":
-        total = 0
-        for repo in repos:
-            size = sum(p.stat().st_size for p in _walk_files(repo / "blobs") if p.is_file())
-            total += size
-            out.write(f"{repo.name}: {_size(size)}\n")
-        cached = sum(1 for s in manifest.entries.values() if store.cached_path(s))
+        info = layout.info(manifest)
+        for repo, size in info.repos.items():
+            out.write(f"{repo}: {_size(size)}\n")
+        for f in info.incomplete:
+            out.write(f"incomplete download: {f}\n")
         out.write(
-            f"cache: {cache}\ntotal: {_size(total)} in {len(repos)} repos; "
-            f"{cached}/{len(manifest)} manifest entries cached\n"
+            f"cache: {layout.root}\ntotal: {_size(info.total)} in "
+            f"{_plural(len(info.repos), 'repo')}; {len(info.cached)}/{len(manifest)} "
+            "manifest entries cached\n"
         )
         return EXIT_OK
-    # prune: keep exactly the snapshot files (and their blobs) the manifest names now
-    keep_links: set[Path] = set()
-    keep_blobs: set[Path] = set()
-    for spec in manifest.entries.values():
-        path = store.cached_path(spec)
-        if path is not None:
-            keep_links.add(path.absolute())
-            keep_blobs.add(path.resolve())
-    removed, freed = 0, 0
-    for repo in repos:
-        for f in sorted(_walk_files(repo / "snapshots")):
-            if f.absolute() not in keep_links:
-                removed += 1
-                if not args.dry_run:
-                    f.unlink()
-        for blob in sorted(_walk_files(repo / "blobs")):
-            if blob.resolve() not in keep_blobs:
-                freed += blob.stat().st_size
-                out.write(f"{'would remove' if args.dry_run else 'removed'} {blob}\n")
-                if not args.dry_run:
-                    blob.unlink()
-                    stamp = cache / ".ckpts" / "stamps" / repo.name / f"{blob.name}.json"
-                    stamp.unlink(missing_ok=True)
-        if not args.dry_run:
-            _remove_empty_dirs(repo / "snapshots")
-            if not any(_walk_files(repo / "blobs")) and not any(_walk_files(repo / "snapshots")):
-                shutil.rmtree(repo)
-    verb = "would free" if args.dry_run else "freed"
-    out.write(f"{verb} {_size(freed)} ({removed} snapshot files)\n")
+    result = layout.prune(manifest, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for blob in [*result.removed_blobs, *result.removed_incomplete]:
+        out.write(f"{verb} {blob}\n")
+    out.write(
+        f"{'would free' if args.dry_run else 'freed'} {_size(result.freed)} "
+        f"({_plural(result.removed_links, 'snapshot file')})\n"
+    )
     return EXIT_OK
-
-
-def _remove_empty_dirs(root: Path) -> None:
-    if not root.is_dir():
-        return
-    for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda t: -len(t[0])):
-        path = Path(dirpath)
-        if path != root and not any(path.iterdir()):
-            path.rmdir()
 
 
 def cmd_lock(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
@@ -212,8 +225,9 @@ def cmd_lock(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
         names=args.names,
         pin=args.pin,
         check=args.check,
+        update=args.update,
         source_dir=Path(args.source) if args.source else None,
-        cache_dir=_store(args, manifest).cache,
+        store=_store(args, manifest, progress=True),
         out=out,
     )
 
@@ -227,6 +241,7 @@ def cmd_upload(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int
         source_dir=Path(args.source),
         pin=args.pin,
         message=args.message,
+        store=_store(args, manifest),
         out=out,
     )
 
@@ -242,14 +257,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--manifest, else PYTEST_CKPTS_MANIFEST, else the first checkpoints/checkpoints.yaml "
         "found walking up from the current directory.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--manifest", metavar="PATH", help="checkpoint manifest to use")
     parser.add_argument(
-        "--cache-dir", metavar="DIR", help="cache directory (default: the manifest's cache_dir)"
+        "--cache-dir",
+        metavar="DIR",
+        help="cache directory (default: PYTEST_CKPTS_CACHE_DIR, else the manifest's cache_dir)",
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="never touch the network: only what is cached (like pytest's --ckpts=offline)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="name, size, cached, verified, description")
     p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="JSON for scripts: {checkpoints: [...]}")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("fetch", help="download and verify checkpoints (all by default)")
@@ -257,10 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.add_argument("--rehash", action="store_true", help="re-hash cached files")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=count_option,
+        default=4,
+        metavar="N",
+        help="download N checkpoints at a time (default 4); output keeps manifest order",
+    )
     p.set_defaults(func=cmd_fetch)
 
-    p = sub.add_parser("verify", help="re-hash cached checkpoints; exit 1 on mismatch")
+    p = sub.add_parser(
+        "verify", help="re-hash cached checkpoints; exit 1 on a mismatch or one not cached"
+    )
     p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="JSON for scripts: {checkpoints: [...]}")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
@@ -270,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pin", action="store_true", help="also pin revision to the resolved commit")
     p.add_argument(
         "--check", action="store_true", help="change nothing; exit 1 if lock would change the file"
+    )
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="replace the existing sha256 of the NAMEs given (names required): for a hash "
+        "you have confirmed is wrong or out of date",
     )
     p.add_argument(
         "--from",
@@ -292,13 +333,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--message", default=None, help="commit message")
     p.set_defaults(func=cmd_upload)
 
-    p = sub.add_parser("cache", help="cache info | prune")
+    p = sub.add_parser("cache", help="cache info | prune | key")
     csub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     csub.add_parser("info", help="cache size and what is cached")
+    kp = csub.add_parser(
+        "key",
+        help="one-line digest of what the cache will hold (for actions/cache keys; no network)",
+    )
+    kp.add_argument("names", nargs="*", metavar="NAME")
     pp = csub.add_parser("prune", help="remove cached files the manifest no longer names")
     pp.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     p.set_defaults(func=cmd_cache)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pytest-ckpts")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -306,12 +361,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "lock" and args.update and not args.names:
+        parser.error("lock --update needs the NAMEs whose sha256 to replace")
     try:
-        manifest = load_manifest(args.manifest)
+        args.settings = Settings.from_args(args)
+        manifest = load_manifest(args.settings.manifest)
         code: int = args.func(args, manifest, out)
-    except (ManifestError, UsageFailure) as exc:
+    except (ManifestError, UsageFailure, ValueError) as exc:
         sys.stderr.write(f"{exc}\n")
         return EXIT_USAGE
+    except (CheckpointsError, CacheError) as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_FAILED
     except KeyboardInterrupt:  # pragma: no cover - interactive
         sys.stderr.write("interrupted\n")
         return 130

@@ -10,11 +10,14 @@ written against the original downloader keeps catching them.
 from __future__ import annotations
 
 __all__ = [
+    "CacheError",
     "CheckpointDownloadError",
     "CheckpointSkipped",
     "CheckpointsError",
+    "CheckpointsWarning",
     "ChecksumMismatchError",
     "ManifestError",
+    "UsageFailure",
 ]
 
 
@@ -85,6 +88,13 @@ class CheckpointDownloadError(CheckpointsError, RuntimeError):
     """The hub could not deliver a file (unreachable, auth, not found, broken transfer).
 
     The message names repo, path in repo, revision, endpoint and cause, never the token.
+    ``kind`` is how the failure was classified (README "Retries and the retry budget"):
+
+    - ``"transient"``: 429, 5xx, a reset or cut body, a read timeout; retried within the
+      budget, and once the budget is spent it stays transient (a stale copy may be used);
+    - ``"unreachable"``: refused, DNS, connect timeout, no answer within the probe
+      timeout; decided once per endpoint per run;
+    - ``"permanent"``: 401, 403, 404, revision or entry not found; never retried.
     """
 
     def __init__(
@@ -94,8 +104,29 @@ class CheckpointDownloadError(CheckpointsError, RuntimeError):
         name: str | None = None,
         unreachable: bool = False,
         status: int | None = None,
+        kind: str | None = None,
     ) -> None:
         self.name = name
-        self.unreachable = unreachable
         self.status = status
+        self.kind = kind or ("unreachable" if unreachable else "permanent")
+        self.unreachable = self.kind == "unreachable"
         super().__init__(message)
+
+    @property
+    def hub_down(self) -> bool:
+        """The hub could not be asked (not: it answered no): a stale copy may stand in."""
+        return self.kind in ("transient", "unreachable")
+
+
+class CacheError(CheckpointsError, OSError):
+    """The local cache cannot be used as asked: read-only, disk full, or a path that
+    would leave the cache. A local failure: never a skip, whatever the mode.
+    """
+
+
+class UsageFailure(CheckpointsError):
+    """A problem the user fixes by changing the command or the manifest (CLI exit 2)."""
+
+
+class CheckpointsWarning(UserWarning):
+    """Something about the manifest or the cache deserves attention but does not stop the run."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -110,10 +110,9 @@ def checkpoint_manager(tmp_path: Path) -> CheckpointManager:
 
 
 def _baseline_dir(request: pytest.FixtureRequest) -> Path:
-    root_opt: Any = request.config.getini("ckpts_baselines_dir")
-    root = Path(str(root_opt or "tests/baselines"))
-    if not root.is_absolute():
-        root = Path(request.config.rootpath) / root
+    from .session import get_session
+
+    root = get_session(request.config).settings.baselines_dir
     module = Path(str(request.node.path)).stem
     # test methods keep their class ("TestVae.test_out") so two classes in one module
     # never share (and, under xdist, race on) one baseline directory
@@ -139,10 +138,10 @@ def ckpt_baseline(request: pytest.FixtureRequest) -> BaselineChecker:
     rewrites mismatching baselines and passes.
     """
     from .baseline import BaselineChecker
-    from .session import used_checkpoint_shas
+    from .session import get_session, used_checkpoint_shas
 
     return BaselineChecker(
         directory=_baseline_dir(request),
-        update=bool(request.config.getoption("ckpts_update_baselines")),
+        update=get_session(request.config).settings.update_baselines,
         checkpoint_shas=lambda: used_checkpoint_shas(request.node),
     )

@@ -10,9 +10,29 @@ import pytest
 
 from .session import CkptsSession
 
-__all__ = ["MARKER", "BadMarker", "marked_names", "marker_problem"]
+__all__ = [
+    "CHECKPOINT_FIXTURES",
+    "MARKER",
+    "BadMarker",
+    "add_implied_marker",
+    "marked_names",
+    "marker_problem",
+]
 
 MARKER = "requires_checkpoints"
+#: Fixtures that hand out checkpoints: a test using one (even through another fixture)
+#: needs checkpoints, so it carries the marker and ``-m "not requires_checkpoints"``
+#: deselects it.
+CHECKPOINT_FIXTURES = frozenset({"checkpoint", "checkpoints", "checkpoint_tensors"})
+
+
+def add_implied_marker(item: pytest.Item) -> None:
+    """Add a bare ``requires_checkpoints`` marker to tests that use a checkpoint fixture."""
+    if item.get_closest_marker(MARKER) is not None:
+        return
+    names = getattr(item, "fixturenames", ())
+    if CHECKPOINT_FIXTURES.intersection(names):
+        item.add_marker(MARKER)
 
 
 class BadMarker(pytest.Collector):

@@ -1,6 +1,6 @@
 """pytest wiring for pytest-ckpts: options, ini keys, marker, hooks. Nothing else.
 
-Every decision is made by ``policy``/``manifest`` once in ``pytest_configure`` and
+Every decision is made by ``settings``/``manifest`` once in ``pytest_configure`` and
 kept on the one ``CkptsSession``; the hooks below only route pytest events to it.
 """
 
@@ -13,10 +13,9 @@ import pytest
 
 from . import fixtures, hookspecs, mlflow_fixtures
 from .errors import CheckpointDownloadError, CheckpointSkipped, ManifestError
-from .manifest import ENV_MANIFEST
-from .marker import MARKER, BadMarker, marked_names, marker_problem
-from .policy import MODES, Mode, Policy, mode_option, resolve_mode
-from .session import RESOLVED_KEY, SESSION_KEY, CkptsSession, cache_dir, get_session, manifest_path
+from .marker import MARKER, BadMarker, add_implied_marker, marked_names, marker_problem
+from .session import RESOLVED_KEY, SESSION_KEY, CkptsSession, get_session
+from .settings import ENV, MODES, Mode, Settings, count_option, mode_option, seconds_option
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -43,7 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         default=None,
         help="checkpoint manifest (default: <rootdir>/checkpoints/checkpoints.yaml; "
-        f"env {ENV_MANIFEST}, ini ckpts_manifest).",
+        f"env {ENV['manifest']}, ini ckpts_manifest).",
     )
     group.addoption(
         "--ckpts-cache-dir",
@@ -51,7 +50,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         default=None,
         help="where checkpoints are cached (overrides the manifest's cache_dir; "
-        "env PYTEST_CKPTS_CACHE_DIR).",
+        f"env {ENV['cache_dir']}, ini ckpts_cache_dir).",
+    )
+    group.addoption(
+        "--ckpts-retry-budget",
+        dest="ckpts_retry_budget",
+        metavar="SECONDS",
+        type=seconds_option,
+        default=None,
+        help="total seconds one process may wait between retries of transient hub errors "
+        f"(429, 5xx, resets) in this run (default 60; env {ENV['retry_budget']}, "
+        "ini ckpts_retry_budget).",
+    )
+    group.addoption(
+        "--ckpts-prefetch",
+        dest="ckpts_prefetch",
+        metavar="N",
+        type=count_option,
+        default=None,
+        help="after collection, fetch the checkpoints the selected tests need, N at a time, "
+        f"while tests run (default 4, 0 off; env {ENV['prefetch']}, ini ckpts_prefetch).",
+    )
+    group.addoption(
+        "--ckpts-report",
+        dest="ckpts_report",
+        metavar="PATH",
+        default=None,
+        help="write a JSON report of every checkpoint (status, sha256, commit, bytes, "
+        "seconds, reason) to PATH; a GitHub step summary is appended when "
+        "GITHUB_STEP_SUMMARY is set.",
     )
     group.addoption(
         "--ckpts-strict",
@@ -77,6 +104,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("ckpts_mode", f"default checkpoint mode ({', '.join(MODES)})", default="")
     parser.addini("ckpts_manifest", "path of the checkpoint manifest, relative to rootdir")
     parser.addini("ckpts_cache_dir", "checkpoint cache directory, relative to rootdir")
+    parser.addini("ckpts_retry_budget", "retry budget in seconds (default 60)", default="")
+    parser.addini("ckpts_prefetch", "checkpoints fetched in parallel ahead of tests (default 4)")
+    parser.addini(
+        "ckpts_trust_manifest_endpoint",
+        "send HF_TOKEN to the manifest's config.endpoint (default false: only to the public "
+        f"hub or HF_ENDPOINT; env {ENV['trust_manifest_endpoint']})",
+        default="",
+    )
     parser.addini(
         "ckpts_strict", "error when a used checkpoint has no sha256", type="bool", default=False
     )
@@ -98,44 +133,33 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(mlflow_fixtures, "ckpts-mlflow-fixtures")
 
     try:
-        mode, source = resolve_mode(
-            config.getoption("ckpts_mode"), str(config.getini("ckpts_mode"))
-        )
+        settings = Settings.from_pytest(config)
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
-    strict_opt = config.getoption("ckpts_strict")
-    policy = Policy(
-        mode=mode,
-        source=source,
-        strict=bool(strict_opt if strict_opt is not None else config.getini("ckpts_strict")),
-        rehash=bool(config.getoption("ckpts_rehash")),
-    )
-    path = manifest_path(config)
     manifest = None
-    if path is not None:
+    if settings.manifest is not None:
         from .manifest import load_manifest
 
         try:
-            manifest = load_manifest(path)
+            manifest = load_manifest(settings.manifest)
         except ManifestError as exc:
             raise pytest.UsageError(str(exc)) from None
-    session = CkptsSession(
-        config=config, policy=policy, manifest=manifest, cache_dir=cache_dir(config)
-    )
+    session = CkptsSession(config=config, settings=settings, manifest=manifest)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput and workerinput.get("ckpts_run_id"):
+        session.run_id = str(workerinput["ckpts_run_id"])
     config.stash[SESSION_KEY] = session
     from . import api
 
-    api.activate(session)
+    config.add_cleanup(api.use_resolver(session.resolve_for_library))
     if config.pluginmanager.hasplugin("xdist") or config.pluginmanager.hasplugin("xdist.plugin"):
         config.pluginmanager.register(_XdistHooks(), "ckpts-xdist")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is not None:
-        from . import api
-
-        api.deactivate(session)
+    if session is not None and not hasattr(config, "workerinput") and session._store:
+        session.store.run_state.remove()  # type: ignore[union-attr]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -159,22 +183,33 @@ def pytest_pycollect_makeitem(
     return out if isinstance(result, list) else out[0]
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Tests that use a checkpoint fixture carry the marker, so ``-m`` filters them."""
+    add_implied_marker(item)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     session = get_session(config)
-    if session.policy.mode is not Mode.SKIP:
+    if session.settings.mode is not Mode.SKIP:
         return
     for item in items:
         if item.get_closest_marker(MARKER) is not None:
             names = ", ".join(marked_names(item)) or "checkpoints"
             item.add_marker(
                 pytest.mark.skip(
-                    reason=f"{names}: checkpoint downloads disabled ({session.policy.source})"
+                    reason=f"{names}: checkpoint downloads disabled ({session.mode_source})"
                 )
             )
             for name in marked_names(item):
-                session.stats.skipped.setdefault(
-                    name, f"downloads disabled ({session.policy.source})"
+                session.stats.record(
+                    name, "skipped", reason=f"downloads disabled ({session.mode_source})"
                 )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start fetching what the selected tests need, in order of first use."""
+    names = [n for item in session.items for n in marked_names(item)]
+    get_session(session.config).start_prefetch(list(dict.fromkeys(names)))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -198,11 +233,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     except (CheckpointSkipped, CheckpointDownloadError) as exc:
         session = get_session(item.config)
         if item.get_closest_marker(MARKER) is None or (
-            isinstance(exc, CheckpointDownloadError) and session.policy.mode is Mode.REQUIRE
+            isinstance(exc, CheckpointDownloadError) and session.settings.mode is Mode.REQUIRE
         ):
             raise
         raise pytest.skip.Exception(
-            str(exc).splitlines()[0].removeprefix("pytest-ckpts: ")
+            str(exc).splitlines()[0].removeprefix("pytest-ckpts: "), _use_item_location=True
         ) from None
 
 
@@ -214,9 +249,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    ckpts = get_session(session.config)
+    ckpts.stop_prefetch()
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
-        workeroutput["ckpts_stats"] = get_session(session.config).stats.to_json()
+        workeroutput["ckpts_stats"] = ckpts.stats.to_json()
+        return
+    from .report import write_reports
+
+    write_reports(ckpts)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -242,7 +283,9 @@ class _XdistHooks:
 
     def pytest_configure_node(self, node: Any) -> None:
         """Decide hub reachability and branch commits once, for every worker."""
-        node.workerinput["ckpts_probes"] = get_session(node.config).probes_for_workers()
+        session = get_session(node.config)
+        node.workerinput["ckpts_run_id"] = session.run_id
+        node.workerinput["ckpts_probes"] = session.probes_for_workers()
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         data = getattr(node, "workeroutput", {}).get("ckpts_stats")

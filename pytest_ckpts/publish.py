@@ -1,40 +1,80 @@
 """``pytest-ckpts lock`` and ``pytest-ckpts upload``: write hashes back into the manifest.
 
 Both edit only the values they change (``yamledit``), so a reviewer sees a one-line
-diff per checkpoint and the user's comments, order and quoting survive.
+diff per checkpoint and the user's comments, order and quoting survive. The manifest
+is edited under a lock (concurrent ``lock`` runs on different entries all land), re-read
+inside it, written atomically with its file mode kept, and through a symlink to its
+target (the link stays a link).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import CheckpointDownloadError, UsageFailure
 from .integrity import atomic_write_bytes, calculate_sha256
 from .manifest import CheckpointSpec, Manifest
-from .store import DEFAULT_ENDPOINT, Store, hf_token, redact, resolve_endpoint
+from .store import Store
 
 __all__ = ["lock", "upload"]
 
 
+def _entries(n: int) -> str:
+    return f"{n} {'entry' if n == 1 else 'entries'}"
+
+
 def _selected(manifest: Manifest, names: Sequence[str]) -> list[CheckpointSpec]:
-    from .cli import selected
+    if not names:
+        return list(manifest.entries.values())
+    out = []
+    for name in names:
+        try:
+            out.append(manifest.get(name))
+        except KeyError as exc:
+            raise UsageFailure(f"pytest-ckpts: {exc.args[0]}") from None
+    return out
 
-    return selected(manifest, names)
 
+def _apply_edits(
+    manifest: Manifest, edits: dict[str, dict[str, str]], store: Store, out: TextIO
+) -> int:
+    """Write ``edits`` into the manifest in place, under a lock, and say what changed."""
+    from filelock import FileLock
 
-def _apply_edits(manifest: Manifest, edits: dict[str, dict[str, str]], out: TextIO) -> int:
-    """Write ``edits`` into the manifest in place (atomically) and say what changed."""
     from .yamledit import set_entry_values
 
     if edits:
-        text = manifest.path.read_bytes().decode("utf-8")
-        atomic_write_bytes(manifest.path, set_entry_values(text, edits).encode("utf-8"))
+        target = manifest.path.resolve()  # a symlinked manifest: edit what it points at
+        key = hashlib.sha256(str(target).encode()).hexdigest()[:24]
+        lock_path = store.cache / ".ckpts" / "locks" / f"manifest-{key}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock_path), timeout=60):
+            text = target.read_bytes().decode("utf-8")  # re-read: another lock may have run
+            try:
+                new = set_entry_values(text, edits)
+            except ValueError as exc:
+                raise UsageFailure(f"pytest-ckpts: cannot edit {manifest.path}: {exc}") from None
+            mode = os.stat(target).st_mode & 0o7777
+            atomic_write_bytes(target, new.encode("utf-8"), mode=mode)
     for name, values in edits.items():
-        for key, value in values.items():
-            out.write(f"set {name}.{key} = {value}\n")
-    out.write(f"locked {len(edits)} entries in {manifest.path}\n")
+        for key_name, value in values.items():
+            out.write(f"set {name}.{key_name} = {value}\n")
+    out.write(f"locked {_entries(len(edits))} in {manifest.path}\n")
     return 0
+
+
+def _needs(spec: CheckpointSpec, *, pin: bool, update: bool) -> list[str]:
+    keys = []
+    if spec.sha256 is None or update:
+        keys.append("sha256")
+    if pin and not spec.pinned:
+        keys.append("revision")
+    return keys
 
 
 def lock(
@@ -44,35 +84,36 @@ def lock(
     pin: bool,
     check: bool,
     source_dir: Path | None,
-    cache_dir: Path,
+    store: Store,
     out: TextIO,
+    update: bool = False,
 ) -> int:
-    """Fill in missing sha256 (and with ``pin`` the resolved commit); 1 if ``check`` fails."""
-    from .cli import UsageFailure
+    """Fill in missing sha256 (``update``: replace the named ones; ``pin``: pin commits).
 
-    todo = [s for s in _selected(manifest, names) if s.sha256 is None or (pin and not s.pinned)]
+    Returns 1 when ``check`` finds something to do, or when a pinned commit is gone.
+    """
+    specs = _selected(manifest, names)
+    todo = [s for s in specs if _needs(s, pin=pin, update=update)]
     if check:
         for spec in todo:
-            missing = [
-                k
-                for k, need in (
-                    ("sha256", spec.sha256 is None),
-                    ("revision", pin and not spec.pinned),
-                )
-                if need
-            ]
-            out.write(f"would set {spec.name}: {', '.join(missing)}\n")
+            out.write(f"would set {spec.name}: {', '.join(_needs(spec, pin=pin, update=update))}\n")
         out.write(
             "manifest is locked\n"
             if not todo
-            else f"{len(todo)} entries need `pytest-ckpts lock`\n"
+            else f"{_entries(len(todo))} need `pytest-ckpts lock`\n"
         )
         return 1 if todo else 0
-    store = Store(manifest, cache_dir=cache_dir, progress=True)
+    if pin:
+        gone = _missing_commits(store, [s for s in specs if s.pinned])
+        if gone:
+            for line in gone:
+                out.write(line + "\n")
+            return 1
     edits: dict[str, dict[str, str]] = {}
     for spec in todo:
+        keys = _needs(spec, pin=pin, update=update)
         values: dict[str, str] = {}
-        if source_dir is not None and not (pin and not spec.pinned):
+        if source_dir is not None and "revision" not in keys:
             local = source_dir / spec.hf_path
             if not local.is_file():
                 raise UsageFailure(
@@ -81,15 +122,34 @@ def lock(
                 )
             sha = calculate_sha256(local)
         else:
-            ckpt = store.resolve(spec)
+            unverified = dataclasses.replace(spec, sha256=None)  # --update: take the hub's bytes
+            ckpt = store.resolve(unverified, force_download=update)
             sha = ckpt.sha256
-            if pin and not spec.pinned:
+            if "revision" in keys:
                 values["revision"] = ckpt.revision
-        if spec.sha256 is None:
+        if "sha256" in keys and sha != spec.sha256:
             values["sha256"] = sha
         if values:
             edits[spec.name] = values
-    return _apply_edits(manifest, edits, out)
+    return _apply_edits(manifest, edits, store, out)
+
+
+def _missing_commits(store: Store, specs: list[CheckpointSpec]) -> list[str]:
+    """Pinned commits the hub no longer has (``lock --pin`` must not call them locked)."""
+    lines = []
+    for spec in specs:
+        try:
+            store.probe(spec)
+        except CheckpointDownloadError as exc:
+            if exc.status == 404:
+                lines.append(
+                    f"MISSING     {spec.name}: commit {spec.revision} is not on the hub "
+                    f"({str(exc).splitlines()[0].removeprefix('pytest-ckpts: ')}); set "
+                    "revision to a branch and run `pytest-ckpts lock --pin` again"
+                )
+            else:
+                raise
+    return lines
 
 
 def upload(
@@ -99,18 +159,17 @@ def upload(
     source_dir: Path,
     pin: bool,
     message: str | None,
+    store: Store,
     out: TextIO,
 ) -> int:
     """Push ``source_dir/<hf_path>`` files to the hub in one commit per repo, then lock."""
-    from .cli import UsageFailure
-    from .store import _prepare_hf
-
     specs = _selected(manifest, names)
-    token = hf_token()
-    if not token:
+    client = store.hub
+    if not client.has_token():
         raise UsageFailure(
             "pytest-ckpts: uploading needs a Hugging Face token with write access: "
-            "set HF_TOKEN or run `hf auth login`."
+            "set HF_TOKEN or run `hf auth login` (for an endpoint named only in the "
+            "manifest, also set PYTEST_CKPTS_TRUST_MANIFEST_ENDPOINT=1)."
         )
     missing = [str(source_dir / s.hf_path) for s in specs if not (source_dir / s.hf_path).is_file()]
     if missing:
@@ -118,78 +177,39 @@ def upload(
             "pytest-ckpts: local files not found (--from DIR must mirror hf_path): "
             + ", ".join(missing)
         )
-    hf = _prepare_hf()
-    endpoint = resolve_endpoint(manifest)
-    api = hf.HfApi(endpoint=endpoint, token=token)
-    from huggingface_hub import constants
-
-    # huggingface_hub uploads through Xet storage whenever hf_xet is installed; only
-    # the public hub is known to run it. Other endpoints (self-hosted mirrors, the
-    # local hub stand-in) get the plain LFS protocol.
-    saved_xet = constants.HF_HUB_DISABLE_XET
-    if endpoint.rstrip("/") != DEFAULT_ENDPOINT:
-        constants.HF_HUB_DISABLE_XET = True
-    try:
-        edits = _upload_groups(api, hf, specs, source_dir, endpoint, token, pin, message, out)
-    finally:
-        constants.HF_HUB_DISABLE_XET = saved_xet
-    return _apply_edits(manifest, edits, out)
+    edits = _upload_groups(client, specs, source_dir, pin, message, out)
+    return _apply_edits(manifest, edits, store, out)
 
 
 def _upload_groups(
-    api: Any,
-    hf: Any,
+    client: Any,
     specs: list[CheckpointSpec],
     source_dir: Path,
-    endpoint: str,
-    token: str,
     pin: bool,
     message: str | None,
     out: TextIO,
 ) -> dict[str, dict[str, str]]:
     """One commit per (repo, type, branch); returns the manifest edits to make."""
-    from huggingface_hub import errors as hf_errors
-
-    from .cli import UsageFailure
-
     groups: dict[tuple[str, str, str], list[CheckpointSpec]] = {}
     for spec in specs:
         branch = "main" if spec.pinned else spec.revision
         groups.setdefault((spec.repo, spec.repo_type, branch), []).append(spec)
     edits: dict[str, dict[str, str]] = {}
     for (repo, repo_type, branch), group in groups.items():
-        ops = [
-            hf.CommitOperationAdd(
-                path_in_repo=s.hf_path, path_or_fileobj=str(source_dir / s.hf_path)
-            )
-            for s in group
-        ]
-        try:
-            info: Any = api.create_commit(
-                repo_id=repo,
-                repo_type=repo_type,
-                revision=branch,
-                operations=ops,
-                commit_message=message or f"Upload {', '.join(s.name for s in group)}",
-            )
-        except hf_errors.RepositoryNotFoundError as exc:
-            raise UsageFailure(
-                redact(
-                    f"pytest-ckpts: repo '{repo}' ({repo_type}) not found at {endpoint} or the "
-                    f"token cannot write to it ({type(exc).__name__}). Create it first "
-                    f"(`hf repo create {repo}`) or fix hf_repo in the manifest.",
-                    token,
-                )
-            ) from None
-        except hf_errors.HfHubHTTPError as exc:
-            raise UsageFailure(
-                redact(f"pytest-ckpts: upload to '{repo}' at {endpoint} failed: {exc}", token)
-            ) from None
-        commit = str(getattr(info, "oid", "") or "")
+        files = {s.hf_path: source_dir / s.hf_path for s in group}
+        commit = client.create_commit(
+            repo=repo,
+            repo_type=repo_type,
+            branch=branch,
+            files=files,
+            message=message or f"Upload {', '.join(s.name for s in group)}",
+        )
         for s in group:
             values = {"sha256": calculate_sha256(source_dir / s.hf_path)}
             if commit and (pin or s.pinned):
                 values["revision"] = commit
             out.write(f"uploaded {s.name} -> {repo}/{s.hf_path} @ {commit[:12] or branch}\n")
-            edits[s.name] = {k: v for k, v in values.items() if getattr(s, k) != v}
-    return {k: v for k, v in edits.items() if v}
+            changed = {k: v for k, v in values.items() if getattr(s, k) != v}
+            if changed:
+                edits[s.name] = changed
+    return edits

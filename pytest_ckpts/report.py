@@ -1,10 +1,20 @@
-"""The header line and the ``checkpoints`` terminal summary section."""
+"""The header line, the ``checkpoints`` terminal summary, the JSON report, the step summary.
+
+All four are written by the process that saw the whole run: the xdist controller (after
+merging what workers sent) or the only process.
+"""
 
 from __future__ import annotations
 
-from .session import CkptsSession, Stats
+import json
+import os
+from pathlib import Path
+from typing import Any
 
-__all__ = ["header_line", "summary_lines"]
+from .session import CkptsSession
+from .stats import Stats
+
+__all__ = ["header_line", "markdown_table", "summary_lines", "write_reports"]
 
 
 def _size(nbytes: float) -> str:
@@ -20,7 +30,7 @@ def header_line(session: CkptsSession) -> str | None:
     """``ckpts: mode=auto (default), manifest=..., N entries, cache=...``; None if idle."""
     if session.manifest is None:
         return None
-    cache = session.cache_dir or session.manifest.cache_dir
+    cache = session.settings.cache_dir or session.manifest.cache_dir
     try:
         cache_label = str(cache.relative_to(session.config.rootpath))
     except ValueError:
@@ -28,7 +38,7 @@ def header_line(session: CkptsSession) -> str | None:
     unverified = len(session.manifest.unverified)
     extra = f", {unverified} unverified" if unverified else ""
     return (
-        f"ckpts: mode={session.policy.mode} ({session.policy.source}), "
+        f"ckpts: mode={session.settings.mode} ({session.mode_source}), "
         f"manifest={session.manifest_label} ({len(session.manifest)} entries{extra}), "
         f"cache={cache_label}"
     )
@@ -36,27 +46,69 @@ def header_line(session: CkptsSession) -> str | None:
 
 def summary_lines(stats: Stats, *, verbose: bool) -> list[str]:
     """Lines of the summary section: one line when quiet, details otherwise."""
-    down_bytes = sum(pair[0] for pair in stats.downloaded.values())
-    down_secs = sum(pair[1] for pair in stats.downloaded.values())
-    cached = stats.cached - set(stats.downloaded)
+    downloaded = stats.by_status("downloaded")
+    cached = stats.by_status("cached")
+    stale = stats.by_status("stale")
+    skipped = stats.by_status("skipped")
+    failed = stats.by_status("failed")
+    down_bytes = sum(r["bytes"] for r in downloaded.values())
+    down_secs = sum(r["seconds"] for r in downloaded.values())
     parts = [
-        f"{len(stats.downloaded)} downloaded ({_size(down_bytes)} in {down_secs:.1f}s)",
+        f"{len(downloaded)} downloaded ({_size(down_bytes)} in {down_secs:.1f}s)",
         f"{len(cached)} cached",
-        f"{len(stats.skipped)} skipped",
     ]
-    if stats.errors:
-        parts.append(f"{len(stats.errors)} errors")
+    if stale:
+        parts.append(f"{len(stale)} stale")
+    parts.append(f"{len(skipped)} skipped")
+    if failed:
+        parts.append(f"{len(failed)} errors")
     if stats.hashed_bytes:
         parts.append(f"{_size(stats.hashed_bytes)} verified in {stats.hash_seconds:.1f}s")
     lines = [", ".join(parts)]
     if not verbose:
         return lines
-    for name, (nbytes, secs) in sorted(stats.downloaded.items()):
-        lines.append(f"downloaded {name}: {_size(nbytes)} in {secs:.2f}s")
+    for name, r in sorted(downloaded.items()):
+        lines.append(f"downloaded {name}: {_size(r['bytes'])} in {r['seconds']:.2f}s")
     for name in sorted(cached):
         lines.append(f"cached     {name}")
-    for name, reason in sorted(stats.skipped.items()):
-        lines.append(f"skipped    {name}: {reason}")
-    for name, err in sorted(stats.errors.items()):
-        lines.append(f"error      {name}: {err}")
+    for name, r in sorted(stale.items()):
+        lines.append(f"stale      {name}: {r['reason']}")
+    for name, r in sorted(skipped.items()):
+        lines.append(f"skipped    {name}: {r['reason']}")
+    for name, r in sorted(failed.items()):
+        lines.append(f"error      {name}: {r['reason']}")
     return lines
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The GitHub step summary: one table row per checkpoint."""
+    out = [
+        "### Checkpoints (pytest-ckpts)",
+        "",
+        "| name | status | bytes | seconds | commit | reason |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for r in rows:
+        reason = str(r["reason"] or "").replace("|", "\\|").replace("\n", " ")
+        commit = (r["commit"] or "")[:12]
+        out.append(
+            f"| {r['name']} | {r['status']} | {r['bytes']} | {r['seconds']:.2f} | "
+            f"{commit} | {reason} |"
+        )
+    return "\n".join(out) + "\n\n"
+
+
+def write_reports(session: CkptsSession) -> None:
+    """``--ckpts-report`` JSON (atomic, whole) and the GitHub step summary (appended)."""
+    if session.manifest is None:
+        return
+    rows = session.stats.report_rows()
+    path = session.settings.report
+    if path is not None:
+        from .integrity import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps({"checkpoints": rows}, indent=2) + "\n")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary and rows:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(markdown_table(rows))

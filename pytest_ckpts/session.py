@@ -2,13 +2,14 @@
 
 The ``CkptsSession`` lives in ``config.stash``; per-test data (resolved checkpoints,
 their sha256 for baselines) lives in ``item.stash``. Under pytest-xdist each worker
-has its own session; workers ship a small JSON-able ``Stats`` to the controller in
-``workeroutput`` and only the controller prints.
+has its own session; workers ship their JSON-able ``Stats`` to the controller in
+``workeroutput`` and only the controller prints and writes reports.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,13 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .errors import CheckpointDownloadError, CheckpointSkipped, ChecksumMismatchError
-from .manifest import DEFAULT_MANIFEST, ENV_MANIFEST, env_value
-from .policy import Mode, Policy
+from .errors import (
+    CacheError,
+    CheckpointDownloadError,
+    CheckpointSkipped,
+    CheckpointsWarning,
+    ChecksumMismatchError,
+)
+from .settings import Mode, Settings
+from .stats import Stats
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
     from .manifest import CheckpointSpec, Manifest
+    from .prefetch import Prefetcher
     from .store import Store
 
 __all__ = [
@@ -33,9 +41,7 @@ __all__ = [
     "CheckpointsWarning",
     "CkptsSession",
     "Stats",
-    "cache_dir",
     "get_session",
-    "manifest_path",
     "used_checkpoint_shas",
 ]
 
@@ -43,10 +49,6 @@ __all__ = [
 USED_KEY = pytest.StashKey[dict[str, str]]()
 #: name -> Checkpoint resolved for a marked test at setup.
 RESOLVED_KEY = pytest.StashKey[dict[str, "Checkpoint"]]()
-
-
-class CheckpointsWarning(pytest.PytestWarning):
-    """Something about the manifest deserves attention but does not stop the run."""
 
 
 def used_checkpoint_shas(item: pytest.Item) -> dict[str, str]:
@@ -57,43 +59,6 @@ def used_checkpoint_shas(item: pytest.Item) -> dict[str, str]:
     return used.copy()
 
 
-@dataclass
-class Stats:
-    """What happened to checkpoints in one process; mergeable across xdist workers."""
-
-    downloaded: dict[str, list[float]] = field(default_factory=dict)  # name -> [bytes, seconds]
-    cached: set[str] = field(default_factory=set)
-    skipped: dict[str, str] = field(default_factory=dict)  # name -> reason
-    errors: dict[str, str] = field(default_factory=dict)  # name -> first line of error
-    hashed_bytes: int = 0
-    hash_seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "downloaded": self.downloaded,
-            "cached": sorted(self.cached),
-            "skipped": self.skipped,
-            "errors": self.errors,
-            "hashed_bytes": self.hashed_bytes,
-            "hash_seconds": self.hash_seconds,
-        }
-
-    def merge(self, data: Mapping[str, Any]) -> None:
-        for name, pair in data.get("downloaded", {}).items():
-            self.downloaded.setdefault(name, [float(pair[0]), float(pair[1])])
-        self.cached.update(data.get("cached", []))
-        for name, reason in data.get("skipped", {}).items():
-            self.skipped.setdefault(name, reason)
-        for name, err in data.get("errors", {}).items():
-            self.errors.setdefault(name, err)
-        self.hashed_bytes += int(data.get("hashed_bytes", 0))
-        self.hash_seconds += float(data.get("hash_seconds", 0.0))
-
-    @property
-    def empty(self) -> bool:
-        return not (self.downloaded or self.cached or self.skipped or self.errors)
-
-
 class _HookObserver:
     """Store observer that records stats and calls the ``pytest_ckpts_*`` hooks."""
 
@@ -102,7 +67,7 @@ class _HookObserver:
         self._stats = stats
 
     def on_download(self, spec: CheckpointSpec, path: Path, nbytes: int, seconds: float) -> None:
-        self._stats.downloaded[spec.name] = [float(nbytes), seconds]
+        self._stats.record(spec.name, "downloaded", nbytes=nbytes, seconds=seconds)
         self._config.hook.pytest_ckpts_downloaded(
             config=self._config, name=spec.name, path=path, nbytes=nbytes, seconds=seconds
         )
@@ -120,8 +85,13 @@ class _HookObserver:
         )
 
     def on_resolve(self, spec: CheckpointSpec, checkpoint: Checkpoint) -> None:
-        if checkpoint.source == "cached" and spec.name not in self._stats.downloaded:
-            self._stats.cached.add(spec.name)
+        self._stats.record(
+            spec.name,
+            checkpoint.source,
+            sha256=checkpoint.sha256,
+            commit=checkpoint.revision,
+            size=checkpoint.size,
+        )
         self._config.hook.pytest_ckpts_resolved(config=self._config, checkpoint=checkpoint)
 
 
@@ -130,40 +100,56 @@ class CkptsSession:
     """All cross-hook state of one pytest run for pytest-ckpts."""
 
     config: pytest.Config
-    policy: Policy
+    settings: Settings
     manifest: Manifest | None
-    cache_dir: Path | None
     stats: Stats = field(default_factory=Stats)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    prefetcher: Prefetcher | None = None
     _store: Store | None = None
-    _probes_done: dict[str, dict[str, Any]] | None = None
     _warned_unverified: bool = False
 
     @property
     def store(self) -> Store:
         """The run's store, created on first use (no disk or network before that)."""
         if self._store is None:
+            from .cache import Cache
+            from .retry import RunState
             from .store import Store
 
             assert self.manifest is not None
+            cache_dir = self.settings.cache_dir or self.manifest.cache_dir
             self._store = Store(
                 self.manifest,
-                cache_dir=self.cache_dir,
-                offline=self.policy.mode is Mode.OFFLINE,
-                rehash=self.policy.rehash,
+                cache_dir=cache_dir,
+                offline=self.settings.mode is Mode.OFFLINE,
+                rehash=self.settings.rehash,
                 observer=_HookObserver(self.config, self.stats),
+                retry_budget=self.settings.retry_budget,
+                run_state=RunState(Cache(cache_dir).runs_dir() / f"{self.run_id}.json"),
+                trust_endpoint=self.settings.trust_manifest_endpoint,
             )
             workerinput = getattr(self.config, "workerinput", None)
             if workerinput and workerinput.get("ckpts_probes"):
-                self._store.import_probes(workerinput["ckpts_probes"])
+                self._store.hub.probes_from_json(workerinput["ckpts_probes"])
         return self._store
 
     def probes_for_workers(self) -> dict[str, dict[str, Any]]:
-        """Branch revisions resolved once on the xdist controller (empty when not needed)."""
-        if self._probes_done is None:
-            self._probes_done = {}
-            if self.manifest is not None and self.policy.downloads:
-                self._probes_done = self.store.export_probes()
-        return self._probes_done
+        """Branch revisions resolved once on the xdist controller (empty when not needed).
+
+        Pinned entries that are cached and trusted cost nothing (a warm pinned run
+        makes no request); anything else is probed here once, so a dead hub costs one
+        short probe for the whole run rather than one per worker.
+        """
+        if self.manifest is None or not self.settings.downloads:
+            return {}
+        store = self.store
+        for spec in self.manifest.entries.values():
+            if store.needs_network(spec) and store.hub.dead() is None:
+                try:
+                    store.probe(spec)
+                except CheckpointDownloadError:
+                    pass
+        return store.hub.probes_to_json()
 
     def spec(self, name: str) -> CheckpointSpec:
         if self.manifest is None:
@@ -173,6 +159,48 @@ class CkptsSession:
             )
         return self.manifest.get(name)
 
+    @property
+    def mode_source(self) -> str:
+        return self.settings.source("mode")
+
+    def _check_unverified(self, name: str, spec: CheckpointSpec) -> None:
+        __tracebackhide__ = True
+        if spec.sha256 is not None:
+            return
+        if self.settings.strict:
+            self.stats.record(name, "failed", reason="unverified (strict)")
+            pytest.fail(
+                f"pytest-ckpts: checkpoint '{name}' has no sha256 in {self.manifest_label} "
+                "and --ckpts-strict is on. Run `pytest-ckpts lock` to fill it in.",
+                pytrace=False,
+            )
+        if not self._warned_unverified and self.manifest is not None:
+            self._warned_unverified = True
+            names = ", ".join(self.manifest.unverified)
+            warnings.warn(
+                CheckpointsWarning(
+                    f"pytest-ckpts: unverified checkpoints (sha256 <to_be_calculated>) "
+                    f"in {self.manifest_label}: {names}. Run `pytest-ckpts lock` to pin "
+                    "their checksums; --ckpts-strict makes this an error."
+                ),
+                stacklevel=1,
+            )
+
+    def resolve_for_library(self, name: str, force_download: bool = False) -> Checkpoint:
+        """``get_checkpoint()`` inside a run: the run's store, mode and ``--ckpts-strict``.
+
+        Raises the library's exceptions; ``pytest_runtest_call`` turns them into skips
+        for ``requires_checkpoints`` tests.
+        """
+        __tracebackhide__ = True
+        spec = self.spec(name)
+        if self.settings.mode is Mode.SKIP:
+            raise CheckpointSkipped(
+                f"Checkpoint download skipped ({self.mode_source}). Cannot load checkpoint: {name}"
+            )
+        self._check_unverified(name, spec)
+        return self.store.resolve(spec, force_download=force_download)
+
     def resolve_for_test(self, name: str, item: pytest.Item | None) -> Checkpoint:
         """Resolve ``name`` applying the run's policy: return, ``skip`` or ``fail``."""
         __tracebackhide__ = True
@@ -180,50 +208,62 @@ class CkptsSession:
             spec = self.spec(name)
         except KeyError as exc:
             pytest.fail(f"pytest-ckpts: {exc.args[0]}", pytrace=False)
-        if self.policy.mode is Mode.SKIP:
-            reason = f"checkpoint '{name}': downloads disabled ({self.policy.source})"
-            self.stats.skipped.setdefault(name, reason)
-            pytest.skip(reason)
-        if spec.sha256 is None:
-            if self.policy.strict:
-                msg = (
-                    f"pytest-ckpts: checkpoint '{name}' has no sha256 in {self.manifest_label} "
-                    "and --ckpts-strict is on. Run `pytest-ckpts lock` to fill it in."
-                )
-                self.stats.errors.setdefault(name, "unverified (strict)")
-                pytest.fail(msg, pytrace=False)
-            if not self._warned_unverified and self.manifest is not None:
-                self._warned_unverified = True
-                names = ", ".join(self.manifest.unverified)
-                warnings.warn(
-                    CheckpointsWarning(
-                        f"pytest-ckpts: unverified checkpoints (sha256 {'<to_be_calculated>'}) "
-                        f"in {self.manifest_label}: {names}. Run `pytest-ckpts lock` to pin "
-                        "their checksums; --ckpts-strict makes this an error."
-                    ),
-                    stacklevel=1,
-                )
+        if self.settings.mode is Mode.SKIP:
+            reason = f"checkpoint '{name}': downloads disabled ({self.mode_source})"
+            self.stats.record(name, "skipped", reason=reason)
+            _skip(reason)
+        self._check_unverified(name, spec)
         try:
-            ckpt = self.store.resolve(spec)
+            if self.prefetcher is not None:
+                ckpt = self.prefetcher.result(name, self._observed_store())
+            else:
+                ckpt = self.store.resolve(spec)
         except CheckpointSkipped as exc:
             reason = f"checkpoint '{name}': {_reason(exc)}"
-            self.stats.skipped.setdefault(name, reason)
-            pytest.skip(reason)
+            self.stats.record(name, "skipped", reason=reason)
+            _skip(reason)
         except ChecksumMismatchError as exc:
-            self.stats.errors.setdefault(name, "checksum mismatch")
+            self.stats.record(name, "failed", reason="checksum mismatch")
+            pytest.fail(str(exc), pytrace=False)
+        except CacheError as exc:
+            self.stats.record(name, "failed", reason=_reason(exc))
             pytest.fail(str(exc), pytrace=False)
         except CheckpointDownloadError as exc:
-            if self.policy.mode is Mode.REQUIRE:
-                self.stats.errors.setdefault(name, _first_line(exc))
+            if self.settings.mode is Mode.REQUIRE:
+                self.stats.record(name, "failed", reason=_reason(exc))
                 pytest.fail(
                     f"{exc}\n(--ckpts=require turns hub failures into errors)", pytrace=False
                 )
             reason = f"checkpoint '{name}': {_reason(exc)}"
-            self.stats.skipped.setdefault(name, reason)
-            pytest.skip(reason)
+            self.stats.record(name, "skipped", reason=reason)
+            _skip(reason)
+        if ckpt.source == "stale":
+            self.stats.record(name, "stale", reason=self.store.stale_reasons.get(name))
         if item is not None:
             item.stash.setdefault(USED_KEY, {})[name] = ckpt.sha256
         return ckpt
+
+    def _observed_store(self) -> Store:
+        return self.store
+
+    def start_prefetch(self, names: list[str]) -> None:
+        """Fetch ``names`` in the background, N at a time (``--ckpts-prefetch``)."""
+        if (
+            self.manifest is None
+            or not names
+            or self.settings.prefetch <= 0
+            or not self.settings.downloads
+        ):
+            return
+        from .prefetch import Prefetcher
+
+        specs = [self.manifest.entries[n] for n in names if n in self.manifest]
+        self.prefetcher = Prefetcher(self.store, specs, workers=self.settings.prefetch)
+
+    def stop_prefetch(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.close(self.store.observer)
+            self.prefetcher = None
 
     @property
     def manifest_label(self) -> str:
@@ -234,6 +274,10 @@ class CkptsSession:
         except ValueError:
             return str(self.manifest.path)
 
+    def with_store(self, store: Store) -> CkptsSession:
+        """A copy sharing everything but the store (tests of the session use it)."""
+        return dataclasses.replace(self, _store=store)
+
 
 SESSION_KEY = pytest.StashKey[CkptsSession]()
 
@@ -241,6 +285,12 @@ SESSION_KEY = pytest.StashKey[CkptsSession]()
 def get_session(config: pytest.Config) -> CkptsSession:
     """The run's session object (created in ``pytest_configure``)."""
     return config.stash[SESSION_KEY]
+
+
+def _skip(reason: str) -> None:
+    """Skip pointing at the test, not at this plugin (``-rs`` groups by location)."""
+    __tracebackhide__ = True
+    raise pytest.skip.Exception(reason, _use_item_location=True)
 
 
 def _reason(exc: BaseException) -> str:
@@ -252,37 +302,5 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-# --------------------------------------------------------------------------- settings
-
-
-def manifest_path(config: pytest.Config) -> Path | None:
-    """CLI > env > ini > <rootdir>/checkpoints/checkpoints.yaml (only if it exists).
-
-    An explicitly configured path that does not exist is an error (raised by
-    ``load_manifest``): a typo there must not silently turn the plugin off.
-    """
-    cli = config.getoption("ckpts_manifest")
-    if cli:
-        return Path(config.invocation_params.dir, os.path.expanduser(cli))
-    env = env_value(ENV_MANIFEST)
-    if env:
-        return Path(os.path.expanduser(env)).absolute()
-    ini = str(config.getini("ckpts_manifest") or "")
-    if ini:
-        base = config.inipath.parent if config.inipath else config.rootpath
-        return base / os.path.expanduser(ini)
-    default = config.rootpath / DEFAULT_MANIFEST
-    return default if default.is_file() else None
-
-
-def cache_dir(config: pytest.Config) -> Path | None:
-    cli = config.getoption("ckpts_cache_dir")
-    if cli:
-        return Path(config.invocation_params.dir, os.path.expanduser(cli))
-    env = env_value("PYTEST_CKPTS_CACHE_DIR")
-    if env:
-        return Path(os.path.expanduser(env)).absolute()
-    ini = str(config.getini("ckpts_cache_dir") or "")
-    if ini:
-        return config.rootpath / os.path.expanduser(ini)
-    return None
+def merge_worker_stats(session: CkptsSession, data: Mapping[str, Any]) -> None:
+    session.stats.merge(data)

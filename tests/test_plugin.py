@@ -178,7 +178,7 @@ def test_hub_down_auto_skips_fast_naming_the_hub(
     result = run()
     assert time.monotonic() - started - no_network < 10
     result.assert_outcomes(passed=1, skipped=2)
-    result.stdout.fnmatch_lines([f"*checkpoint 'vae': hub unreachable at {endpoint}*Connection*"])
+    result.stdout.fnmatch_lines([f"*checkpoint 'vae'*hub unreachable at {endpoint}*Connection*"])
 
 
 def test_hub_down_with_xdist_is_decided_once(pytester: pytest.Pytester) -> None:
@@ -194,7 +194,7 @@ def test_hub_down_with_xdist_is_decided_once(pytester: pytest.Pytester) -> None:
     no_network, _ = timed("--ckpts=skip")  # same start-up cost, no hub at all
     dead_hub, result = timed("-rs")
     result.assert_outcomes(passed=1, skipped=2)
-    result.stdout.fnmatch_lines([f"*checkpoint '*': hub unreachable at {endpoint}*"])
+    result.stdout.fnmatch_lines([f"*checkpoint '*'*hub unreachable at {endpoint}*"])
     # the dead hub itself may cost seconds, never the client's ~23 s per file
     assert dead_hub - no_network < 10
 
@@ -259,8 +259,9 @@ def test_marker_registered_and_m_filter_works(pytester: pytest.Pytester, hub: Lo
     result = pytester.runpytest(
         "-p", "no:cacheprovider", "--strict-markers", "-m", "not requires_checkpoints"
     )
-    result.assert_outcomes(passed=2, deselected=1)
-    assert hub.stats.bodies_served == 1  # only test_lazy's on-demand fetch
+    # test_lazy uses the `checkpoint` fixture: it needs a checkpoint, so it is deselected too
+    result.assert_outcomes(passed=1, deselected=2)
+    assert hub.stats.request_count == 0
 
 
 def test_bad_mode_is_a_usage_error(pytester: pytest.Pytester) -> None:

@@ -92,6 +92,7 @@ def test_upload_then_fetch_round_trip(
     (src / "weights" / "vae.ckpt").write_bytes(VAE)
     (src / "weights" / "ldm.ckpt").write_bytes(LDM)
     monkeypatch.setenv("HF_TOKEN", "hf_writer")
+    monkeypatch.setenv("PYTEST_CKPTS_TRUST_MANIFEST_ENDPOINT", "1")  # the manifest names the hub
     code, out = cli("upload", "--from", str(src), "--pin")
     assert code == 0, out
     assert "uploaded vae" in out
@@ -113,6 +114,22 @@ def test_upload_without_token_exits_2_naming_the_fix(
     assert "set HF_TOKEN or run `hf auth login`" in capsys.readouterr().err
 
 
+def test_token_is_not_sent_to_a_manifest_endpoint_unless_trusted(
+    manifest: Path,
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A pull request that edits config.endpoint must not collect the CI's HF_TOKEN."""
+    monkeypatch.setenv("HF_TOKEN", "hf_ci_secret")
+    (project / "weights").mkdir()
+    (project / "weights" / "vae.ckpt").write_bytes(VAE)
+    assert cli("upload", "vae", "--from", str(project))[0] == 2
+    err = capsys.readouterr().err
+    assert "PYTEST_CKPTS_TRUST_MANIFEST_ENDPOINT" in err
+    assert "hf_ci_secret" not in err
+
+
 def test_upload_missing_local_file_and_missing_repo(
     manifest: Path,
     project: Path,
@@ -120,6 +137,7 @@ def test_upload_missing_local_file_and_missing_repo(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    monkeypatch.setenv("PYTEST_CKPTS_TRUST_MANIFEST_ENDPOINT", "1")
     assert cli("upload", "vae", "--from", str(project))[0] == 2
     assert "weights/vae.ckpt" in capsys.readouterr().err
     (project / "weights").mkdir()

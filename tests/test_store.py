@@ -19,7 +19,7 @@ from pytest_ckpts import (
     ChecksumMismatchError,
     load_manifest,
 )
-from pytest_ckpts.store import Store
+from pytest_ckpts.store import NullObserver, Store
 from pytest_ckpts.testing import LocalHub
 
 DATA = os.urandom(64 * 1024) + b"weights"
@@ -117,13 +117,33 @@ def test_offline_missing_is_skipped_without_network(project: Path, hub: LocalHub
     assert hub.stats.request_count == 0
 
 
-def test_download_killed_mid_body_then_next_resolve_completes(project: Path, hub: LocalHub) -> None:
+def test_download_cut_mid_body_is_resumed_with_a_range_request(
+    project: Path, hub: LocalHub
+) -> None:
+    data = os.urandom(2 * 1024 * 1024)
+    manifest = load_manifest(make_manifest(project, hub, {"a": data}))
+    hub.faults.drop_next(1, after_bytes=512 * 1024, path_contains="weights/a.ckpt")
+    ckpt = Store(manifest).resolve(manifest.get("a"))
+    assert ckpt.path.read_bytes() == data
+    assert ckpt.source == "downloaded"
+    ranges = [r.range for r in hub.stats.requests if r.body]
+    assert ranges[0] is None
+    assert ranges[1] is not None
+    assert ranges[1].startswith("bytes=")
+    assert int(ranges[1].removeprefix("bytes=").rstrip("-")) > 0
+
+
+def test_download_cut_with_no_budget_fails_and_leaves_nothing(project: Path, hub: LocalHub) -> None:
     data = os.urandom(2 * 1024 * 1024)
     manifest = load_manifest(make_manifest(project, hub, {"a": data}))
     hub.faults.drop_next(1, after_bytes=512 * 1024, path_contains="weights/a.ckpt")
     with pytest.raises(CheckpointDownloadError) as info:
-        Store(manifest).resolve(manifest.get("a"))
+        Store(manifest, retry_budget=0).resolve(manifest.get("a"))
     assert "weights/a.ckpt" in str(info.value)
+    assert "retry budget" in str(info.value)
+    assert info.value.kind == "transient"
+    leftovers = [p.name for p in (project / "checkpoints").rglob("*") if p.is_file()]
+    assert not [n for n in leftovers if n.endswith(".incomplete")], leftovers
     assert not Store(manifest).is_trusted(manifest.get("a"))
     ckpt = Store(manifest).resolve(manifest.get("a"))
     assert ckpt.path.read_bytes() == data
@@ -156,6 +176,7 @@ def test_auth_error_never_contains_the_token(
     secret = "hf_SeCrEtToKeN1234567890"
     with LocalHub(token="hf_the_right_token") as hub:
         manifest = load_manifest(make_manifest(project, hub, {"a": DATA}, pinned=True))
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)  # the machine's endpoint gets the token
         monkeypatch.setenv("HF_TOKEN", secret)
         with pytest.raises(CheckpointDownloadError) as info:
             Store(manifest).resolve(manifest.get("a"))
@@ -173,19 +194,38 @@ def test_missing_file_names_hf_path(project: Path, hub: LocalHub) -> None:
         Store(manifest).resolve(manifest.get("a"))
 
 
-def test_rehash_ignores_stamps(project: Path, hub: LocalHub) -> None:
+@pytest.mark.parametrize("how", ["in place", "rm and copy"])
+def test_rewrite_that_restores_mtime_is_not_trusted(project: Path, hub: LocalHub, how: str) -> None:
     manifest = load_manifest(make_manifest(project, hub, {"a": DATA}, pinned=True))
     ckpt = Store(manifest).resolve(manifest.get("a"))
     blob = ckpt.path.resolve()
     st = blob.stat()
     flipped = bytearray(blob.read_bytes())
     flipped[0] ^= 1
+    if how == "rm and copy":
+        blob.unlink()  # ext4 hands the same inode to the next file
     blob.write_bytes(bytes(flipped))
     os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))  # forge the stamp's mtime
-    assert Store(manifest).resolve(manifest.get("a")).source == "cached"  # stamp trusted
-    again = Store(manifest, rehash=True).resolve(manifest.get("a"))  # full re-hash catches it
+    assert blob.stat().st_size == st.st_size
+    assert not Store(manifest).is_trusted(manifest.get("a"))  # ctime gives it away
+    again = Store(manifest).resolve(manifest.get("a"))
     assert again.source == "downloaded"
     assert again.path.read_bytes() == DATA
+
+
+def test_rehash_hashes_every_file_once(project: Path, hub: LocalHub) -> None:
+    manifest = load_manifest(make_manifest(project, hub, {"a": DATA}, pinned=True))
+    Store(manifest).resolve(manifest.get("a"))
+    seen: list[str] = []
+
+    class Count(NullObserver):
+        def on_verify(self, spec: object, path: Path, sha256: str, ok: bool, s: float) -> None:
+            seen.append(sha256)
+
+    store = Store(manifest, rehash=True, observer=Count())
+    assert store.resolve(manifest.get("a")).source == "cached"
+    assert store.resolve(manifest.get("a")).source == "cached"
+    assert seen == [hashlib.sha256(DATA).hexdigest()]  # hashed once, then trusted
 
 
 @pytest.mark.slow
@@ -198,7 +238,7 @@ def test_four_processes_one_download(project: Path, hub: LocalHub) -> None:
         import os
         os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
         from pytest_ckpts import load_manifest
-        from pytest_ckpts.store import Store
+        from pytest_ckpts.store import NullObserver, Store
         m = load_manifest({str(path)!r})
         ckpt = Store(m).resolve(m.get("big"))
         print(ckpt.source, ckpt.sha256, ckpt.path)
@@ -239,11 +279,16 @@ def test_fresh_download_is_hashed_while_it_streams(
     assert ckpt.verified
 
 
-def test_client_retry_mid_body_falls_back_to_a_full_hash(project: Path, hub: LocalHub) -> None:
+def test_resumed_download_that_mismatches_is_fetched_whole_once_more(
+    project: Path, hub: LocalHub
+) -> None:
     data = os.urandom(3 * 1024 * 1024)
     manifest = load_manifest(make_manifest(project, hub, {"a": data}))
-    hub.faults.corrupt_next(1, path_contains="weights/a.ckpt")  # bad first attempt...
-    hub.faults.drop_next(1, after_bytes=1024 * 1024, reset=False)  # ...that the client retries
+    hub.faults.corrupt_next(1, path_contains="weights/a.ckpt")  # bad first part...
+    hub.faults.drop_next(1, after_bytes=1024 * 1024, reset=False)  # ...cut, then resumed
     ckpt = Store(manifest).resolve(manifest.get("a"))
     assert ckpt.path.read_bytes() == data
-    assert hub.stats.bodies_served == 2
+    bodies = [r.range for r in hub.stats.requests if r.body]
+    assert len(bodies) == 3, bodies  # cut, resumed (mismatch), whole again
+    assert bodies[1] is not None
+    assert bodies[2] is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_ckpts.policy import Mode, library_mode, resolve_mode
+from pytest_ckpts.settings import Mode, Settings, resolve_mode
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,34 @@ def test_invalid_mode_names_source_and_valid_values(
     assert where in str(info.value)
 
 
-def test_library_mode_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert library_mode() is Mode.AUTO
+def test_library_settings_read_the_environment_and_name_the_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings.from_env()
+    assert (settings.mode, settings.source("mode")) == (Mode.AUTO, "default")
     monkeypatch.setenv("SKIP_CHECKPOINT_DOWNLOAD", "TRUE")
-    assert library_mode() is Mode.SKIP
+    settings = Settings.from_env()
+    assert (settings.mode, settings.source("mode")) == (Mode.SKIP, "SKIP_CHECKPOINT_DOWNLOAD=true")
+    monkeypatch.delenv("SKIP_CHECKPOINT_DOWNLOAD")
+    monkeypatch.setenv("PYTEST_CKPTS_MODE", "skip")
+    settings = Settings.from_env()
+    assert (settings.mode, settings.source("mode")) == (Mode.SKIP, "PYTEST_CKPTS_MODE")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected", "source"),
+    [
+        ({}, 60.0, "default"),
+        ({"PYTEST_CKPTS_RETRY_BUDGET": "2.5"}, 2.5, "PYTEST_CKPTS_RETRY_BUDGET"),
+    ],
+)
+def test_retry_budget_from_env(env: dict[str, str], expected: float, source: str) -> None:
+    settings = Settings.from_env(env)
+    assert (settings.retry_budget, settings.source("retry_budget")) == (expected, source)
+
+
+def test_bad_numbers_name_their_source() -> None:
+    with pytest.raises(ValueError, match="PYTEST_CKPTS_PREFETCH"):
+        Settings.from_env({"PYTEST_CKPTS_PREFETCH": "many"})
+    with pytest.raises(ValueError, match="must be >= 0"):
+        Settings.from_env({"PYTEST_CKPTS_RETRY_BUDGET": "-1"})

@@ -1,0 +1,114 @@
+"""File-system side of a download: temp file, chunks, blob, snapshot link, progress bar.
+
+Every ``OSError`` becomes one :class:`~pytest_ckpts.errors.CacheError` line that names
+the checkpoint, the path and the fix (disk full: the bytes needed; read-only: a writable
+cache dir). A local failure is never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import CacheError
+from .manifest import CheckpointSpec
+
+__all__ = ["etag_of", "link_snapshot", "make_dir", "open_for_write", "progress_bar", "write_chunk"]
+
+
+def etag_of(response: Any) -> str | None:
+    raw = response.headers.get("X-Linked-Etag") or response.headers.get("ETag")
+    if not raw:
+        return None
+    value = str(raw).strip()
+    value = value.removeprefix("W/").strip('"')
+    return value or None
+
+
+def make_dir(path: Path, spec: CheckpointSpec) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CacheError(
+            f"pytest-ckpts: cannot use the cache for checkpoint '{spec.name}': {path} exists "
+            "but is not a directory (a dangling symlink?). Fix or remove it, or set "
+            "--ckpts-cache-dir / PYTEST_CKPTS_CACHE_DIR."
+        ) from None
+    except OSError as exc:
+        raise _cache_error(spec, path, exc, None) from None
+
+
+def _cache_error(spec: CheckpointSpec, path: Path, exc: OSError, need: int | None) -> CacheError:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        size = f" ({need} bytes needed)" if need else ""
+        why = f"the disk is full{size}; free space or set --ckpts-cache-dir elsewhere"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = (
+            "the cache is read-only; a read-only cache can serve what it holds, but "
+            "downloading needs a writable --ckpts-cache-dir / PYTEST_CKPTS_CACHE_DIR"
+        )
+    else:
+        why = f"{type(exc).__name__}: {exc.strerror or exc}"
+    return CacheError(f"pytest-ckpts: cannot write checkpoint '{spec.name}' to {path}: {why}")
+
+
+@contextmanager
+def open_for_write(path: Path, mode: str, spec: CheckpointSpec) -> Iterator[Any]:
+    try:
+        f = open(path, mode)  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise _cache_error(spec, path, exc, None) from None
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def write_chunk(f: Any, chunk: bytes, path: Path, spec: CheckpointSpec, response: Any) -> None:
+    try:
+        f.write(chunk)
+    except OSError as exc:
+        length = response.headers.get("Content-Length")
+        raise _cache_error(
+            spec, path, exc, int(length) if length and length.isdigit() else None
+        ) from None
+
+
+def link_snapshot(link: Path, blob: Path, spec: CheckpointSpec) -> None:
+    """Point the snapshot path at the blob, relative as huggingface_hub does (copy if no symlinks)."""
+    make_dir(link.parent, spec)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.symlink(os.path.relpath(blob, link.parent), tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(blob, tmp)
+        os.replace(tmp, link)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _cache_error(spec, link, exc, None) from None
+
+
+@contextmanager
+def progress_bar(
+    show: bool, spec: CheckpointSpec, response: Any, initial: int
+) -> Iterator[Callable[[int], None]]:
+    if not show:
+        yield lambda n: None
+        return
+    from huggingface_hub.utils import tqdm  # type: ignore[attr-defined]
+
+    length = response.headers.get("Content-Length")
+    total = int(length) + initial if length and length.isdigit() else None
+    with tqdm(  # type: ignore[no-untyped-call]
+        total=total, initial=initial, unit="B", unit_scale=True, desc=spec.name
+    ) as bar:
+        yield bar.update

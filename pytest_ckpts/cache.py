@@ -1,0 +1,385 @@
+"""The checkpoint cache on disk: paths, verification stamps, info and prune. No network.
+
+The layout is huggingface_hub's own (``<repo_type>s--<owner>--<name>/{blobs,snapshots,
+refs}``), so ``hf_hub_download(..., local_files_only=True)`` and ``try_to_load_from_cache``
+find what we stored, and ours alone lives under ``.ckpts/``::
+
+    <cache>/models--acme--ckpts/snapshots/<commit>/<hf_path>  -> ../../blobs/<etag>
+    <cache>/models--acme--ckpts/refs/<branch>                 the commit a branch last resolved to
+    <cache>/.ckpts/stamps/<repo folder>/<blob>.json           what we knew when we last hashed it
+    <cache>/.ckpts/locks/<key>.lock                           one download per file, any process
+
+Every path built from manifest or server text goes through :func:`contained`: a revision
+such as ``../../x`` can never name a file outside the cache.
+
+A *stamp* records (size, mtime, ctime, inode, sha256) after a successful hash. A later
+resolve trusts the file when ``stat`` still agrees: microseconds instead of a re-hash.
+A rewrite that restores mtime still changes ctime (only the kernel sets it), and a copy
+into place gets a new inode or ctime. A cache restored by a CI cache action therefore
+re-hashes every file once and is stamped again (README "CI recipe" gives the cost).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import CacheError
+from .integrity import atomic_write_text
+from .manifest import CheckpointSpec, Manifest, is_pinned
+
+__all__ = ["Cache", "CacheInfo", "PruneResult", "Stamp", "contained", "repo_folder_name"]
+
+logger = logging.getLogger("pytest_ckpts")
+
+META_DIR = ".ckpts"
+INCOMPLETE = ".incomplete"
+
+
+def repo_folder_name(*, repo_id: str, repo_type: str) -> str:
+    """huggingface_hub's ``file_download.repo_folder_name``, without importing the client.
+
+    Importing ``huggingface_hub.file_download`` costs ~0.2 s; a warm run must not pay it
+    in every xdist worker. ``tests/test_cache.py`` checks both agree.
+    """
+    return "--".join([f"{repo_type}s", *repo_id.split("/")])
+
+
+def contained(root: Path, relative: str, *, what: str) -> Path:
+    """``root / relative``, refusing anything that would leave ``root``.
+
+    Manifest and server text (revisions, paths) becomes file names here; ``..``, absolute
+    paths, backslashes and NUL are refused with a :class:`CacheError` naming ``what``.
+    """
+    parts = relative.split("/")
+    if (
+        not relative
+        or relative.startswith("/")
+        or "\\" in relative
+        or "\0" in relative
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        raise CacheError(
+            f"pytest-ckpts: refusing {what} {relative!r}: it would not stay inside the cache "
+            f"{root} (no '..', absolute paths, backslashes or empty parts). Fix the manifest."
+        )
+    return root.joinpath(*parts)
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What we knew about a file when we last hashed it."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    sha256: str
+    verified_at: float = 0.0
+
+    @classmethod
+    def of(cls, path: Path, sha256: str) -> Stamp:
+        st = path.stat()
+        return cls(
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
+            ino=st.st_ino,
+            sha256=sha256,
+            verified_at=time.time(),
+        )
+
+    def matches(self, path: Path) -> bool:
+        """``path`` still has the size, times and inode it had when hashed."""
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == (
+            self.size,
+            self.mtime_ns,
+            self.ctime_ns,
+            self.ino,
+        )
+
+
+@dataclass
+class CacheInfo:
+    """What ``pytest-ckpts cache info`` prints."""
+
+    root: Path
+    repos: dict[str, int] = field(default_factory=dict)  # repo folder -> bytes of blobs
+    cached: list[str] = field(default_factory=list)  # manifest names with a cached file
+    missing: list[str] = field(default_factory=list)
+    incomplete: list[Path] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.repos.values())
+
+
+@dataclass
+class PruneResult:
+    """What ``pytest-ckpts cache prune`` removed (or would remove)."""
+
+    removed_blobs: list[Path] = field(default_factory=list)
+    removed_links: int = 0
+    removed_incomplete: list[Path] = field(default_factory=list)
+    freed: int = 0
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            yield Path(dirpath) / f
+
+
+@dataclass(frozen=True)
+class Cache:
+    """Paths and stamps under one cache root. Cheap to build; touches disk only when asked."""
+
+    root: Path
+
+    # ------------------------------------------------------------------ paths
+    def repo_dir(self, spec: CheckpointSpec) -> Path:
+        return self.root / repo_folder_name(repo_id=spec.repo, repo_type=spec.repo_type)
+
+    def snapshot(self, spec: CheckpointSpec, commit: str) -> Path:
+        """Where the file of ``spec`` at ``commit`` lives (a link into ``blobs/``)."""
+        snapshots = self.repo_dir(spec) / "snapshots"
+        return contained(snapshots, f"{commit}/{spec.hf_path}", what="path")
+
+    def ref_path(self, spec: CheckpointSpec) -> Path:
+        return contained(self.repo_dir(spec) / "refs", spec.revision, what="revision")
+
+    def blobs(self, spec: CheckpointSpec) -> Path:
+        return self.repo_dir(spec) / "blobs"
+
+    def lock_key(self, spec: CheckpointSpec) -> str:
+        text = f"{spec.repo_type}\0{spec.repo}\0{spec.hf_path}"
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def lock_path(self, spec: CheckpointSpec) -> Path:
+        return self.root / META_DIR / "locks" / f"{self.lock_key(spec)}.lock"
+
+    def incomplete_path(self, spec: CheckpointSpec) -> Path:
+        """A download in flight: beside its blob (same file system, so rename is atomic)."""
+        import threading
+
+        owner = f"{os.getpid()}-{threading.get_ident()}"
+        return self.blobs(spec) / f".{self.lock_key(spec)}.{owner}{INCOMPLETE}"
+
+    def stamp_path(self, spec: CheckpointSpec, blob: Path) -> Path:
+        folder = repo_folder_name(repo_id=spec.repo, repo_type=spec.repo_type)
+        return self.root / META_DIR / "stamps" / folder / f"{blob.name}.json"
+
+    def runs_dir(self) -> Path:
+        return self.root / META_DIR / "runs"
+
+    # ------------------------------------------------------------------ refs
+    def cached_commit(self, spec: CheckpointSpec) -> str | None:
+        """The commit a branch pointed at when last resolved (no network)."""
+        if is_pinned(spec.revision):
+            return spec.revision
+        try:
+            commit = self.ref_path(spec).read_text().strip()
+        except (OSError, CacheError):
+            return None
+        return commit if is_pinned(commit) else None
+
+    def write_ref(self, spec: CheckpointSpec, commit: str) -> None:
+        if is_pinned(spec.revision):
+            return
+        ref = self.ref_path(spec)
+        try:
+            if ref.read_text().strip() == commit:
+                return
+        except OSError:
+            pass
+        try:
+            atomic_write_text(ref, commit)
+        except OSError as exc:  # read-only cache: the file is verified all the same
+            logger.debug("pytest-ckpts: cannot record ref %s: %s", ref, exc)
+
+    def cached_path(self, spec: CheckpointSpec) -> Path | None:
+        """The local file for ``spec`` if one is cached (unverified), else None."""
+        commit = self.cached_commit(spec)
+        if commit is None:
+            return None
+        path = self.snapshot(spec, commit)
+        return path if path.exists() else None
+
+    # ------------------------------------------------------------------ stamps
+    def read_stamp(self, spec: CheckpointSpec, blob: Path) -> Stamp | None:
+        try:
+            data = json.loads(self.stamp_path(spec, blob).read_text("utf-8"))
+            return Stamp(
+                size=int(data["size"]),
+                mtime_ns=int(data["mtime_ns"]),
+                ctime_ns=int(data["ctime_ns"]),
+                ino=int(data["ino"]),
+                sha256=str(data["sha256"]),
+                verified_at=float(data.get("verified_at", 0.0)),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def trusted_stamp(self, spec: CheckpointSpec, path: Path) -> Stamp | None:
+        """The stamp vouching for ``path`` as the manifest's bytes, if stat still agrees."""
+        blob = path.resolve()
+        stamp = self.read_stamp(spec, blob)
+        if stamp is None or not stamp.matches(blob):
+            return None
+        if spec.sha256 is not None and stamp.sha256 != spec.sha256:
+            return None
+        return stamp
+
+    def write_stamp(self, spec: CheckpointSpec, blob: Path, stamp: Stamp) -> bool:
+        """Store ``stamp``; False on a read-only cache (the caller keeps it in memory)."""
+        try:
+            atomic_write_text(
+                self.stamp_path(spec, blob), json.dumps(asdict(stamp), sort_keys=True)
+            )
+        except OSError as exc:
+            logger.debug("pytest-ckpts: cannot write stamp for %s: %s", blob, exc)
+            return False
+        return True
+
+    def revoke_stamp(self, spec: CheckpointSpec, blob: Path) -> None:
+        """A mismatch was found: this file must be hashed again before it is trusted."""
+        try:
+            self.stamp_path(spec, blob).unlink(missing_ok=True)
+        except OSError as exc:
+            logger.debug("pytest-ckpts: cannot revoke stamp for %s: %s", blob, exc)
+
+    def discard(self, spec: CheckpointSpec, path: Path) -> None:
+        """Remove a bad copy (its snapshot link, blob and stamp)."""
+        blob = path.resolve()
+        self.revoke_stamp(spec, blob)
+        for p in (path, blob):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+    # ------------------------------------------------------------------ info / prune
+    def repo_dirs(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p
+            for p in self.root.iterdir()
+            if p.is_dir() and p.name.startswith(("models--", "datasets--"))
+        )
+
+    def info(self, manifest: Manifest) -> CacheInfo:
+        """Sizes per repo folder and which manifest entries are cached."""
+        result = CacheInfo(root=self.root)
+        for repo in self.repo_dirs():
+            size = 0
+            for f in _walk_files(repo / "blobs"):
+                if f.name.endswith(INCOMPLETE):
+                    result.incomplete.append(f)
+                elif f.is_file():
+                    size += f.stat().st_size
+            result.repos[repo.name] = size
+        for spec in manifest.entries.values():
+            (result.cached if self.cached_path(spec) else result.missing).append(spec.name)
+        return result
+
+    def prune(self, manifest: Manifest, *, dry_run: bool = False) -> PruneResult:
+        """Remove what the manifest no longer names, and downloads nobody is finishing.
+
+        Kept: the snapshot files (and blobs) each entry resolves to now. An
+        ``.incomplete`` file is removed only when the lock of the download that owns it
+        can be taken at once: a download in flight in another process keeps its lock.
+        """
+        keep_links: set[Path] = set()
+        keep_blobs: set[Path] = set()
+        for spec in manifest.entries.values():
+            path = self.cached_path(spec)
+            if path is not None:
+                keep_links.add(path.absolute())
+                keep_blobs.add(path.resolve())
+        result = PruneResult()
+        for repo in self.repo_dirs():
+            for f in sorted(_walk_files(repo / "snapshots")):
+                if f.absolute() not in keep_links:
+                    result.removed_links += 1
+                    if not dry_run:
+                        f.unlink()
+            for blob in sorted(_walk_files(repo / "blobs")):
+                if blob.name.endswith(INCOMPLETE):
+                    if self._abandoned(repo, blob):
+                        result.removed_incomplete.append(blob)
+                        result.freed += blob.stat().st_size
+                        if not dry_run:
+                            blob.unlink(missing_ok=True)
+                    continue
+                if blob.resolve() not in keep_blobs:
+                    result.freed += blob.stat().st_size
+                    result.removed_blobs.append(blob)
+                    if not dry_run:
+                        blob.unlink()
+                        stamp = self.root / META_DIR / "stamps" / repo.name / f"{blob.name}.json"
+                        stamp.unlink(missing_ok=True)
+            if not dry_run:
+                _remove_empty_dirs(repo / "snapshots")
+                if not any(_walk_files(repo / "blobs")) and not any(
+                    _walk_files(repo / "snapshots")
+                ):
+                    import shutil
+
+                    shutil.rmtree(repo)
+        return result
+
+    def _abandoned(self, repo: Path, incomplete: Path) -> bool:
+        """No process holds the lock that guards ``incomplete``."""
+        from filelock import FileLock, Timeout
+
+        name = incomplete.name[: -len(INCOMPLETE)]
+        if name.startswith("."):  # ours: .<lock key>.<pid>.incomplete
+            lock = self.root / META_DIR / "locks" / f"{name[1:].split('.')[0]}.lock"
+        else:  # huggingface_hub's own: <etag>.incomplete, locked in <cache>/.locks/
+            lock = self.root / ".locks" / repo.name / f"{name}.lock"
+        if not lock.exists():
+            return True
+        try:
+            with FileLock(str(lock), timeout=0):
+                return True
+        except Timeout:
+            return False
+        except OSError:
+            return False
+
+    def cleanup_runs(self, *, older_than: float = 24 * 3600.0) -> None:
+        """Remove run-state files of runs that ended long ago (crashed runs leave them)."""
+        now = time.time()
+        for f in _iter_dir(self.runs_dir()):
+            try:
+                if now - f.stat().st_mtime > older_than:
+                    f.unlink()
+            except OSError:
+                pass
+
+
+def _iter_dir(path: Path) -> Iterable[Path]:
+    try:
+        return list(path.iterdir())
+    except OSError:
+        return []
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    if not root.is_dir():
+        return
+    for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda t: -len(t[0])):
+        path = Path(dirpath)
+        if path != root and not any(path.iterdir()):
+            path.rmdir()

@@ -1,0 +1,508 @@
+"""The only module that talks to a hub: probe, download, upload, one error classifier.
+
+huggingface_hub provides the HTTP session, headers, URLs and upload protocol; this
+module owns the *retry loop* because the client's own loops have no cap on the total
+wait (a ``Retry-After: 3600`` sleeps an hour, an unreachable hub costs ~23 s per file;
+docs/ci.md lists what was measured). Every request goes through :meth:`HubClient._send`:
+
+- transient failures (429, 500, 502, 503, 504, resets, cut bodies, read timeouts) are
+  retried with backoff and jitter, honouring ``Retry-After``, within the run's
+  :class:`~pytest_ckpts.retry.RetryBudget`;
+- an unreachable endpoint (refused, DNS, connect timeout, no answer to the probe) is
+  recorded in the :class:`~pytest_ckpts.retry.RunState`, so every later request of the
+  run, in any process, fails at once;
+- permanent failures (401, 403, 404, not found) are never retried.
+
+The token goes only to the public hub or to ``HF_ENDPOINT`` (set by the machine), unless
+the user trusts the manifest's own ``config.endpoint`` (README "Tokens"). It is held by a
+:class:`_BearerAuth` whose ``repr`` hides it, so ``pytest -l`` never shows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._transfer import etag_of, link_snapshot, make_dir, open_for_write, progress_bar, write_chunk
+from .cache import Cache, contained
+from .errors import CacheError, CheckpointDownloadError, UsageFailure
+from .manifest import CheckpointSpec, Manifest, is_pinned
+from .retry import RetryBudget, RunState, backoff_delay, parse_retry_after
+from .settings import env_value
+
+__all__ = ["DEFAULT_ENDPOINT", "Downloaded", "HubClient", "redact", "resolve_endpoint"]
+
+logger = logging.getLogger("pytest_ckpts")
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+_OFFLINE_HINT = (
+    "remembered for this run; use --ckpts=offline (CLI: --offline) to run from the cache, "
+    "or check HF_ENDPOINT / config.endpoint"
+)
+
+
+def resolve_endpoint(manifest: Manifest) -> str:
+    """Manifest ``config.endpoint`` > ``HF_ENDPOINT`` (read now) > the public hub."""
+    return (manifest.endpoint or env_value("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def redact(text: str, token: str | None) -> str:
+    """Remove the token from text that may reach a terminal or a log."""
+    return text.replace(token, "***") if token else text
+
+
+def disable_telemetry() -> None:
+    """Switch off huggingface_hub's telemetry call (its constant, not the environment).
+
+    With telemetry on, the client's first call per day sends a request to the public hub
+    whatever endpoint it is given; a test run must reach only the configured endpoint.
+    """
+    from huggingface_hub import constants
+
+    constants.HF_HUB_DISABLE_TELEMETRY = True
+
+
+def _auth_class() -> type[Any]:
+    import httpx2
+
+    class _BearerAuth(httpx2.Auth):
+        """Adds the token to the first request only (redirects to a CDN drop it)."""
+
+        def __init__(self, token: str) -> None:
+            self._token = token
+
+        def __repr__(self) -> str:
+            return "<token ***>"
+
+        def auth_flow(self, request: Any) -> Generator[Any, Any, None]:
+            request.headers["Authorization"] = f"Bearer {self._token}"
+            yield request
+
+    return _BearerAuth
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """One finished transfer: the snapshot path, its sha256 (hashed while it streamed)."""
+
+    path: Path
+    sha256: str
+    nbytes: int  # bytes transferred by this call (resumed parts counted once)
+    seconds: float
+    resumed: bool = False  # a cut was continued with a Range request
+
+
+@dataclass
+class _Failure:
+    kind: str  # transient | unreachable | permanent
+    status: int | None
+    text: str
+    retry_after: float | None = None
+
+
+def _classify_exception(exc: BaseException, *, probing: bool) -> _Failure:
+    import httpx2
+
+    name = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)):
+        return _Failure("unreachable", None, name)
+    if isinstance(exc, httpx2.TimeoutException):
+        kind = "unreachable" if probing else "transient"
+        return _Failure(kind, None, f"no answer in time ({name or 'timeout'})")
+    if isinstance(exc, (httpx2.TransportError, OSError)):
+        return _Failure("transient", None, f"connection broken ({name})")
+    return _Failure("permanent", None, name)
+
+
+def _classify_response(response: Any) -> _Failure:
+    status = int(response.status_code)
+    code = response.headers.get("X-Error-Code") or ""
+    message = response.headers.get("X-Error-Message") or response.reason_phrase or ""
+    text = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+    if status in TRANSIENT_STATUS:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if status == 429:
+            text += " (rate-limited: authenticated requests get higher limits; set HF_TOKEN)"
+        return _Failure("transient", status, text, retry_after)
+    return _Failure("permanent", status, text)
+
+
+class _Retry(Exception):
+    """Internal: a transient failure the loop in ``_send`` may retry."""
+
+    def __init__(self, failure: _Failure) -> None:
+        self.failure = failure
+
+
+@dataclass
+class HubClient:
+    """One endpoint's client for a run: probes, downloads and uploads with one policy."""
+
+    endpoint: str
+    budget: RetryBudget = field(default_factory=lambda: RetryBudget(60.0))
+    run_state: RunState = field(default_factory=RunState)
+    trust_endpoint: bool = False
+    probe_timeout: float = 5.0
+    read_timeout: float = 30.0
+    progress: bool = False
+    sleep: Callable[[float], None] = time.sleep
+    _probes: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _probe_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def for_manifest(cls, manifest: Manifest, **kwargs: Any) -> HubClient:
+        return cls(endpoint=resolve_endpoint(manifest), **kwargs)
+
+    # ------------------------------------------------------------------ auth
+    def _token(self) -> str | None:
+        """The user's token, if this endpoint may see it (README "Tokens")."""
+        from huggingface_hub import get_token
+
+        endpoint = self.endpoint.rstrip("/")
+        machine = (env_value("HF_ENDPOINT") or "").rstrip("/")
+        if self.trust_endpoint or endpoint in (DEFAULT_ENDPOINT, machine):
+            return get_token()
+        return None
+
+    def has_token(self) -> bool:
+        return self._token() is not None
+
+    def _auth(self) -> Any:
+        token = self._token()
+        return _auth_class()(token) if token else None
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._token())
+
+    # ------------------------------------------------------------------ the loop
+    def describe(self, spec: CheckpointSpec, revision: str | None = None) -> str:
+        return (
+            f"repo '{spec.repo}' ({spec.repo_type}), path '{spec.hf_path}', "
+            f"revision '{revision or spec.revision}', endpoint {self.endpoint}"
+        )
+
+    def _error(
+        self, spec: CheckpointSpec | None, what: str, failure: _Failure, hint: str
+    ) -> CheckpointDownloadError:
+        return CheckpointDownloadError(
+            self.redact(f"pytest-ckpts: {what}: {failure.text}" + (f" ({hint})" if hint else "")),
+            name=spec.name if spec else None,
+            status=failure.status,
+            kind=failure.kind,
+        )
+
+    def dead(self) -> str | None:
+        """Why this endpoint must not be asked again in this run, if so."""
+        return self.run_state.failure(self.endpoint)
+
+    def _send(
+        self,
+        spec: CheckpointSpec | None,
+        what: str,
+        attempt_once: Callable[[], Any],
+        *,
+        probing: bool = False,
+    ) -> Any:
+        """Run ``attempt_once`` (one HTTP exchange) under the retry policy."""
+        attempt = 0
+        while True:
+            dead = self.dead()
+            if dead is not None:
+                raise self._error(spec, what, _Failure("unreachable", None, dead), _OFFLINE_HINT)
+            try:
+                return attempt_once()
+            except _Retry as retry:
+                failure = retry.failure
+            except (CacheError, CheckpointDownloadError):
+                raise
+            except Exception as exc:
+                failure = _classify_exception(exc, probing=probing)
+            if failure.kind == "unreachable":
+                failure.text = f"hub unreachable at {self.endpoint}: {failure.text}"
+                self.run_state.mark_failed(self.endpoint, failure.text)
+                raise self._error(spec, what, failure, _OFFLINE_HINT) from None
+            if failure.kind != "transient":
+                raise self._error(spec, what, failure, self._hint(failure)) from None
+            wait = (
+                failure.retry_after if failure.retry_after is not None else backoff_delay(attempt)
+            )
+            if not self.budget.take(wait):
+                left = self.budget.left
+                if failure.retry_after is not None and failure.retry_after > left:
+                    hint = (
+                        f"the hub asked to wait {failure.retry_after:.0f}s (Retry-After), more "
+                        f"than the {left:.0f}s left of the retry budget "
+                        "(--ckpts-retry-budget / PYTEST_CKPTS_RETRY_BUDGET)"
+                    )
+                else:
+                    hint = (
+                        f"gave up after {attempt + 1} attempts: the retry budget of "
+                        f"{self.budget.total:.0f}s is spent (--ckpts-retry-budget)"
+                    )
+                if self.budget.left < 1.0:
+                    self.run_state.mark_failed(
+                        self.endpoint,
+                        f"hub at {self.endpoint} kept failing ({failure.text}) and the retry "
+                        "budget is spent",
+                    )
+                raise self._error(spec, what, failure, hint) from None
+            logger.info("pytest-ckpts: %s: %s; retrying in %.1fs", what, failure.text, wait)
+            self.sleep(wait)
+            attempt += 1
+
+    @staticmethod
+    def _hint(failure: _Failure) -> str:
+        if failure.status in (401, 403):
+            return "the repo needs a token with read access: set HF_TOKEN or run `hf auth login`"
+        if failure.status == 404 and "Revision" in failure.text:
+            return "check the revision in the manifest"
+        if failure.status == 404 and "Entry" in failure.text:
+            return "check hf_path in the manifest"
+        if failure.status == 404:
+            return "check hf_repo/repo, revision and repo_type in the manifest"
+        return ""
+
+    def _session(self) -> Any:
+        from huggingface_hub.utils import get_session  # type: ignore[attr-defined]
+
+        disable_telemetry()
+        return get_session()
+
+    def _headers(self) -> dict[str, str]:
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+        headers: dict[str, str] = build_hf_headers(token=False, library_name="pytest-ckpts")
+        return headers
+
+    # ------------------------------------------------------------------ probe
+    def probe(self, spec: CheckpointSpec) -> str:
+        """The commit ``spec.revision`` names now (one bounded request per run and repo).
+
+        Pinned commits are probed too when something must be fetched: it answers
+        "is the hub there" in one short request instead of the client's long retries.
+        Failures are remembered like answers.
+        """
+        key = "\0".join((spec.repo_type, spec.repo, spec.revision))
+        with self._probe_lock:  # prefetch threads: one probe per key, not one per thread
+            known = self._probes.get(key)
+            if known is None:
+                known = self._do_probe(spec)
+                self._probes[key] = known
+        if "commit" in known:
+            return str(known["commit"])
+        raise CheckpointDownloadError(
+            f"pytest-ckpts: checkpoint '{spec.name}' from {self.describe(spec)}: {known['error']}",
+            name=spec.name,
+            status=known.get("status"),
+            kind=known["kind"],
+        )
+
+    def _do_probe(self, spec: CheckpointSpec) -> dict[str, Any]:
+        import httpx2
+
+        url = (
+            f"{self.endpoint}/api/{spec.repo_type}s/{spec.repo}/revision/"
+            f"{urllib.parse.quote(spec.revision, safe='')}"
+        )
+        what = f"cannot resolve revision '{spec.revision}' of repo '{spec.repo}' ({spec.repo_type}) at {self.endpoint}"
+
+        def once() -> Any:
+            response = self._session().get(
+                url,
+                headers=self._headers(),
+                auth=self._auth(),
+                timeout=httpx2.Timeout(self.probe_timeout),
+                follow_redirects=True,
+            )
+            if response.status_code in TRANSIENT_STATUS:
+                raise _Retry(_classify_response(response))
+            if response.status_code >= 400:
+                failure = _classify_response(response)
+                raise self._error(None, what, failure, self._probe_hint(failure))
+            try:
+                body = response.json()
+            except ValueError:
+                raise self._error(
+                    None,
+                    what,
+                    _Failure("unreachable", None, "the answer is not JSON: not a Hugging Face Hub"),
+                    "",
+                ) from None
+            return body
+
+        try:
+            body = self._send(None, what, once, probing=True)
+        except CheckpointDownloadError as exc:
+            cause = str(exc).removeprefix(f"pytest-ckpts: {what}: ")
+            return {"error": cause, "kind": exc.kind, "status": exc.status}
+        commit = body.get("sha") if isinstance(body, dict) else None
+        if not isinstance(commit, str) or not is_pinned(commit):
+            return {
+                "error": "the hub gave no commit",
+                "kind": "permanent",
+                "status": None,
+            }
+        return {"commit": commit}
+
+    def _probe_hint(self, failure: _Failure) -> str:
+        if failure.status in (401, 403):
+            if self.has_token():
+                return "the hub refused the token; check HF_TOKEN or `hf auth login`"
+            return "the repo needs authentication; set HF_TOKEN or run `hf auth login`"
+        if failure.status == 404:
+            return "check hf_repo/repo and revision in the manifest"
+        return ""
+
+    def probes_to_json(self) -> dict[str, dict[str, Any]]:
+        """Probe answers (commits and failures) for xdist workers (``workerinput``)."""
+        return dict(self._probes)
+
+    def probes_from_json(self, data: dict[str, dict[str, Any]]) -> None:
+        """Seed this client with answers the controller already got."""
+        self._probes.update(data)
+
+    # ------------------------------------------------------------------ download
+    def download(
+        self,
+        spec: CheckpointSpec,
+        commit: str,
+        cache: Cache,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> Downloaded:
+        """Stream ``spec`` at ``commit`` into ``cache`` (huggingface_hub's layout).
+
+        The body goes to a temp file beside the blobs, hashed as it arrives; a cut is
+        resumed with a ``Range`` request when the hub allows it. The blob is renamed
+        into place only when complete, so the cache holds whole files or nothing.
+        """
+        import httpx2
+
+        url = (
+            f"{self.endpoint}/{'datasets/' if spec.repo_type == 'dataset' else ''}{spec.repo}"
+            f"/resolve/{commit}/{urllib.parse.quote(spec.hf_path)}"
+        )
+        what = f"failed to download checkpoint '{spec.name}' from {self.describe(spec, commit)}"
+        tmp = cache.incomplete_path(spec)
+        state: dict[str, Any] = {
+            "got": 0,
+            "sent": 0,
+            "digest": hashlib.sha256(),
+            "etag": None,
+            "resumed": False,
+        }
+        started = time.perf_counter()
+        make_dir(tmp.parent, spec)
+
+        def once() -> None:
+            headers = self._headers()
+            headers["Accept-Encoding"] = "identity"
+            if state["got"]:
+                headers["Range"] = f"bytes={state['got']}-"
+            timeout = httpx2.Timeout(self.read_timeout, connect=self.probe_timeout)
+            with self._session().stream(
+                "GET",
+                url,
+                headers=headers,
+                auth=self._auth(),
+                timeout=timeout,
+                follow_redirects=True,
+            ) as response:
+                if response.status_code in TRANSIENT_STATUS:
+                    raise _Retry(_classify_response(response))
+                if response.status_code >= 400:
+                    failure = _classify_response(response)
+                    raise self._error(spec, what, failure, self._hint(failure))
+                first = response.history[0] if response.history else response
+                state["etag"] = state["etag"] or etag_of(first) or etag_of(response)
+                if state["got"] and response.status_code != 206:  # no resume: start over
+                    state["got"], state["digest"] = 0, hashlib.sha256()
+                state["resumed"] = state["resumed"] or response.status_code == 206
+                mode = "ab" if state["got"] else "wb"
+                with (
+                    open_for_write(tmp, mode, spec) as f,
+                    progress_bar(self.progress, spec, response, state["got"]) as bar,
+                ):
+                    for chunk in response.iter_bytes():
+                        write_chunk(f, chunk, tmp, spec, response)
+                        state["digest"].update(chunk)
+                        state["got"] += len(chunk)
+                        state["sent"] += len(chunk)
+                        if on_bytes is not None:
+                            on_bytes(len(chunk))
+                        bar(len(chunk))
+
+        try:
+            self._send(spec, what, once)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        sha = state["digest"].hexdigest()
+        blob = contained(cache.blobs(spec), str(state["etag"] or sha), what="blob name")
+        os.replace(tmp, blob)
+        link = cache.snapshot(spec, commit)
+        link_snapshot(link, blob, spec)
+        seconds = time.perf_counter() - started
+        return Downloaded(link, sha, int(state["sent"]), seconds, bool(state["resumed"]))
+
+    # ------------------------------------------------------------------ upload
+    def create_commit(
+        self, *, repo: str, repo_type: str, branch: str, files: dict[str, Path], message: str
+    ) -> str:
+        """Upload ``files`` (path in repo -> local file) in one commit; its id.
+
+        huggingface_hub's upload protocol does the work. Uploads go through Xet whenever
+        ``hf_xet`` is installed; only the public hub is known to run it, so other
+        endpoints get the plain LFS protocol (the client's own switch, for this call).
+        """
+        import httpx2
+        from huggingface_hub import CommitOperationAdd, HfApi, constants
+        from huggingface_hub import errors as hf_errors
+
+        disable_telemetry()
+        api = HfApi(endpoint=self.endpoint, token=self._token())
+        ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in files.items()]
+        saved_xet = constants.HF_HUB_DISABLE_XET
+        if self.endpoint != DEFAULT_ENDPOINT:
+            constants.HF_HUB_DISABLE_XET = True
+        where = f"repo '{repo}' ({repo_type}) at {self.endpoint}"
+        try:
+            info: Any = api.create_commit(
+                repo_id=repo,
+                repo_type=repo_type,
+                revision=branch,
+                operations=ops,
+                commit_message=message,
+            )
+        except hf_errors.RepositoryNotFoundError as exc:
+            raise UsageFailure(
+                self.redact(
+                    f"pytest-ckpts: {where} not found or the token cannot write to it "
+                    f"({type(exc).__name__}). Create it first (`hf repo create {repo}`) or fix "
+                    "hf_repo in the manifest."
+                )
+            ) from None
+        except hf_errors.HfHubHTTPError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UsageFailure(
+                self.redact(f"pytest-ckpts: upload to {where} failed: {first}")
+            ) from None
+        except (httpx2.TransportError, OSError) as exc:
+            failure = _classify_exception(exc, probing=False)
+            raise UsageFailure(
+                self.redact(
+                    f"pytest-ckpts: upload to {where} failed: {failure.text}. Nothing in the "
+                    "manifest was changed; re-run when the hub is reachable."
+                )
+            ) from None
+        finally:
+            constants.HF_HUB_DISABLE_XET = saved_xet
+        return str(getattr(info, "oid", "") or "")
