@@ -193,14 +193,19 @@ class ExperimentIndex:
     def file_of(self, entry: IndexEntry) -> Path:
         return self.layout.model_dir(self.h) / entry.file
 
-    def check(self, entry: IndexEntry) -> str | None:
-        """What is wrong with the file ``entry`` names (None: size and sha256 match)."""
+    def check(self, entry: IndexEntry, *, rehash: bool = True) -> str | None:
+        """What is wrong with the file ``entry`` names (None: size and sha256 match).
+
+        ``rehash=False`` compares the size only, without reading the file.
+        """
         path = self.file_of(entry)
         if not path.is_file():
             return f"{entry.file}: missing ({path})"
         size = path.stat().st_size
         if size != entry.size:
             return f"{entry.file}: size {size} does not match index {entry.size}"
+        if not rehash:
+            return None
         actual = calculate_sha256(path)
         if actual != entry.sha256:
             return f"{entry.file}: sha256 {actual} does not match index {entry.sha256}"
