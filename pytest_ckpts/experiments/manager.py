@@ -3,8 +3,9 @@
 It keeps the names of the "Checkpoint System V2" guide the layout comes from
 (``update_experiment_hash``, ``save_model_checkpoint``, ``load_latest_checkpoint``,
 ...) and hands the work to the modules beside it: ``hashing`` names the experiment,
-``layout`` places its files, ``payload`` makes what is saved loadable, ``files``
-writes atomically and ``index`` records, ranks, retains and verifies.
+``layout`` places its files, ``steps`` saves and loads one step checkpoint,
+``artifacts`` writes the architecture, config and data-backup files, and ``index``
+records, ranks, retains and verifies.
 """
 
 from __future__ import annotations
