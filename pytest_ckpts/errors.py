@@ -130,3 +130,52 @@ class UsageFailure(CheckpointsError):
 
 class CheckpointsWarning(UserWarning):
     """Something about the manifest or the cache deserves attention but does not stop the run."""
+
+
+# --- experiments ---
+
+
+class ExperimentError(CheckpointsError):
+    """Base of what ``pytest_ckpts.experiments`` raises for a bad argument, value or state.
+
+    Each subclass also derives from the built-in type the experiment code raised
+    before it had types of its own, so ``except ValueError`` (``TypeError``,
+    ``KeyError``, ...) clauses written against it keep catching.
+    """
+
+
+class ExperimentValueError(ExperimentError, ValueError):
+    """A value a ``CheckpointManager`` cannot use (retention setting, step, file-name
+    part, experiment hash, missing model or metric) or an unreadable ``index.json``."""
+
+
+class ExperimentTypeError(ExperimentError, TypeError):
+    """A config, metadata, metric or UID value that cannot be hashed or stored.
+
+    ``key_path`` says where it sits, e.g. ``config['optimizer']['fn']``, so the
+    caller can replace that one value with a name or a number.
+    """
+
+    def __init__(self, message: str, *, key_path: str | None = None) -> None:
+        self.key_path = key_path
+        super().__init__(message)
+
+
+class ExperimentKeyError(ExperimentError, KeyError):
+    """A ``model_name=`` or ``optimizer_name=`` that was never registered."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its argument; the message is a sentence, show it as one.
+        return str(self.args[0]) if self.args else ""
+
+
+class NoExperimentHashError(ExperimentError, RuntimeError):
+    """A call that needs the current experiment hash came before ``update_experiment_hash``."""
+
+
+class ExperimentFileNotFoundError(ExperimentError, FileNotFoundError):
+    """The data file passed to ``save_data_backup`` does not exist."""
+
+
+class UntrustedPickleError(ExperimentError, PermissionError):
+    """``load_architecture`` would unpickle (run code) without ``trust_pickle=True``."""

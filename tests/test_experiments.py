@@ -1,175 +1,33 @@
-"""Hash-named experiment directories (SPEC §7): stable hashes, seed layout, index, retention."""
+"""CheckpointManager: the documented layout, the index, retention, loading, concurrency."""
 
 from __future__ import annotations
 
-import enum
+import ast
 import json
 import os
-import subprocess
-import sys
-import textwrap
+import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from experiment_models import CONFIG, UIDS, Act, make_model, train
 from torch import nn
 
-from pytest_ckpts.errors import ChecksumMismatchError
-from pytest_ckpts.experiments import CheckpointManager, ExperimentHashGenerator
+from pytest_ckpts.errors import (
+    CheckpointsError,
+    ChecksumMismatchError,
+    ExperimentError,
+    ExperimentTypeError,
+    ExperimentValueError,
+)
+from pytest_ckpts.experiments import CheckpointManager
 from pytest_ckpts.integrity import calculate_sha256
 from pytest_ckpts.testing.experiments import assert_experiment_layout, assert_state_equal
 
 
-def make_model(width: int = 8, extra: bool = False) -> nn.Module:
-    layers: list[nn.Module] = [nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 2)]
-    if extra:
-        layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
-
-
-CONFIG = {
-    "lr": 1e-3,
-    "batch_size": 32,
-    "optimizer": {"name": "adam", "betas": (0.9, 0.999)},
-    "tags": {"a", "b", "c"},
-}
-UIDS = [f"sample_{i}" for i in range(20)]
-
-
-def test_hash_is_16_hex_and_tracks_each_component() -> None:
-    gen = ExperimentHashGenerator()
-    base = gen.generate_hash(make_model(), CONFIG, UIDS)
-    assert len(base) == 16
-    assert int(base, 16) >= 0
-    assert set(gen.get_component_hashes()) == {"model", "config", "data", "combined"}
-    assert gen.get_last_hash() == base
-    assert gen.has_changed(make_model(), CONFIG, UIDS) == (False, [])
-    variants = {
-        "added layer": (make_model(extra=True), CONFIG, UIDS, ["model"]),
-        "changed width": (make_model(width=16), CONFIG, UIDS, ["model"]),
-        "changed lr": (make_model(), {**CONFIG, "lr": 2e-3}, UIDS, ["config"]),
-        "discarded uid": (make_model(), CONFIG, UIDS[1:], ["data"]),
-    }
-    for label, (model, config, uids, changed) in variants.items():
-        assert ExperimentHashGenerator().generate_hash(model, config, uids) != base, label
-        assert gen.has_changed(model, config, uids) == (True, changed), label
-
-
-def test_retrained_weights_keep_the_hash() -> None:
-    model = make_model()
-    before = ExperimentHashGenerator().generate_hash(model, CONFIG, UIDS)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p))
-    assert ExperimentHashGenerator().generate_hash(model, CONFIG, UIDS) == before
-
-
-def test_unhashable_value_names_its_key_path() -> None:
-    with pytest.raises(TypeError, match=r"config\['optimizer'\]\['fn'\]"):
-        ExperimentHashGenerator().generate_hash(None, {"optimizer": {"fn": object()}})
-    with pytest.raises(TypeError, match=r"config\['layers'\]\[1\]: value of type .*function"):
-        ExperimentHashGenerator().generate_hash(None, {"layers": [4, lambda x: x]})
-    with pytest.raises(TypeError, match=r"expected a torch\.nn\.Module"):
-        ExperimentHashGenerator().generate_hash(model="resnet")
-
-
-def test_equal_values_hash_equal_whatever_their_type_or_order() -> None:
-    gen = ExperimentHashGenerator()
-    a = gen.generate_hash(None, {"lr": 0.1, "act": Act.RELU, "p": Path("a/b")}, ["b", "a"])
-    b = gen.generate_hash(None, {"p": Path("a/b"), "act": Act.RELU, "lr": 0.1}, ("a", "b", "a"))
-    assert a == b
-    # distinct values that a naive str() or hash() would conflate stay distinct
-    assert gen.generate_hash(None, {"x": 1}) != gen.generate_hash(None, {"x": "1"})
-    assert gen.generate_hash(None, {"x": 1}) != gen.generate_hash(None, {"x": 1.0})
-    assert gen.generate_hash(None, None, [1]) != gen.generate_hash(None, None, ["1"])
-    assert gen.generate_hash(None, None, []) != gen.generate_hash(None, None, None)
-
-
-class Act(enum.Enum):
-    RELU = 1
-
-
-SCRIPT = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
-    from torch import nn
-    from pytest_ckpts.experiments import ExperimentHashGenerator
-    import enum
-    class Act(enum.Enum):
-        RELU = 1
-    import dataclasses
-    @dataclasses.dataclass
-    class Sched:
-        warmup: int = 10
-        gamma: float = 0.5
-    class Width(enum.IntEnum):
-        SMALL = 8
-    reverse = sys.argv[1] == "1"
-    opt = [("name", "adam"), ("eps", 1e-8), ("betas", (0.9, 0.999))]
-    items = [("lr", 0.001), ("layers", [4, 8, 2]), ("act", Act.RELU), ("out", Path("runs/x")),
-             ("width", Width.SMALL), ("sched", Sched()), ("tags", {"x", "y", "z", "w"}),
-             ("ids", frozenset(range(40))), ("mixed", {3: "a", "3": "b", 1.5: "c"})]
-    if reverse:
-        items.reverse()
-        opt.reverse()
-    config = dict(items)
-    config["opt"] = dict(opt)
-    uids = [f"uid{i}" for i in range(50)]
-    if reverse:
-        uids = sorted(uids, reverse=True) + ["uid7"]  # order and duplicates do not matter
-    uids = set(uids) if sys.argv[2] == "set" else uids
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    print(ExperimentHashGenerator().generate_hash(model, config, uids))
-    """
-)
-
-
-def test_hash_stable_across_processes_and_hash_seeds() -> None:
-    hashes = set()
-    for seed, reverse, kind in (("0", "0", "list"), ("1", "1", "set"), ("12345", "1", "list")):
-        env = dict(os.environ, PYTHONHASHSEED=seed)
-        out = subprocess.run(
-            [sys.executable, "-c", SCRIPT, reverse, kind],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        hashes.add(out.stdout.strip())
-    assert len(hashes) == 1, hashes
-    assert len(hashes.pop()) == 16
-
-
-def test_hash_value_is_pinned() -> None:
-    """Existing experiment directories are named by this hash: changing the canonical
-    form would orphan every one of them, so it may only change on purpose."""
-    config = {
-        "lr": 0.001,
-        "batch_size": 32,
-        "optimizer": {"name": "adam", "betas": (0.9, 0.999)},
-        "tags": {"a", "b"},
-    }
-    h = ExperimentHashGenerator().generate_hash(None, config, ["s1", "s2", "s3"])
-    assert h == "4cff75d4ba5df4a4"
-
-
-def test_importing_the_module_does_not_import_torch() -> None:
-    code = "import sys, pytest_ckpts.experiments; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-
-
-def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> None:
-    for _ in range(steps):
-        loss = model(torch.randn(8, 4)).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
-def test_training_loop_over_two_hash_changes_produces_the_seed_layout(tmp_path: Path) -> None:
+def test_training_loop_over_two_hash_changes_produces_the_documented_layout(tmp_path: Path) -> None:
     torch.manual_seed(0)
     mgr = CheckpointManager(tmp_path / "root")
     model = make_model()
@@ -410,7 +268,7 @@ def test_unpicklable_model_warns_and_still_checkpoints(tmp_path: Path) -> None:
     assert "fc.weight\t(2, 2)\ttorch.float32" in text
 
 
-def test_registry_like_the_seed_ledgers(tmp_path: Path) -> None:
+def test_models_and_optimizers_by_registered_name(tmp_path: Path) -> None:
     mgr = CheckpointManager(tmp_path)
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -423,81 +281,11 @@ def test_registry_like_the_seed_ledgers(tmp_path: Path) -> None:
     assert "optimizer_state_dict" in data
 
 
-def test_layout_assertion_lists_every_problem(tmp_path: Path) -> None:
-    mgr = CheckpointManager(tmp_path)
-    model = make_model()
-    h, _ = mgr.update_experiment_hash(model, CONFIG, UIDS)
-    path = mgr.save_model_checkpoint(model, step=100)
-    assert_experiment_layout(tmp_path, h, steps=[100], config=True)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # same size, different bytes
-    path.write_bytes(bytes(data))
-    (path.parent / f".{path.name}.abc.tmp").write_bytes(b"partial")
-    with pytest.raises(AssertionError) as exc_info:
-        assert_experiment_layout(tmp_path, h, steps=[100, 200], data_backup=True)
-    message = str(exc_info.value)
-    assert f"no data backup in checkpoints/{h}/data" in message
-    assert "temp files left by an interrupted write" in message
-    assert f"expected ['{h}_step_000100.pt', '{h}_step_000200.pt']" in message
-    assert f"{path.name}: sha256" in message
-
-
-def test_checkpoint_manager_fixture(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        """
-        import torch
-        from torch import nn
-        from pytest_ckpts.testing.experiments import assert_experiment_layout, assert_state_equal
-
-        def test_loop(checkpoint_manager, tmp_path):
-            model = nn.Linear(2, 2)
-            opt = torch.optim.SGD(model.parameters(), lr=0.1)
-            h, is_new = checkpoint_manager.update_experiment_hash(model, {"lr": 0.1}, ["a"])
-            assert is_new
-            for step in (100, 200):
-                checkpoint_manager.save_model_checkpoint(
-                    model, step=step, optimizer=opt, metadata={"loss": 1 / step}
-                )
-            assert checkpoint_manager.root == tmp_path / "logs"
-            assert_experiment_layout(checkpoint_manager.root, h, steps=[100, 200], config=True)
-            assert checkpoint_manager.best("loss")["step"] == 200
-
-        def test_layout_failure_is_readable(checkpoint_manager):
-            h, _ = checkpoint_manager.update_experiment_hash(nn.Linear(2, 2), {"lr": 0.1}, ["a"])
-            assert_experiment_layout(checkpoint_manager.root, h, steps=[100])
-        """
-    )
-    result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(
-        ["*AssertionError: experiment * is not laid out as expected:*", "*step checkpoints*"]
-    )
-    result.stdout.no_fnmatch_line("*def _index_problems*")
-
-
 def test_docs_example_runs(pytester: pytest.Pytester) -> None:
     doc = Path(__file__).parent.parent / "docs" / "experiments.md"
     example = doc.read_text("utf-8").split("```python\n", 1)[1].split("```", 1)[0]
     pytester.makepyfile(test_doc_example=example)
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
-
-
-def test_architecture_hash_ignores_the_defining_module_but_not_the_class() -> None:
-    def model_class(module: str, name: str = "Net") -> type[nn.Module]:
-        def init(self: nn.Module) -> None:
-            nn.Module.__init__(self)
-            self.fc = nn.Linear(2, 3)
-
-        return type(name, (nn.Module,), {"__init__": init, "__module__": module})
-
-    as_script = model_class("__main__")()
-    as_import = model_class("train")()
-    renamed = model_class("train", "OtherNet")()
-    gen = ExperimentHashGenerator()
-    assert gen.generate_hash(as_script) == gen.generate_hash(as_import)
-    assert gen.generate_hash(as_script) != gen.generate_hash(renamed)
-    # a lazy module hashes (shape unknown) and its architecture file can be written
-    assert len(gen.generate_hash(nn.LazyLinear(3))) == 16
 
 
 def test_retention_as_save_arguments_overrides_the_constructor(tmp_path: Path) -> None:
@@ -635,21 +423,113 @@ def test_verify_reports_unindexed_files_and_strict_raises(tmp_path: Path) -> Non
     assert not (tmp_path / "checkpoints" / other).exists()
 
 
-def test_state_assertion_lists_differences_by_key_path() -> None:
-    w = torch.tensor([1.0, 2.0, 0.0])
-    expected = {"w": w, "groups": [{"lr": 0.1, "betas": (0.9, 0.99)}]}
-    same = {"w": torch.tensor([1.0, 2.0, 0.0]), "groups": [{"lr": 0.1, "betas": [0.9, 0.99]}]}
-    assert_state_equal(same, expected)
-    bad = {
-        "w": torch.tensor([1.0, 2.5, -0.0]),
-        "groups": [{"lr": 0.2, "betas": (0.9, 0.99)}],
-        "extra": 1,
+def test_every_experiment_file_gets_the_umask_mode_not_0600(tmp_path: Path) -> None:
+    """Step checkpoints used to come from a private mkstemp (0600) while every other
+    file got the umask mode, so a teammate sharing the log directory could read the
+    config but not the weights."""
+    data_file = tmp_path / "samples.h5"
+    data_file.write_bytes(b"sample index")
+    old = os.umask(0o022)
+    try:
+        mgr = CheckpointManager(tmp_path / "root", keep_last=1)
+        model = make_model()
+        h, _ = mgr.update_experiment_hash(model, CONFIG, UIDS)
+        mgr.save_data_backup(data_file)
+        mgr.save_model_checkpoint(model, step=1)
+        mgr.save_model_checkpoint(model)  # step=None: staged under the lock
+    finally:
+        os.umask(old)
+    modes = {
+        p.relative_to(mgr.exp_dir()).as_posix(): oct(p.stat().st_mode & 0o777)
+        for p in mgr.exp_dir().rglob("*")
+        if p.is_file() and p.name != ".index.lock"  # filelock's own file
     }
-    with pytest.raises(AssertionError) as exc_info:
-        assert_state_equal(bad, expected, name="opt")
-    message = str(exc_info.value)
-    assert "opt: unexpected keys ['extra']" in message
-    assert "opt['w']: 2 of 3 elements differ (first at flat index 1, max abs diff 0.5)" in message
-    assert "opt['groups'][0]['lr']: 0.2 vs expected 0.1" in message
-    with pytest.raises(AssertionError, match=r"dtype torch.float64 vs expected torch.float32"):
-        assert_state_equal({"w": w.double()}, {"w": w})
+    assert modes == dict.fromkeys(
+        (
+            "index.json",
+            f"data/{h}_data.h5",
+            f"hp/{h}_config.yaml",
+            f"model/{h}_architecture.pkl",
+            f"model/{h}_architecture.txt",
+            f"model/{h}_step_000002.pt",
+        ),
+        "0o644",
+    )
+
+
+def test_errors_are_checkpoints_errors_that_keep_their_builtin_type(tmp_path: Path) -> None:
+    def check(builtin: type[Exception], message: str, call: Callable[[], object]) -> None:
+        with pytest.raises(CheckpointsError, match=message) as info:
+            call()
+        assert isinstance(info.value, builtin), (message, type(info.value))
+        assert isinstance(info.value, ExperimentError), (message, type(info.value))
+        assert str(info.value).startswith("pytest-ckpts: "), str(info.value)  # no KeyError quotes
+
+    mgr = CheckpointManager(tmp_path)
+    check(RuntimeError, "call update_experiment_hash", mgr.exp_dir)
+    check(ValueError, "not a 16-hex experiment hash", lambda: mgr.exp_dir("../../etc"))
+    check(ValueError, "keep_last must be", lambda: CheckpointManager(tmp_path, keep_last=-1))
+    check(
+        TypeError,
+        r"config\['o'\]\['fn'\]",
+        lambda: mgr.update_experiment_hash(None, {"o": {"fn": len}}),
+    )
+    model = make_model()
+    mgr.update_experiment_hash(model, CONFIG, UIDS)
+    check(ValueError, "config_name 'a/b' must be a plain", lambda: mgr.save_config({}, "a/b"))
+    check(
+        ValueError, "step must be a non-negative", lambda: mgr.save_model_checkpoint(model, step=-1)
+    )
+    check(
+        KeyError,
+        "no optimizer registered as 'adam'",
+        lambda: mgr.save_model_checkpoint(model, optimizer_name="adam"),
+    )
+    check(
+        FileNotFoundError,
+        "data file to back up not found",
+        lambda: mgr.save_data_backup(tmp_path / "no.h5"),
+    )
+    check(PermissionError, "trust_pickle=True", mgr.load_architecture)
+    check(ValueError, r"best\(\) needs a metric name", mgr.best)
+    with pytest.raises(ExperimentTypeError) as type_info:
+        mgr.save_model_checkpoint(model, step=3, metadata={"run": {"cb": object()}})
+    assert type_info.value.key_path == "metadata['run']['cb']"
+    assert mgr.checkpoints() == []
+
+
+def test_unreadable_index_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path)
+    model = make_model()
+    mgr.update_experiment_hash(model, CONFIG, UIDS)
+    mgr.save_model_checkpoint(model, step=1)
+    index = mgr.exp_dir() / "index.json"
+    data = json.loads(index.read_text())
+    del data["checkpoints"][0]["sha256"]
+    index.write_text(json.dumps(data))
+    with pytest.raises(
+        ValueError,
+        match=rf"unreadable checkpoint index {re.escape(str(index))}: .*'sha256'.*verify\(\)",
+    ):
+        mgr.latest()
+    index.write_text("{not json")
+    with pytest.raises(ExperimentValueError, match="unreadable checkpoint index"):
+        mgr.save_model_checkpoint(model, step=2)
+    assert not list((mgr.exp_dir() / "model").glob("*.tmp"))  # the staged file was removed
+
+
+def test_experiments_raise_no_bare_builtin() -> None:
+    """Every error leaves through a type in pytest_ckpts.errors, so callers can catch
+    ``CheckpointsError`` (and still the built-in it derives from)."""
+    import builtins
+
+    import pytest_ckpts.experiments as package
+
+    bare = []
+    for path in sorted(Path(package.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                name = getattr(node.exc.func, "id", "")
+                if isinstance(getattr(builtins, name, None), type):
+                    bare.append(f"{path.name}:{node.lineno} raise {name}")
+    assert bare == []

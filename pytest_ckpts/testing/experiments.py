@@ -1,6 +1,6 @@
 """Assertions for suites that check their training loop writes what it should.
 
-``CheckpointManager`` promises a layout (seed 002) and an index whose sizes and
+``CheckpointManager`` promises a layout (docs/experiments.md) and an index whose sizes and
 sha256 match the files. A test of a user's training loop wants to check that promise
 in one line and, when it fails, read every problem at once rather than the first
 ``assert`` that tripped::
@@ -17,13 +17,15 @@ every tensor that differs rather than stopping at the first ``torch.equal``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from ..errors import ExperimentValueError
+from ..experiments.index import ExperimentIndex
+from ..experiments.layout import ExperimentLayout
 
 __all__ = ["assert_experiment_layout", "assert_state_equal"]
 
@@ -48,68 +50,69 @@ def assert_experiment_layout(
     ``data/{h}_*`` backup when ``data_backup``, and no temp files left by an
     interrupted write. With ``steps``, the step checkpoints must be exactly those,
     and ``index.json`` must list exactly them with matching sizes (and sha256 when
-    ``verify``, which reads every file: keep it for test-sized models).
+    ``verify``, which reads every file: keep it for test-sized models). The paths
+    come from ``pytest_ckpts.experiments.layout``, the same place the manager
+    takes them from.
     """
     __tracebackhide__ = True
     base = Path(root)
-    d = base / "checkpoints" / exp_hash
-    model_dir = d / "model"
+    layout = ExperimentLayout(base)
+    h = exp_hash
     problems: list[str] = []
-    for folder in (base / "data", base / "logs", model_dir, d / "hp", d / "data"):
+
+    def rel(path: Path) -> str:
+        return path.relative_to(base).as_posix()
+
+    for folder in (layout.data_dir, layout.logs_dir, *layout.exp_subdirs(h)):
         if not folder.is_dir():
-            problems.append(f"missing directory {folder.relative_to(base)}")
+            problems.append(f"missing directory {rel(folder)}")
     suffixes = ("txt", "pkl") if architecture_pickle else ("txt",)
     for suffix in suffixes:
-        f = model_dir / f"{exp_hash}_architecture.{suffix}"
-        if not f.is_file():
-            problems.append(f"missing {f.relative_to(base)}")
-    if config and not (d / "hp" / f"{exp_hash}_config.yaml").is_file():
-        problems.append(f"missing checkpoints/{exp_hash}/hp/{exp_hash}_config.yaml")
-    if data_backup and not list((d / "data").glob(f"{exp_hash}_*")):
-        problems.append(f"no data backup in checkpoints/{exp_hash}/data")
-    if d.is_dir():
-        leftovers = sorted(p.relative_to(base).as_posix() for p in d.rglob("*.tmp"))
+        if not layout.architecture_file(h, suffix).is_file():
+            problems.append(f"missing {rel(layout.architecture_file(h, suffix))}")
+    if config and not layout.config_file(h).is_file():
+        problems.append(f"missing {rel(layout.config_file(h))}")
+    if data_backup and not list(layout.backup_dir(h).glob(f"{h}_*")):
+        problems.append(f"no data backup in {rel(layout.backup_dir(h))}")
+    if layout.exp_dir(h).is_dir():
+        leftovers = sorted(rel(p) for p in layout.exp_dir(h).rglob("*.tmp"))
         if leftovers:
             problems.append(f"temp files left by an interrupted write: {leftovers}")
     if steps is not None:
-        want = sorted(f"{exp_hash}_step_{s:06d}.pt" for s in steps)
+        want = sorted(layout.step_name(h, s) for s in steps)
+        model_dir = layout.model_dir(h)
         have = (
-            sorted(p.name for p in model_dir.glob(f"{exp_hash}_step_*.pt"))
+            sorted(p.name for p in model_dir.glob(layout.step_glob(h)))
             if model_dir.is_dir()
             else []
         )
         if have != want:
             problems.append(f"step checkpoints: expected {want}, found {have}")
-        problems.extend(_index_problems(d, model_dir, want, verify))
+        problems.extend(_index_problems(layout, h, want, verify))
     if problems:
         raise AssertionError(
-            f"experiment {exp_hash} under {base} is not laid out as expected:\n  "
-            + "\n  ".join(problems)
+            f"experiment {h} under {base} is not laid out as expected:\n  " + "\n  ".join(problems)
         )
 
 
-def _index_problems(d: Path, model_dir: Path, want: list[str], verify: bool) -> list[str]:
+def _index_problems(layout: ExperimentLayout, h: str, want: list[str], verify: bool) -> list[str]:
+    """What ``index.json`` gets wrong; files missing from disk are reported by the caller."""
+    index = ExperimentIndex(layout, h)
+    if not index.path.is_file():
+        return [f"missing checkpoints/{h}/{index.path.name}"]
     try:
-        index = json.loads((d / "index.json").read_text("utf-8"))
-        entries = list(index["checkpoints"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return [f"unreadable index.json: {exc!r}"]
+        entries = index.entries()
+    except ExperimentValueError as exc:
+        return [str(exc)]
     problems: list[str] = []
-    indexed = sorted(str(e.get("file")) for e in entries)
+    indexed = sorted(e.file for e in entries)
     if indexed != want:
         problems.append(f"index.json lists {indexed}, expected {want}")
     for e in entries:
-        f = model_dir / str(e.get("file"))
-        if not f.is_file():
-            continue
-        size = f.stat().st_size
-        if size != e.get("size"):
-            problems.append(f"{f.name}: size {size} != index {e.get('size')}")
-        elif verify:
-            with open(f, "rb") as fh:
-                actual = hashlib.file_digest(fh, "sha256").hexdigest()
-            if actual != e.get("sha256"):
-                problems.append(f"{f.name}: sha256 {actual} != index {e.get('sha256')}")
+        if index.file_of(e).is_file():
+            problem = index.check(e, rehash=verify)
+            if problem:
+                problems.append(problem)
     return problems
 
 
