@@ -2,7 +2,7 @@
 
 Every message starts with ``pytest-ckpts:`` and names what a user needs to act:
 the checkpoint, the file, the revision, both hashes, and the flag or environment
-variable that changes the outcome. The classes keep the seed-004 contract
+variable that changes the outcome. The classes keep the built-in bases README "Library API" lists
 (``ValueError`` for checksum problems, ``RuntimeError`` for hub failures) so code
 written against the original downloader keeps catching them.
 """

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def pytest_ckpts_resolved(config: pytest.Config, checkpoint: Checkpoint) -> None:
-    """A checkpoint is ready for a test (``checkpoint.source`` is "cached" or "downloaded")."""
+    """A checkpoint is ready for a test (``checkpoint.source`` is "cached", "downloaded" or "stale")."""
 
 
 def pytest_ckpts_downloaded(

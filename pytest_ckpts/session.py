@@ -8,10 +8,8 @@ has its own session; workers ship their JSON-able ``Stats`` to the controller in
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,7 +213,7 @@ class CkptsSession:
         self._check_unverified(name, spec)
         try:
             if self.prefetcher is not None:
-                ckpt = self.prefetcher.result(name, self._observed_store())
+                ckpt = self.prefetcher.result(name, self.store)
             else:
                 ckpt = self.store.resolve(spec)
         except CheckpointSkipped as exc:
@@ -242,9 +240,6 @@ class CkptsSession:
         if item is not None:
             item.stash.setdefault(USED_KEY, {})[name] = ckpt.sha256
         return ckpt
-
-    def _observed_store(self) -> Store:
-        return self.store
 
     def start_prefetch(self, names: list[str]) -> None:
         """Fetch ``names`` in the background, N at a time (``--ckpts-prefetch``)."""
@@ -274,10 +269,6 @@ class CkptsSession:
         except ValueError:
             return str(self.manifest.path)
 
-    def with_store(self, store: Store) -> CkptsSession:
-        """A copy sharing everything but the store (tests of the session use it)."""
-        return dataclasses.replace(self, _store=store)
-
 
 SESSION_KEY = pytest.StashKey[CkptsSession]()
 
@@ -300,7 +291,3 @@ def _reason(exc: BaseException) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc)
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def merge_worker_stats(session: CkptsSession, data: Mapping[str, Any]) -> None:
-    session.stats.merge(data)

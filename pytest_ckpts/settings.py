@@ -34,6 +34,7 @@ __all__ = [
     "MODES",
     "Mode",
     "Settings",
+    "add_pytest_options",
     "env_value",
     "find_manifest",
     "mode_option",
@@ -367,3 +368,104 @@ class Settings:
         if getattr(args, "rehash", False):
             changes["rehash"] = True
         return cls(**{**base.__dict__, **changes, "sources": sources})
+
+
+def add_pytest_options(parser: Any) -> None:
+    """Declare every ``--ckpts-*`` option and ``ckpts_*`` ini key (the plugin calls this)."""
+    group = parser.getgroup("ckpts", "checkpoints (pytest-ckpts)")
+    group.addoption(
+        "--ckpts",
+        dest="ckpts_mode",
+        metavar="MODE",
+        type=mode_option,
+        default=None,
+        help=f"what to do with tests that need checkpoints: {', '.join(MODES)}. "
+        "auto: download missing, skip if the hub is down; offline: cache only; "
+        "skip: skip them all; require: any failure is an error. "
+        "Precedence: this flag > SKIP_CHECKPOINT_DOWNLOAD=true > PYTEST_CKPTS_MODE > "
+        "ini ckpts_mode > auto.",
+    )
+    group.addoption(
+        "--ckpts-manifest",
+        dest="ckpts_manifest",
+        metavar="PATH",
+        default=None,
+        help="checkpoint manifest (default: <rootdir>/checkpoints/checkpoints.yaml; "
+        f"env {ENV['manifest']}, ini ckpts_manifest).",
+    )
+    group.addoption(
+        "--ckpts-cache-dir",
+        dest="ckpts_cache_dir",
+        metavar="DIR",
+        default=None,
+        help="where checkpoints are cached (overrides the manifest's cache_dir; "
+        f"env {ENV['cache_dir']}, ini ckpts_cache_dir).",
+    )
+    group.addoption(
+        "--ckpts-retry-budget",
+        dest="ckpts_retry_budget",
+        metavar="SECONDS",
+        type=seconds_option,
+        default=None,
+        help="total seconds one process may wait between retries of transient hub errors "
+        f"(429, 5xx, resets) in this run (default 60; env {ENV['retry_budget']}, "
+        "ini ckpts_retry_budget).",
+    )
+    group.addoption(
+        "--ckpts-prefetch",
+        dest="ckpts_prefetch",
+        metavar="N",
+        type=count_option,
+        default=None,
+        help="after collection, fetch the checkpoints the selected tests need, N at a time, "
+        f"while tests run (default 4, 0 off; env {ENV['prefetch']}, ini ckpts_prefetch).",
+    )
+    group.addoption(
+        "--ckpts-report",
+        dest="ckpts_report",
+        metavar="PATH",
+        default=None,
+        help="write a JSON report of every checkpoint (status, sha256, commit, bytes, "
+        "seconds, reason) to PATH; a GitHub step summary is appended when "
+        "GITHUB_STEP_SUMMARY is set.",
+    )
+    group.addoption(
+        "--ckpts-strict",
+        dest="ckpts_strict",
+        action="store_true",
+        default=None,
+        help="error (not warn) when a used checkpoint has no sha256 in the manifest.",
+    )
+    group.addoption(
+        "--ckpts-rehash",
+        dest="ckpts_rehash",
+        action="store_true",
+        default=False,
+        help="re-hash every checkpoint instead of trusting verification stamps.",
+    )
+    group.addoption(
+        "--ckpts-update-baselines",
+        dest="ckpts_update_baselines",
+        action="store_true",
+        default=False,
+        help="rewrite ckpt_baseline files that are missing or do not match, and pass.",
+    )
+    parser.addini("ckpts_mode", f"default checkpoint mode ({', '.join(MODES)})", default="")
+    parser.addini("ckpts_manifest", "path of the checkpoint manifest, relative to rootdir")
+    parser.addini("ckpts_cache_dir", "checkpoint cache directory, relative to rootdir")
+    parser.addini("ckpts_retry_budget", "retry budget in seconds (default 60)", default="")
+    parser.addini("ckpts_prefetch", "checkpoints fetched in parallel ahead of tests (default 4)")
+    parser.addini(
+        "ckpts_trust_manifest_endpoint",
+        "send HF_TOKEN to the manifest's config.endpoint (default false: only to the public "
+        f"hub or HF_ENDPOINT; env {ENV['trust_manifest_endpoint']})",
+        default="",
+    )
+    parser.addini(
+        "ckpts_strict", "error when a used checkpoint has no sha256", type="bool", default=False
+    )
+    parser.addini(
+        "ckpts_baselines_dir",
+        "directory of ckpt_baseline files, relative to rootdir (default: tests/baselines)",
+        default="tests/baselines",
+    )
