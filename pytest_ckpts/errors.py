@@ -99,3 +99,42 @@ class CheckpointDownloadError(CheckpointsError, RuntimeError):
         self.unreachable = unreachable
         self.status = status
         super().__init__(message)
+
+
+# --- loading ---
+import pickle  # noqa: E402 - kept inside this block so areas merge without conflicts
+
+
+class UnsafeCheckpointError(CheckpointsError, pickle.UnpicklingError):
+    """``torch.load(weights_only=True)`` refused a pickled object in a checkpoint.
+
+    A ``pickle.UnpicklingError`` too, so ``except pickle.UnpicklingError`` written
+    against plain ``torch.load`` keeps working. ``type_name`` is the refused
+    ``module.Class`` when torch named it; the message gives both ways out
+    (``safe_globals=[...]``, or ``weights_only=False`` for trusted files only).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        name: str | None = None,
+        path: object = None,
+        type_name: str | None = None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.type_name = type_name
+        super().__init__(message)
+
+
+class BaselineError(CheckpointsError, AssertionError):
+    """Base of baseline failures: an ``AssertionError`` so pytest reports a failed test."""
+
+
+class BaselineMissing(BaselineError):
+    """No baseline existed; it has now been written and needs review."""
+
+
+class BaselineMismatch(BaselineError):
+    """The tensors differ from the baseline (structure, or values beyond tolerance)."""
