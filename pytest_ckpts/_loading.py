@@ -83,18 +83,26 @@ def _refused_type(exc: BaseException, path: Path, allowed: Sequence[Any]) -> str
 
 def _unsafe_error(
     exc: pickle.UnpicklingError, name: str, path: Path, allowed: Sequence[Any], method: str
-) -> UnsafeCheckpointError:
-    """Explain a ``weights_only`` refusal: which checkpoint, which type, both ways out."""
-    type_name = _refused_type(exc, path, allowed)
+) -> UnsafeCheckpointError | None:
+    """Explain a ``weights_only`` refusal: which checkpoint, which type, both ways out.
+
+    None when torch's complaint names no type (a corrupt file fails the same way,
+    with an "Unsupported operand"): then torch's own error is the better message.
+    """
     reason = _REASON_RE.search(str(exc))
     why = " ".join(reason.group(1).split()) if reason else ""
+    if "Unsupported operand" in why:
+        return None
+    type_name = _refused_type(exc, path, allowed)
+    if type_name is None and "<class '" not in why:
+        return None
     if type_name is not None:
         names = [_global_name(g) for g in allowed if _global_name(g) != type_name]
         listed = ", ".join([*names, type_name])
         what = f"holds a pickled {type_name}, which torch.load(weights_only=True) refuses"
         ways = (
             f"if you trust that type, allow it and keep the protection: "
-            f".{method}(safe_globals=[{listed}]) (import {type_name} first); "
+            f".{method}(safe_globals=[{listed}]); "
             "for a file you trust entirely: .load(weights_only=False)"
         )
     else:
@@ -150,9 +158,12 @@ def _torch_load(
     except UnsafeCheckpointError:
         raise
     except pickle.UnpicklingError as exc:
+        unsafe = None
         if weights_only and "Weights only load failed" in str(exc):
-            raise _unsafe_error(exc, name, path, allowed, method) from exc
-        raise
+            unsafe = _unsafe_error(exc, name, path, allowed, method)
+        if unsafe is None:
+            raise
+        raise unsafe from exc
 
 
 # ------------------------------------------------------------------ safetensors files
