@@ -14,7 +14,6 @@ torch and safetensors are imported inside the functions, never at module level.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import pickle
 import re
@@ -255,6 +254,8 @@ class CheckpointTensors(Mapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         get = self._check_open()
         if key not in self._keyset:
+            import difflib  # only a miss pays for it
+
             close = difflib.get_close_matches(str(key), self._keys, n=3)
             hint = f"; did you mean {', '.join(repr(k) for k in close)}?" if close else ""
             raise KeyError(
