@@ -154,8 +154,6 @@ def _torch_load(
                 weights_only=weights_only,
                 mmap=use_mmap,
             )
-    except UnsafeCheckpointError:
-        raise
     except pickle.UnpicklingError as exc:
         unsafe = None
         if weights_only and "Weights only load failed" in str(exc):
