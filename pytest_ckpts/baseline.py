@@ -18,6 +18,7 @@ check runs; this module never imports pytest, so tools can reuse it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ._extras import require
+from ._loading import CheckpointTensors
+from .errors import BaselineError, BaselineMismatch, BaselineMissing
 from .integrity import atomic_write_bytes
 
 __all__ = [
@@ -43,18 +46,6 @@ FORMAT = "pytest-ckpts-baseline/1"
 UPDATE_FLAG = "--ckpts-update-baselines"
 _SINGLE = "__tensor__"  # key used when a single tensor (not a dict) is checked
 _TABLE_ROWS = 10
-
-
-class BaselineError(AssertionError):
-    """Base of baseline failures: an ``AssertionError`` so pytest reports a failed test."""
-
-
-class BaselineMissing(BaselineError):
-    """No baseline existed; it has now been written and needs review."""
-
-
-class BaselineMismatch(BaselineError):
-    """The tensors differ from the baseline (structure, or values beyond tolerance)."""
 
 
 def _torch() -> Any:
@@ -150,6 +141,22 @@ def read_baseline(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     return tensors, metadata
 
 
+def _open_baseline(
+    name: str, path: Path, stack: contextlib.ExitStack
+) -> tuple[Mapping[str, Any], dict[str, str]]:
+    """The baseline's tensors as a lazy mapping (memory-mapped, read when compared).
+
+    A key the output no longer has is reported from the header alone, never read.
+    """
+    _torch()
+    safetensors = require("safetensors", "ckpt_baseline")
+    f = stack.enter_context(safetensors.safe_open(str(path), framework="pt"))
+    metadata = dict(f.metadata() or {})
+    stored = CheckpointTensors(f"baseline '{name}'", path, f.keys(), f.get_tensor)
+    stack.callback(stored.close)
+    return stored, metadata
+
+
 def _label(key: str) -> str:
     return "tensor" if key == _SINGLE else f"'{key}'"
 
@@ -232,9 +239,11 @@ class BaselineChecker:
                 f"pytest-ckpts: baseline '{name}' did not exist; it was written to {path}. "
                 "Review and commit it, then re-run the test."
             )
+        opened = contextlib.ExitStack()
         try:
-            stored, metadata = read_baseline(path)
+            stored, metadata = _open_baseline(name, path, opened)
         except Exception as exc:  # safetensors, OS or JSON error: the advice is the same
+            opened.close()
             if self.update:
                 atomic_write_bytes(path, _encode(current, shas, rtol, atol, single))
                 return
@@ -242,7 +251,8 @@ class BaselineChecker:
                 f"pytest-ckpts: baseline '{name}' at {path} could not be read "
                 f"({type(exc).__name__}: {exc}). Re-run with {UPDATE_FLAG} to rewrite it."
             ) from None
-        report = self._compare(name, stored, metadata, current, shas, rtol, atol)
+        with opened:  # closed before any rewrite replaces the file
+            report = self._compare(name, stored, metadata, current, shas, rtol, atol)
         if report is None:
             return
         if self.update:
@@ -256,7 +266,7 @@ class BaselineChecker:
     def _compare(
         self,
         name: str,
-        stored: dict[str, Any],
+        stored: Mapping[str, Any],
         metadata: Mapping[str, str],
         current: dict[str, Any],
         shas: Mapping[str, str],

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._extras import require
+if TYPE_CHECKING:
+    from ._loading import CheckpointTensors
 
 __all__ = ["Checkpoint"]
 
@@ -32,18 +35,57 @@ class Checkpoint:
     def __fspath__(self) -> str:
         return os.fspath(self.path)
 
-    def load(self, map_location: Any = "cpu", *, weights_only: bool = True) -> Any:
-        """Load the file with torch (``weights_only=True``) or safetensors.
+    def load(
+        self,
+        map_location: Any = "cpu",
+        *,
+        weights_only: bool = True,
+        mmap: bool = True,
+        safe_globals: Sequence[Any] | None = None,
+    ) -> Any:
+        """Load the file, memory-mapped: torch (``weights_only=True``) or safetensors.
+
+        Mapping makes a load cost the object structure, not the file size: a tensor's
+        bytes are read when it is touched, and xdist workers share the page cache.
+        Writing to a loaded tensor never changes the file (the map is private).
+        ``mmap=False`` reads everything into memory the process owns; a legacy
+        (non-zip) torch file cannot be mapped and is read that way automatically.
+        ``map_location`` works as in ``torch.load`` (also for ``.safetensors``): a
+        CPU target copies nothing, another device copies each tensor once.
 
         ``weights_only=True`` refuses arbitrary pickled objects, which is what keeps a
-        tampered checkpoint from running code on your machine; pass
-        ``weights_only=False`` only for files you trust.
+        tampered checkpoint from running code on your machine. A refusal raises
+        ``UnsafeCheckpointError`` naming the type; ``safe_globals=[mod.Class]``
+        allow-lists such types while keeping the protection, and
+        ``weights_only=False`` is for files you trust entirely. ``.safetensors``
+        files hold no pickle, so those two arguments do not apply to them.
         """
-        if self.path.suffix == ".safetensors":
-            st = require("safetensors.torch", "loading .safetensors checkpoints")
-            device = map_location if isinstance(map_location, str) else str(map_location)
-            return st.load_file(os.fspath(self.path), device=device)
-        torch = require("torch", "Checkpoint.load()")
-        return torch.load(
-            os.fspath(self.path), map_location=map_location, weights_only=weights_only
+        from ._loading import load_checkpoint
+
+        return load_checkpoint(
+            self.name,
+            self.path,
+            map_location,
+            weights_only=weights_only,
+            mmap=mmap,
+            safe_globals=safe_globals,
         )
+
+    def tensors(
+        self, *, safe_globals: Sequence[Any] | None = None
+    ) -> AbstractContextManager[CheckpointTensors]:
+        """A lazy, read-only name → tensor mapping for checking a few tensors of a big file::
+
+            with checkpoints["mp_20_vae"].tensors() as t:
+                assert t["decoder.out.weight"].shape == (256, 512)
+
+        Listing the keys reads no tensor data, and looking one up reads that tensor
+        only (CPU tensors, memory-mapped). For a torch file the names are its
+        top-level tensors or, when it has a ``state_dict`` entry (a training
+        checkpoint), that entry's tensors; nested names are joined with ``.``. The
+        torch file is read with ``weights_only=True`` (``safe_globals`` as in
+        ``load()``); a legacy non-zip torch file cannot be mapped and is read whole.
+        """
+        from ._loading import open_tensors
+
+        return open_tensors(self.name, self.path, safe_globals=safe_globals)

@@ -9,6 +9,8 @@ written against the original downloader keeps catching them.
 
 from __future__ import annotations
 
+import pickle
+
 __all__ = [
     "CacheError",
     "CheckpointDownloadError",
@@ -179,3 +181,41 @@ class ExperimentFileNotFoundError(ExperimentError, FileNotFoundError):
 
 class UntrustedPickleError(ExperimentError, PermissionError):
     """``load_architecture`` would unpickle (run code) without ``trust_pickle=True``."""
+
+
+# --- loading ---
+
+
+class UnsafeCheckpointError(CheckpointsError, pickle.UnpicklingError):
+    """``torch.load(weights_only=True)`` refused a pickled object in a checkpoint.
+
+    A ``pickle.UnpicklingError`` too, so ``except pickle.UnpicklingError`` written
+    against plain ``torch.load`` keeps working. ``type_name`` is the refused
+    ``module.Class`` when torch named it; the message gives both ways out
+    (``safe_globals=[...]``, or ``weights_only=False`` for trusted files only).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        name: str | None = None,
+        path: object = None,
+        type_name: str | None = None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.type_name = type_name
+        super().__init__(message)
+
+
+class BaselineError(CheckpointsError, AssertionError):
+    """Base of baseline failures: an ``AssertionError`` so pytest reports a failed test."""
+
+
+class BaselineMissing(BaselineError):
+    """No baseline existed; it has now been written and needs review."""
+
+
+class BaselineMismatch(BaselineError):
+    """The tensors differ from the baseline (structure, or values beyond tolerance)."""

@@ -109,6 +109,30 @@ def checkpoint_manager(tmp_path: Path) -> CheckpointManager:
     return CheckpointManager(tmp_path / "logs")
 
 
+def _name_without_repeat(request: pytest.FixtureRequest) -> str:
+    """The test's name without pytest-repeat's ``[i-n]`` id: repetitions share one baseline.
+
+    pytest-repeat parametrizes ``__pytest_repeat_step_number`` from a ``trylast``
+    hook, after ``@pytest.mark.parametrize``, so its id is the last one; only that
+    id is dropped (``test_x[a-1-2]`` -> ``test_x[a]``), never a user's own ids.
+    """
+    name = str(request.node.name)
+    callspec = getattr(request.node, "callspec", None)
+    params = getattr(callspec, "params", {})
+    if "__pytest_repeat_step_number" not in params or not name.endswith("]"):
+        return name
+    marker = request.node.get_closest_marker("repeat")
+    count = marker.args[0] if marker is not None and marker.args else None
+    count = count or request.config.getoption("count", None)
+    repeat_id = f"{params['__pytest_repeat_step_number'] + 1}-{count}"
+    base, _, ids = name[:-1].partition("[")
+    if ids == repeat_id:
+        return base
+    if ids.endswith(f"-{repeat_id}"):
+        return f"{base}[{ids[: -len(repeat_id) - 1]}]"
+    return name
+
+
 def _baseline_dir(request: pytest.FixtureRequest) -> Path:
     from .session import get_session
 
@@ -117,7 +141,7 @@ def _baseline_dir(request: pytest.FixtureRequest) -> Path:
     # test methods keep their class ("TestVae.test_out") so two classes in one module
     # never share (and, under xdist, race on) one baseline directory
     classes = [n.name for n in request.node.listchain() if isinstance(n, pytest.Class)]
-    name = ".".join([*classes, str(request.node.name)])
+    name = ".".join([*classes, _name_without_repeat(request)])
     for ch in '<>:"/\\|?*[] ':
         name = name.replace(ch, "_")
     return root / module / name

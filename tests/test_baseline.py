@@ -452,3 +452,66 @@ def test_changed_checkpoint_named_end_to_end(pytester: pytest.Pytester, hub: Loc
             "*checkpoint 'vae' changed since the baseline was written*likely cause*",
         ]
     )
+
+
+REPEATED_TEST = """
+import pytest
+import torch
+
+
+def test_plain(ckpt_baseline):
+    ckpt_baseline.check("out", torch.arange(3))
+
+
+@pytest.mark.parametrize("tag", ["a", "1-2"])
+def test_param(ckpt_baseline, tag):
+    ckpt_baseline.check("out", torch.full((2,), float(len(tag))))
+
+
+@pytest.mark.repeat(3)
+def test_marked(ckpt_baseline):
+    ckpt_baseline.check("out", torch.ones(2))
+
+
+class TestGroup:
+    def test_method(self, ckpt_baseline):
+        ckpt_baseline.check("out", torch.zeros(2))
+"""
+
+
+def test_repetitions_share_one_baseline(pytester: pytest.Pytester) -> None:
+    """pytest-repeat's ``[i-n]`` id is not part of the baseline folder; user ids are.
+
+    Baselines written by a plain run must serve ``--count 2`` runs (and the
+    ``repeat`` marker) unchanged: no folder per repetition, no failure.
+    """
+    pytester.makepyfile(test_model=REPEATED_TEST)
+    root = pytester.path / "tests" / "baselines" / "test_model"
+    expected = {
+        "test_plain",
+        "test_param_a_",
+        "test_param_1-2_",  # a user id that looks like pytest-repeat's is kept
+        "test_marked",
+        "TestGroup.test_method",
+    }
+    # each test's first run writes its baseline; test_marked's 2nd and 3rd runs match it
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(failed=5, passed=2)
+    assert {p.name for p in root.iterdir()} == expected
+    snapshot = {p: p.read_bytes() for p in root.rglob("*.safetensors")}
+    assert len(snapshot) == len(expected)
+
+    result = pytester.runpytest("-p", "no:cacheprovider", "--count", "2")
+    result.assert_outcomes(passed=2 * 4 + 3)
+    result.stdout.no_fnmatch_line("*did not exist*")
+    assert {p.name for p in root.iterdir()} == expected
+    assert {p: p.read_bytes() for p in root.rglob("*.safetensors")} == snapshot
+
+
+def test_repetitions_write_one_baseline(pytester: pytest.Pytester) -> None:
+    """A first ``--count 2`` run writes one folder per test, and the next run passes."""
+    pytester.makepyfile(test_model=REPEATED_TEST)
+    root = pytester.path / "tests" / "baselines" / "test_model"
+    result = pytester.runpytest("-p", "no:cacheprovider", "--count", "2")
+    result.assert_outcomes(failed=5, passed=2 * 4 + 3 - 5)  # the first repetition writes
+    assert len(list(root.iterdir())) == 5
+    pytester.runpytest("-p", "no:cacheprovider", "--count", "2").assert_outcomes(passed=11)

@@ -15,7 +15,7 @@ from pytest_ckpts.baseline import BaselineChecker
 @pytest.fixture
 def vae(checkpoints: dict[str, Checkpoint]) -> TinyVAE:
     model = TinyVAE()
-    payload = checkpoints["demo_vae"].load()  # torch.load(weights_only=True)
+    payload = checkpoints["demo_vae"].load()  # memory-mapped torch.load(weights_only=True)
     model.load_state_dict(payload["state_dict"])
     return model.eval()
 
@@ -49,6 +49,30 @@ def test_denoiser_predicts_noise_better_than_chance(checkpoints: dict[str, Check
     with torch.no_grad():
         error = torch.mean((model(zt, t) - noise) ** 2).item()
     assert error < 0.8  # predicting zeros scores 1.0
+
+
+@pytest.mark.requires_checkpoints("demo_vae", "demo_denoiser")
+def test_checkpoints_fit_the_model_code(checkpoints: dict[str, Checkpoint]) -> None:
+    """Names, shapes and dtypes only: ``tensors()`` reads no weights it is not asked for.
+
+    With multi-GB checkpoints this is the cheap check to run before any forward pass.
+    """
+    for name, model in (("demo_vae", TinyVAE()), ("demo_denoiser", TinyDenoiser())):
+        expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+        with checkpoints[name].tensors() as stored:
+            assert {k: (stored[k].shape, stored[k].dtype) for k in stored} == expected
+
+
+@pytest.mark.requires_checkpoints("demo_vae")
+def test_vae_latent_head_is_trained(checkpoints: dict[str, Checkpoint]) -> None:
+    """One tensor of the checkpoint, read on its own: the rest of the file is not."""
+    with checkpoints["demo_vae"].tensors() as stored:
+        weight = stored["to_mu.weight"]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # make_checkpoints.py builds the VAE right after this seed
+        init = TinyVAE().to_mu.weight.detach()
+    assert torch.isfinite(weight).all()
+    assert (weight - init).abs().max() > 1e-2  # training moved it away from its init
 
 
 def test_on_demand_checkpoint(checkpoint: Callable[[str], Checkpoint]) -> None:
