@@ -9,24 +9,30 @@ from __future__ import annotations
 from .api import get_checkpoint, resolve_checkpoint
 from .checkpoint import Checkpoint
 from .errors import (
+    CacheError,
     CheckpointDownloadError,
     CheckpointsError,
     CheckpointSkipped,
+    CheckpointsWarning,
     ChecksumMismatchError,
     ManifestError,
+    UnsafeCheckpointError,
 )
 from .integrity import calculate_sha256, verify_checksum
 from .manifest import CheckpointSpec, Manifest, load_manifest
 
 __all__ = [
+    "CacheError",
     "Checkpoint",
     "CheckpointDownloadError",
     "CheckpointSkipped",
     "CheckpointSpec",
     "CheckpointsError",
+    "CheckpointsWarning",
     "ChecksumMismatchError",
     "Manifest",
     "ManifestError",
+    "UnsafeCheckpointError",
     "calculate_sha256",
     "get_checkpoint",
     "load_manifest",

@@ -30,7 +30,7 @@ def checkpoints(request: pytest.FixtureRequest) -> Mapping[str, Checkpoint]:
 
         @pytest.mark.requires_checkpoints("mp_20_vae", "mp_20_ldm")
         def test_forward(checkpoints):
-            state = checkpoints["mp_20_vae"].load()   # torch.load(weights_only=True)
+            state = checkpoints["mp_20_vae"].load()   # mapped, weights_only=True
 
     They were downloaded and verified at setup; a test whose checkpoints are not
     available was skipped (or errored, under ``--ckpts=require``) before this runs.
