@@ -78,6 +78,7 @@ class LocalHub:
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._last_port: int | None = None
+        self._accepted = 0
 
     # -- lifecycle
     @property
@@ -96,6 +97,12 @@ class LocalHub:
     @property
     def running(self) -> bool:
         return self._server is not None
+
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted since the hub was made: shows whether clients keep alive."""
+        with self._lock:
+            return self._accepted
 
     def start(self) -> LocalHub:
         if self._server is not None:
@@ -257,6 +264,7 @@ class LocalHub:
     def track(self, conn: socket.socket) -> None:
         with self._lock:
             self._connections.add(conn)
+            self._accepted += 1
 
     def untrack(self, conn: socket.socket) -> None:
         with self._lock:
