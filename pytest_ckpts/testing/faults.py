@@ -24,7 +24,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from email.utils import formatdate
 
-__all__ = ["DEFAULT_STATUS", "Fault", "FaultPlan", "RequestLog", "RequestRecord"]
+__all__ = ["DEFAULT_STATUS", "Fault", "FaultPlan", "RequestLog", "RequestRecord", "Ticket"]
 
 #: The status ``fail_next`` answers with unless told otherwise (both servers).
 DEFAULT_STATUS = 503

@@ -32,7 +32,7 @@ from typing import Any
 from .._extras import require
 from ..archive import verify_archive
 from ..uploads import STAGE_ARTIFACT_PATHS
-from .faults import FaultPlan, RequestLog, RequestRecord
+from .faults import FaultPlan, RequestLog, RequestRecord, Ticket
 
 __all__ = [
     "ARTIFACT_ROOT_ENV",
@@ -328,8 +328,8 @@ class ServerFaults(FaultPlan):
     here; body and connection faults (drops, tampering, blackhole) are the hub's.
 
     ``requests`` lists ``(method, path, status)`` for every HTTP request the server
-    answered, injected failures included, in the order they finished; ``log`` has
-    the full records (route kind, bytes sent).
+    answered, injected failures included, logged as their answers start (status 0:
+    the app gave none); ``log`` has the full records (route kind, bytes sent).
     """
 
     def __init__(self) -> None:
@@ -390,25 +390,26 @@ class _FaultMiddleware:
             retry_after = fail.retry_after_header()
             if retry_after is not None:
                 headers.append((b"retry-after", retry_after.encode()))
+            self.faults.log.add(RequestRecord(method, path, fail.status, len(body), route=route))
             await send({"type": "http.response.start", "status": fail.status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
-            self.faults.log.add(RequestRecord(method, path, fail.status, len(body), route=route))
             return
-        status_box: list[int] = []
-        sent = [0]
+        tickets: list[Ticket] = []
 
         async def send_wrapper(message: Any) -> None:
+            # logged before the answer goes out, so a client that has it finds it counted
             if message["type"] == "http.response.start":
-                status_box.append(message["status"])
-            elif message["type"] == "http.response.body":
-                sent[0] += len(message.get("body", b""))
+                record = RequestRecord(method, path, message["status"], route=route)
+                tickets.append(self.faults.log.add(record))
+            elif message["type"] == "http.response.body" and tickets:
+                self.faults.log.add_bytes(tickets[0], len(message.get("body", b"")))
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            status = status_box[0] if status_box else 0
-            self.faults.log.add(RequestRecord(method, path, status, sent[0], route=route))
+            if not tickets:  # the app gave no answer at all
+                self.faults.log.add(RequestRecord(method, path, 0, route=route))
 
 
 # --------------------------------------------------------------------------- server
