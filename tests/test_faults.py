@@ -19,10 +19,12 @@ def test_unscoped_faults_hit_the_default_route_only() -> None:
     plan.delay(0.5, method="GET")  # scoped by method: any route
     assert plan.take("fail", "GET", "/x", "down") is None
     fail = plan.take("fail", "PUT", "/x", "up")
-    assert fail is not None and (fail.status, fail.route) == (503, "up")
+    assert fail is not None
+    assert (fail.status, fail.route) == (503, "up")
     assert plan.take("fail", "PUT", "/x", "up") is None  # used up
     delay = plan.take("delay", "GET", "/y", "down")
-    assert delay is not None and delay.seconds == 0.5
+    assert delay is not None
+    assert delay.seconds == 0.5
     assert plan.take("delay", "GET", "/y", "down") is not None  # n=None: every time
     with pytest.raises(ValueError, match="unknown route kind 'sideways'"):
         plan.throttle(route="sideways")
