@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import time
+from pathlib import Path
 
 import httpx2
+import pytest
 from huggingface_hub.utils import get_session
 
 from pytest_ckpts.testing import LocalHub
@@ -84,3 +87,20 @@ def test_kept_alive_gets_answer_at_loopback_speed(hub: LocalHub) -> None:
         times.append(time.perf_counter() - started)
     assert hub.connections_accepted == before  # one kept-alive connection
     assert statistics.mean(times) < 0.020, f"mean {statistics.mean(times) * 1000:.1f} ms"
+
+
+@pytest.mark.slow
+def test_docs_examples_run(pytester: pytest.Pytester) -> None:
+    """Every Python example in docs/local-hub.md runs as a test in a user's suite."""
+    doc = (Path(__file__).parent.parent / "docs" / "local-hub.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    files = {f"test_doc_{i}": block for i, block in enumerate(blocks)}
+    pytester.makepyfile(**files)
+    pytester.makeconftest(
+        "import os\nos.environ['HF_HUB_DISABLE_TELEMETRY'] = '1'\n"
+        "os.environ['HF_HUB_DISABLE_PROGRESS_BARS'] = '1'\n"
+    )
+    tests = sum(block.count("\ndef test_") + block.startswith("def test_") for block in blocks)
+    assert tests >= 8
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=tests)
