@@ -32,14 +32,17 @@ from typing import Any
 from .._extras import require
 from ..archive import verify_archive
 from ..uploads import STAGE_ARTIFACT_PATHS
+from .faults import FaultPlan, RequestLog, RequestRecord, Ticket
 
 __all__ = [
     "ARTIFACT_ROOT_ENV",
+    "MLFLOW_ROUTE_KINDS",
     "MlflowServer",
     "MlflowTracking",
     "ServerFaults",
     "ServerTracking",
     "TemplateStore",
+    "mlflow_route_kind",
     "mlflow_state",
 ]
 
@@ -301,86 +304,57 @@ class MlflowTracking:
 # --------------------------------------------------------------------------- faults
 
 
-@dataclass
-class _Fault:
-    remaining: int | None
-    status: int = 500
-    seconds: float = 0.0
-    method: str | None = "PUT"
-    path_contains: str = "/mlflow-artifacts/"
+#: The route kinds the MLflow server's faults and request log tell apart.
+MLFLOW_ROUTE_KINDS = ("artifact-upload", "artifact", "api", "other")
 
 
-@dataclass
-class ServerFaults:
+def mlflow_route_kind(method: str, path: str) -> str:
+    """``artifact-upload`` (a PUT of artifact content), ``artifact`` (other artifact
+    traffic: downloads, listings), ``api`` (the tracking REST API) or ``other``."""
+    if "/mlflow-artifacts/" in path:
+        return "artifact-upload" if method == "PUT" else "artifact"
+    if path.startswith(("/api/", "/ajax-api/")):
+        return "api"
+    return "other"
+
+
+class ServerFaults(FaultPlan):
     """Fault injection and a request log, in front of the real MLflow app.
 
+    The fault plan of ``pytest_ckpts.testing.faults`` (the local hub's too): a
+    fault given no ``method``, ``path_contains`` or ``route`` hits artifact uploads
+    (``PUT`` under ``/mlflow-artifacts/``), where a client's retries are worth
+    testing. ``delay``, ``slow`` (latency only), ``fail_next`` and ``throttle`` apply
+    here; body and connection faults (drops, tampering, blackhole) are the hub's.
+
     ``requests`` lists ``(method, path, status)`` for every HTTP request the server
-    answered, injected failures included, in the order they finished.
+    answered, injected failures included, logged as their answers start (status 0:
+    the app gave none); ``log`` has the full records (route kind, bytes sent).
     """
 
-    requests: list[tuple[str, str, int]] = field(default_factory=list)
-    _faults: list[tuple[str, _Fault]] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self) -> None:
+        super().__init__(routes=MLFLOW_ROUTE_KINDS, default_route="artifact-upload")
+        self.log = RequestLog()
 
-    def fail_next(
+    @property
+    def requests(self) -> list[tuple[str, str, int]]:
+        return [(r.method, r.path, r.status) for r in self.log.requests]
+
+    def count(
         self,
-        n: int,
-        status: int = 503,
-        *,
-        method: str | None = "PUT",
-        path_contains: str = "/mlflow-artifacts/",
-    ) -> None:
-        """Answer the next ``n`` matching requests (default: artifact uploads) with ``status``.
-
-        The app never sees them: nothing is stored.
-        """
-        with self._lock:
-            self._faults.append(("fail", _Fault(n, status, 0.0, method, path_contains)))
-
-    def delay(
-        self,
-        seconds: float,
-        *,
-        n: int | None = None,
         method: str | None = None,
-        path_contains: str = "/mlflow-artifacts/",
-    ) -> None:
-        """Hold the next ``n`` (None: all) matching requests ``seconds`` before the app sees them."""
-        with self._lock:
-            self._faults.append(("delay", _Fault(n, 0, seconds, method, path_contains)))
+        path_contains: str | None = None,
+        *,
+        route: str | None = None,
+        status: int | None = None,
+    ) -> int:
+        """How many logged requests match ``method``, ``path_contains``, ``route``, ``status``."""
+        return self.log.count(method, path_contains, route=route, status=status)
 
     def clear(self) -> None:
         """Forget injected faults and the request log (done between tests)."""
-        with self._lock:
-            self._faults.clear()
-            self.requests.clear()
-
-    def count(self, method: str | None = None, path_contains: str = "") -> int:
-        """How many logged requests match ``method`` (None: any) and ``path_contains``."""
-        with self._lock:
-            return sum(
-                1
-                for m, p, _ in self.requests
-                if (method is None or m == method) and path_contains in p
-            )
-
-    def _record(self, method: str, path: str, status: int) -> None:
-        with self._lock:
-            self.requests.append((method, path, status))
-
-    def _take(self, kind: str, method: str, path: str) -> _Fault | None:
-        with self._lock:
-            for k, f in self._faults:
-                if (
-                    k == kind
-                    and (f.method is None or f.method == method)
-                    and f.path_contains in path
-                    and (f.remaining is None or f.remaining > 0)
-                ):
-                    if f.remaining is not None:
-                        f.remaining -= 1
-                    return f
-        return None
+        super().clear()
+        self.log.reset()
 
 
 class _FaultMiddleware:
@@ -397,40 +371,45 @@ class _FaultMiddleware:
         import asyncio
 
         method, path = scope["method"], scope["path"]
-        delay = self.faults._take("delay", method, path)
-        if delay is not None:
-            await asyncio.sleep(delay.seconds)
-        fail = self.faults._take("fail", method, path)
+        route = mlflow_route_kind(method, path)
+        for kind in ("delay", "slow"):
+            wait = self.faults.take(kind, method, path, route)
+            if wait is not None and wait.seconds:
+                await asyncio.sleep(wait.seconds)
+        fail = self.faults.take("fail", method, path, route)
         if fail is not None:
             while True:  # drain the upload body so the client sees the answer cleanly
                 message = await receive()
                 if message["type"] != "http.request" or not message.get("more_body"):
                     break
             body = b'{"error_code": "INJECTED_FAULT", "message": "injected by pytest-ckpts"}'
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": fail.status,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            retry_after = fail.retry_after_header()
+            if retry_after is not None:
+                headers.append((b"retry-after", retry_after.encode()))
+            self.faults.log.add(RequestRecord(method, path, fail.status, len(body), route=route))
+            await send({"type": "http.response.start", "status": fail.status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
-            self.faults._record(method, path, fail.status)
             return
-        status_box: list[int] = []
+        tickets: list[Ticket] = []
 
         async def send_wrapper(message: Any) -> None:
+            # logged before the answer goes out, so a client that has it finds it counted
             if message["type"] == "http.response.start":
-                status_box.append(message["status"])
+                record = RequestRecord(method, path, message["status"], route=route)
+                tickets.append(self.faults.log.add(record))
+            elif message["type"] == "http.response.body" and tickets:
+                self.faults.log.add_bytes(tickets[0], len(message.get("body", b"")))
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.faults._record(method, path, status_box[0] if status_box else 0)
+            if not tickets:  # the app gave no answer at all
+                self.faults.log.add(RequestRecord(method, path, 0, route=route))
 
 
 # --------------------------------------------------------------------------- server
