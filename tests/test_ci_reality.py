@@ -379,3 +379,88 @@ def test_bad_prefetch_and_budget_values_are_usage_errors(pytester: pytest.Pytest
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*ini ckpts_retry_budget*"])
+
+
+# --------------------------------------------------------------------------- 429 and blackholes
+
+
+def test_429_with_retry_after_is_honoured_on_the_revision_lookup(
+    project: Path, hub: LocalHub
+) -> None:
+    """One 429 used to skip every test of a cold run; Retry-After was ignored."""
+    manifest = load_manifest(make_manifest(project, hub, {"a": DATA}))
+    hub.throttle(1, retry_after=1, route="revision")
+    started = time.monotonic()
+    ckpt = Store(manifest).resolve(manifest.get("a"))
+    assert time.monotonic() - started >= 0.9  # it waited as asked
+    assert ckpt.path.read_bytes() == DATA
+    assert hub.stats.count(route="revision", status=429) == 1
+    assert hub.stats.count(route="revision", status=200) == 1
+
+
+def test_429_with_an_http_date_on_the_download_is_honoured(project: Path, hub: LocalHub) -> None:
+    manifest = load_manifest(make_manifest(project, hub, {"a": DATA}, pinned=True))
+    hub.throttle(1, retry_after=1, http_date=True, route="file")
+    ckpt = Store(manifest).resolve(manifest.get("a"))
+    assert ckpt.path.read_bytes() == DATA
+    assert hub.stats.count(route="file", status=429) == 1
+
+
+def test_retry_after_longer_than_the_budget_fails_at_once_naming_it(
+    project: Path, hub: LocalHub
+) -> None:
+    manifest = load_manifest(make_manifest(project, hub, {"a": DATA}))
+    hub.throttle(1, retry_after=3600, route="revision")
+    started = time.monotonic()
+    with pytest.raises(CheckpointDownloadError) as info:
+        Store(manifest, retry_budget=60).resolve(manifest.get("a"))
+    assert time.monotonic() - started < 5
+    message = str(info.value)
+    assert "429" in message
+    assert "Retry-After" in message
+    assert "3600" in message
+    assert "HF_TOKEN" in message
+
+
+@pytest.mark.slow
+def test_blackholed_hub_costs_one_probe_for_the_whole_xdist_run(
+    pytester: pytest.Pytester, hub: LocalHub
+) -> None:
+    """A hub that accepts connections and never answers: one connection, one timeout."""
+    files = {n: DATA + n.encode() for n in ("a", "b", "c", "d")}
+    make_manifest(pytester.path, hub, files, pinned=True)
+    pytester.makepyfile(
+        test_it="""
+        import pytest
+
+        @pytest.mark.parametrize("name", ["a", "b", "c", "d"])
+        def test_each(checkpoint, name):
+            checkpoint(name)
+        """
+    )
+    hub.blackhole()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "-rs", timeout=120)
+    result.assert_outcomes(skipped=4)
+    result.stdout.fnmatch_lines(["*hub unreachable*no answer in time*"])
+    assert "hf_path" not in result.stdout.str()
+    assert hub.connections_accepted == 1
+
+
+def test_dead_hub_with_pinned_revisions_in_a_run(pytester: pytest.Pytester) -> None:
+    """Pinned commits + port closed: every test skips with the real cause, fast."""
+    files = {n: DATA + n.encode() for n in ("a", "b", "c", "d")}
+    path = make_manifest(pytester.path, None, files, endpoint=LocalHub.dead_endpoint())
+    path.write_text(path.read_text() + '  revision: "' + "c" * 40 + '"\n')
+    pytester.makepyfile(
+        test_it="""
+        import pytest
+
+        @pytest.mark.parametrize("name", ["a", "b", "c", "d"])
+        def test_each(checkpoint, name):
+            checkpoint(name)
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=4)
+    result.stdout.fnmatch_lines(["*hub unreachable*Connect*"])
+    assert "hf_path" not in result.stdout.str()

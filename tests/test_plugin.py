@@ -176,7 +176,7 @@ def test_hub_down_auto_skips_fast_naming_the_hub(
     no_network = time.monotonic() - started
     started = time.monotonic()
     result = run()
-    assert time.monotonic() - started - no_network < 10
+    assert time.monotonic() - started - no_network < 20  # the client alone: ~23 s per file
     result.assert_outcomes(passed=1, skipped=2)
     result.stdout.fnmatch_lines([f"*checkpoint 'vae'*hub unreachable at {endpoint}*Connection*"])
 
@@ -196,7 +196,7 @@ def test_hub_down_with_xdist_is_decided_once(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, skipped=2)
     result.stdout.fnmatch_lines([f"*checkpoint '*'*hub unreachable at {endpoint}*"])
     # the dead hub itself may cost seconds, never the client's ~23 s per file
-    assert dead_hub - no_network < 10
+    assert dead_hub - no_network < 20
 
 
 def test_hub_down_require_errors(
