@@ -99,3 +99,14 @@ class CheckpointDownloadError(CheckpointsError, RuntimeError):
         self.unreachable = unreachable
         self.status = status
         super().__init__(message)
+
+
+# --- archive ---
+
+
+class ArchiveError(CheckpointsError, ValueError):
+    """A checkpoint archive could not be created, or is corrupt, unsafe or too big.
+
+    A ``ValueError`` so callers of the original upload helpers, which raised
+    ``ValueError`` for bad checkpoints, keep catching it.
+    """
