@@ -130,9 +130,7 @@ def main() -> int:
             ["cat", *map(str, sorted(src.iterdir()))], stdout=subprocess.DEVNULL, check=True
         )
         igzip = [sys.executable, "-m", "isal.igzip"]
-        tar_pipe = (
-            f"tar cf - -C '{src}' . | {' '.join(igzip)} -1 -c > '{pipe_path}'"
-        )
+        tar_pipe = f"tar cf - -C '{src}' . | {' '.join(igzip)} -1 -c > '{pipe_path}'"
         create = _paired(
             lambda: create_archive(src, ours_path),
             _sh(["bash", "-c", f"set -o pipefail; {tar_pipe}"]),
