@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -71,6 +72,20 @@ def write_gz(path: Path, *parts: bytes, end: bool = True) -> Path:
     return path
 
 
+def small_tree(root: Path) -> Path:
+    (root / "model").mkdir(parents=True)
+    (root / "model" / "w.pt").write_bytes(bytes(range(256)) * 400)
+    (root / "config.json").write_text('{"lr": 0.1}\n')
+    return root
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    return {
+        p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
 def leftovers(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir())
 
@@ -81,6 +96,111 @@ def test_archive_error_lives_in_errors_and_is_still_exported() -> None:
     assert archive.ArchiveError is errors.ArchiveError
     assert issubclass(ArchiveError, CheckpointsError)
     assert issubclass(ArchiveError, ValueError)
+
+
+# ------------------------------------------------------------------ hostile members
+
+
+def hostile(
+    tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"x", *, manifest_first: bool = False
+) -> Path:
+    """An archive whose MANIFEST.json lists the hostile member, so only the member check can stop it."""
+    path = tmp_path / "evil.tar.gz"
+    listed = [{"path": member.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}]
+    manifest = json.dumps({"format_version": 1, "file_count": 1, "files": listed}).encode()
+    info = tarfile.TarInfo(MANIFEST)
+    info.size = len(manifest)
+    with tarfile.open(path, "w:gz") as tar:
+        if manifest_first:
+            tar.addfile(info, io.BytesIO(manifest))
+        if member.isfile():
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+        else:
+            tar.addfile(member)
+        if not manifest_first:
+            tar.addfile(info, io.BytesIO(manifest))
+    return path
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (_member("/etc/evil"), "absolute path"),
+        (_member("C:/evil"), "absolute path"),
+        (_member("../evil"), "'..'"),
+        (_member("a/../../evil"), "'..'"),
+        (_member("link", tarfile.SYMTYPE, "/etc/passwd"), "link"),
+        (_member("inside", tarfile.SYMTYPE, "model/w.pt"), "link"),
+        (_member("hard", tarfile.LNKTYPE, "/etc/passwd"), "link"),
+        (_member("dev", tarfile.CHRTYPE), "special member"),
+        (_member("fifo", tarfile.FIFOTYPE), "special member"),
+    ],
+    ids=[
+        "absolute",
+        "drive",
+        "dotdot",
+        "nested-dotdot",
+        "symlink-out",
+        "symlink-in",
+        "hardlink",
+        "device",
+        "fifo",
+    ],
+)
+@pytest.mark.parametrize("manifest_first", [True, False], ids=["manifest-first", "manifest-last"])
+def test_hostile_archives_are_refused_leaving_nothing(
+    tmp_path: Path, member: tarfile.TarInfo, message: str, manifest_first: bool
+) -> None:
+    evil = hostile(tmp_path, member, manifest_first=manifest_first)
+    dest = tmp_path / "dest"
+    with pytest.raises(ArchiveError, match=message):
+        extract_archive(evil, dest)
+    assert not dest.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["evil.tar.gz"]  # no staging left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ArchiveError):
+        extract_archive(evil, empty)
+    assert list(empty.iterdir()) == []
+    with pytest.raises(ArchiveError, match=message):
+        verify_archive(evil)
+
+
+def test_wrong_hash_in_manifest_is_refused(tmp_path: Path) -> None:
+    evil = hostile(tmp_path, _member("w.pt"), b"real")
+    text = evil.read_bytes()
+    with tarfile.open(evil) as tar:
+        manifest = json.loads(tar.extractfile(MANIFEST).read())  # type: ignore[union-attr]
+    manifest["files"][0]["sha256"] = "0" * 64
+    data = json.dumps(manifest).encode()
+    with tarfile.open(evil, "w:gz") as tar:
+        info = _member("w.pt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"real"))
+        m = tarfile.TarInfo(MANIFEST)
+        m.size = len(data)
+        tar.addfile(m, io.BytesIO(data))
+    assert evil.read_bytes() != text
+    with pytest.raises(ArchiveError, match=r"w\.pt: expected"):
+        extract_archive(evil, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_refused_extract_removes_parents_it_created(tmp_path: Path) -> None:
+    evil = hostile(tmp_path, _member("../evil"))
+    with pytest.raises(ArchiveError, match=r"'\.\.'"):
+        extract_archive(evil, tmp_path / "new" / "deeper" / "dest")
+    assert [p.name for p in tmp_path.iterdir()] == ["evil.tar.gz"]
+    good = create_archive(small_tree(tmp_path / "ckpt"), tmp_path / "a.tar.gz")
+    assert tree(extract_archive(good, tmp_path / "new" / "dest")) == tree(tmp_path / "ckpt")
 
 
 # ------------------------------------------------------------------ oversized MANIFEST.json
@@ -140,13 +260,6 @@ def test_huge_pax_header_is_refused(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ disk space and max_bytes
-
-
-def small_tree(root: Path) -> Path:
-    (root / "model").mkdir(parents=True)
-    (root / "model" / "w.pt").write_bytes(bytes(range(256)) * 400)
-    (root / "config.json").write_text('{"lr": 0.1}\n')
-    return root
 
 
 def test_extract_max_bytes(tmp_path: Path) -> None:
