@@ -3,14 +3,15 @@
 Builds a directory of float32 tensor files and times, in several paired rounds within
 this one process run (the order inside each pair alternates, the machine is noisy):
 
-- ``create_archive`` vs ``tar cf - dir | python -m isal.igzip -1`` (same bytes, same
+- ``create_archive`` vs ``tar cf - dir | python -m isal.igzip -1`` (same data, same
   ISA-L level, no hashing and no manifest): target ratio <= 1.3;
 - ``verify_archive`` vs ``python -m isal.igzip -d -c archive | tar tf -`` (decompress
   and list, no hashing): target ratio <= 1.3.
 
-It prints min and median of each side and of the per-pair ratios, the compressed sizes,
-and the peak RSS of a child process running ``create_archive`` then ``verify_archive``
-(target < 150 MiB). ``--tar-czf`` adds one ``tar czf`` run (zlib -6, the old baseline).
+It prints min and median of each side and of the per-pair ratios, the CPU seconds
+(user + system, children included: steadier than wall time on a busy box), the
+compressed sizes and the peak RSS of a child process running ``create_archive`` then
+``verify_archive`` (target < 150 MiB). ``--tar-czf`` adds one ``tar czf`` run (zlib -6, the old baseline).
 Everything lives in a temp directory that is removed at the end.
 
     python benchmarks/bench_archive.py [--size-mib 256] [--files 8] [--runs 5] [--tar-czf]
@@ -19,6 +20,7 @@ Everything lives in a temp directory that is removed at the end.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -65,10 +67,20 @@ def _write_tensors(src: Path, size_mib: int, files: int) -> None:
                 left -= n
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
+def _cpu() -> float:
+    """CPU seconds (user + system) of this process and of its finished children."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall and CPU seconds of ``fn``: on a shared box the CPU time is the steadier one."""
+    c0, t0 = _cpu(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu() - c0
 
 
 def _sh(cmd: list[str]) -> Callable[[], object]:
@@ -76,15 +88,17 @@ def _sh(cmd: list[str]) -> Callable[[], object]:
 
 
 def _paired(ours: Callable[[], object], pipe: Callable[[], object], runs: int) -> dict[str, float]:
-    mine, theirs, ratios = [], [], []
+    mine, theirs, ratios, cpu_mine, cpu_theirs = [], [], [], [], []
     for i in range(runs):
         if i % 2:
             b, a = _timed(pipe), _timed(ours)
         else:
             a, b = _timed(ours), _timed(pipe)
-        mine.append(a)
-        theirs.append(b)
-        ratios.append(a / b)
+        mine.append(a[0])
+        theirs.append(b[0])
+        ratios.append(a[0] / b[0])
+        cpu_mine.append(a[1])
+        cpu_theirs.append(b[1])
     return {
         "ours_min": min(mine),
         "ours_med": statistics.median(mine),
@@ -92,6 +106,8 @@ def _paired(ours: Callable[[], object], pipe: Callable[[], object], runs: int) -
         "pipe_med": statistics.median(theirs),
         "ratio_min": min(mine) / min(theirs),
         "ratio_med": statistics.median(ratios),
+        "cpu_ours": statistics.median(cpu_mine),
+        "cpu_pipe": statistics.median(cpu_theirs),
     }
 
 
@@ -107,6 +123,10 @@ def _report(label: str, pipe_label: str, r: dict[str, float], size_mib: int) -> 
     print(
         f"  ratio {label}/{pipe_label} (target <= 1.3): min-vs-min {r['ratio_min']:.2f}, "
         f"median of paired {r['ratio_med']:.2f}"
+    )
+    print(
+        f"  CPU seconds (median): {label} {r['cpu_ours']:.2f}, {pipe_label} {r['cpu_pipe']:.2f}"
+        f" (ratio {r['cpu_ours'] / r['cpu_pipe']:.2f})"
     )
 
 
@@ -167,7 +187,7 @@ def main() -> int:
             f"{int(maxrss_kib) / 1024:.0f} MiB (VmHWM {int(hwm_kib) / 1024:.0f} MiB)"
         )
         if args.tar_czf:
-            czf = _timed(_sh(["tar", "czf", str(tmp / "czf.tar.gz"), "-C", str(src), "."]))
+            czf, _ = _timed(_sh(["tar", "czf", str(tmp / "czf.tar.gz"), "-C", str(src), "."]))
             print(
                 f"tar czf (zlib -6) {czf:.2f}s: {czf / create['ours_min']:.1f}x "
                 "the time of create_archive (min)"
