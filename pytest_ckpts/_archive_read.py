@@ -77,19 +77,27 @@ def member_name(member: tarfile.TarInfo, where: str) -> str:
     return PurePosixPath(name).as_posix()
 
 
+def _short(value: object, limit: int = 120) -> str:
+    """``repr`` cut to ``limit`` characters: a hostile manifest must not flood the message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
     """Parse and schema-check MANIFEST.json so later lookups cannot crash on bad input."""
+    bad = f"pytest-ckpts: {where}: member {MANIFEST_NAME}"
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except ValueError as exc:
-        raise ArchiveError(f"pytest-ckpts: {where}: unreadable {MANIFEST_NAME}: {exc}") from None
+        raise ArchiveError(f"{bad} is not valid UTF-8 JSON ({exc}); {_REBUILD}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         raise ArchiveError(
-            f"pytest-ckpts: {where}: {MANIFEST_NAME} is not format_version {FORMAT_VERSION}"
+            f"{bad} is not format_version {FORMAT_VERSION}; it was not written by "
+            "pytest_ckpts.archive.create_archive (or by a newer version: upgrade pytest-ckpts)"
         )
     files = manifest.get("files")
     if not isinstance(files, list):
-        raise ArchiveError(f"pytest-ckpts: {where}: {MANIFEST_NAME} has no 'files' list")
+        raise ArchiveError(f"{bad} has no 'files' list; {_REBUILD}")
     seen: set[str] = set()
     for entry in files:
         ok = (
@@ -102,23 +110,21 @@ def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
         )
         if not ok:
             raise ArchiveError(
-                f"pytest-ckpts: {where}: malformed entry in {MANIFEST_NAME}: {entry!r} "
-                "(needs path, size >= 0 and a lowercase hex sha256)"
+                f"{bad} has a malformed entry {_short(entry)} (needs path, size >= 0 and a "
+                f"lowercase hex sha256); {_REBUILD}"
             )
         if entry["path"] in seen:
-            raise ArchiveError(
-                f"pytest-ckpts: {where}: {entry['path']!r} listed twice in {MANIFEST_NAME}"
-            )
+            raise ArchiveError(f"{bad} lists {_short(entry['path'])} twice; {_REBUILD}")
         seen.add(entry["path"])
     if manifest.get("file_count") != len(files):
         raise ArchiveError(
-            f"pytest-ckpts: {where}: {MANIFEST_NAME} file_count {manifest.get('file_count')!r} "
-            f"!= {len(files)} files listed"
+            f"{bad} says file_count {_short(manifest.get('file_count'))} but lists "
+            f"{len(files)} files; {_REBUILD}"
         )
     if manifest.get("total_size") not in (None, sum(f["size"] for f in files)):
         raise ArchiveError(
-            f"pytest-ckpts: {where}: {MANIFEST_NAME} total_size {manifest.get('total_size')!r} "
-            "!= the sum of the listed sizes"
+            f"{bad} says total_size {_short(manifest.get('total_size'))}, not the sum of the "
+            f"listed sizes; {_REBUILD}"
         )
     return manifest
 

@@ -344,6 +344,6 @@ class HeaderSource:
             if self.offset == 0:
                 raise tarfile.ReadError("empty archive") from None
             return None
-        except tarfile.HeaderError as exc:
-            raise tarfile.ReadError(str(exc)) from None
+        except (tarfile.HeaderError, ValueError) as exc:  # ValueError: bad PAX sparse numbers
+            raise tarfile.ReadError(str(exc) or "invalid header") from None
         return info

@@ -348,7 +348,10 @@ def test_socket_in_source_is_refused(tmp_path: Path) -> None:
         ),
         (lambda m, d: [] if m.name == MANIFEST else [(m, d)], "has no MANIFEST.json"),
         (lambda m, d: [(m, d), (m, d)] if m.name == "run.sh" else [(m, d)], "duplicate member"),
-        (lambda m, d: [(m, b"{not json" if m.name == MANIFEST else d)], "unreadable MANIFEST.json"),
+        (
+            lambda m, d: [(m, b"{not json" if m.name == MANIFEST else d)],
+            "MANIFEST.json is not valid UTF-8 JSON",
+        ),
         (
             lambda m, d: [
                 (

@@ -259,6 +259,33 @@ def test_huge_pax_header_is_refused(tmp_path: Path) -> None:
         verify_archive(evil)
 
 
+def pax(records: dict[str, str]) -> bytes:
+    body = b""
+    for key, value in records.items():
+        rec = f" {key}={value}\n".encode()
+        n = len(rec) + len(str(len(rec)))
+        n = len(rec) + len(str(n))
+        body += str(n).encode() + rec
+    return header("././@PaxHeader", len(body), tarfile.XHDTYPE) + padded(body)
+
+
+def test_malformed_pax_numbers_are_refused_in_one_line(tmp_path: Path) -> None:
+    evil = write_gz(
+        tmp_path / "evil.tar.gz", pax({"GNU.sparse.map": "1,x"}), member("w.bin", b"data")
+    )
+    with pytest.raises(ArchiveError, match="not a readable") as refused:
+        verify_archive(evil)
+    assert "\n" not in str(refused.value)
+
+
+def test_malformed_manifest_entry_is_quoted_short(tmp_path: Path) -> None:
+    doc = {"format_version": 1, "file_count": 1, "files": [{"path": "p" * 100_000}]}
+    evil = write_gz(tmp_path / "evil.tar.gz", member(MANIFEST, json.dumps(doc).encode()))
+    with pytest.raises(ArchiveError, match="malformed entry") as refused:
+        verify_archive(evil)
+    assert len(str(refused.value)) < 600
+
+
 # ------------------------------------------------------------------ disk space and max_bytes
 
 
