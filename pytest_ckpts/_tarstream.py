@@ -2,9 +2,10 @@
 
 ``tarfile``'s own stream mode copies every byte several times in small pieces and runs
 compression in the caller's thread. Archives of checkpoints are gigabytes of tensors,
-so both directions here move data in big reusable blocks and put the compressor (or
-decompressor) in its own thread; ISA-L, zlib and ``hashlib`` all release the GIL, so
-hashing in the caller overlaps (de)compression on a second core.
+so both directions here move data in big reusable blocks: writing, blocks are
+deflated on a thread pool (:class:`TarGzWriter`); reading, one thread decompresses
+(:class:`TarGzReader`). ISA-L, zlib and ``hashlib`` all release the GIL, so hashing
+in the caller overlaps the (de)compression.
 
 Headers are still ``tarfile``'s: :meth:`tarfile.TarInfo.tobuf` writes them and
 :meth:`tarfile.TarInfo.fromtarfile` parses them (PAX and GNU long names included), so
