@@ -1,7 +1,8 @@
 """Deterministic ``.tar.gz`` archives of checkpoint directories, with a manifest.
 
-Archive-first uploads (seeds 000/001) send one file per checkpoint directory instead
-of hundreds of per-file artifact calls. For that archive to be trustworthy it must be
+Archive-first uploads (``pytest_ckpts.uploads``) send one file per checkpoint
+directory instead of hundreds of per-file artifact calls. For that archive to be
+trustworthy it must be
 
 - **deterministic**: sorted members, fixed mtimes (``SOURCE_DATE_EPOCH`` or the
   creation time for every member), uid/gid 0, no user names, normalised modes
@@ -11,13 +12,14 @@ of hundreds of per-file artifact calls. For that archive to be trustworthy it mu
 - **self-describing**: ``MANIFEST.json`` is the *first* member and lists every file
   with its size and sha256, so a streaming reader knows what to expect before the
   first byte of data and ``verify_archive``/``extract_archive`` can prove integrity;
-- **safe to extract**: absolute paths, ``..``, links and device/FIFO members are
-  refused even when the manifest lists them, and a refused archive leaves nothing;
+- **safe to extract**: absolute paths, ``..``, links, device/FIFO members, a file
+  that is also used as a directory, an oversized ``MANIFEST.json`` and data beyond
+  ``max_bytes`` or the free disk space are refused, and a refused archive leaves nothing;
 - **fast and small in memory**: two streaming passes (hash every file, then write
   ``MANIFEST.json`` and the files, re-hashing to catch files that change in between),
   compressed with ISA-L when the ``isal`` package is installed (extra ``[mlflow]``),
-  else zlib, in a worker thread with a bounded queue. The result is a standard
-  ``.tar.gz`` that ``tar xzf`` and ``tarfile`` read.
+  else zlib, in a worker thread fed with big pooled buffers (``_tarstream``). The
+  result is a standard ``.tar.gz`` that ``tar xzf`` and ``tarfile`` read.
 
 Empty directories: every directory is stored as a directory member (empty ones
 included), so ``tar xzf`` and :func:`extract_archive` reproduce the tree exactly.
@@ -32,29 +34,29 @@ built without it.
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import hashlib
-import io
 import json
 import logging
 import os
-import queue
-import re
 import shutil
 import stat
 import tarfile
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import IO, Any, cast
+from pathlib import Path
+from typing import Any
 
-from .errors import CheckpointsError
+from . import _tarstream
+from ._archive_read import FORMAT_VERSION, MANIFEST_NAME, MAX_MANIFEST_BYTES, Limits, unsafe, walk
+from ._tarstream import Crc32, TarGzWriter
+from .errors import ArchiveError
 
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "MAX_MANIFEST_BYTES",
     "ArchiveError",
     "create_archive",
     "extract_archive",
@@ -63,126 +65,8 @@ __all__ = [
 
 logger = logging.getLogger("pytest_ckpts.archive")
 
-#: Name of the manifest member, always first in archives we write.
-MANIFEST_NAME = "MANIFEST.json"
-#: ``format_version`` written to, and required in, ``MANIFEST.json``.
-FORMAT_VERSION = 1
-_CHUNK = 1024 * 1024
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class ArchiveError(CheckpointsError, ValueError):
-    """An archive could not be created, or is corrupt or unsafe.
-
-    A ``ValueError`` so callers of the seed-000 helpers, which raised ``ValueError``
-    for bad checkpoints, keep catching it.
-    """
-
-
-# --------------------------------------------------------------------------- writing
-
-
-class _GzipWriter:
-    """A write-only gzip stream with a fixed header (mtime 0, no file name).
-
-    Compression runs in a worker thread (ISA-L and zlib release the GIL), so it
-    overlaps with reading and hashing the next chunk; a bounded queue keeps memory
-    at a few MiB whatever the archive size.
-    """
-
-    def __init__(self, raw: IO[bytes], level: int | None = None) -> None:
-        self._raw = raw
-        self._compressor, self.backend = _compressor(level)
-        self._offset = 0
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="ckpts-gzip", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        try:
-            while True:
-                chunk = self._queue.get()
-                if chunk is None:
-                    self._raw.write(self._compressor.flush())
-                    return
-                out = self._compressor.compress(chunk)
-                if out:
-                    self._raw.write(out)
-        except BaseException as exc:  # handed to the producer thread, re-raised there
-            self._error = exc
-            while self._queue.get() is not None:  # drain so the producer never blocks
-                pass
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(bytes(data))
-        self._offset += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._offset
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
-@functools.cache
-def _note_no_isal() -> None:
-    """Say once per process that the slow fallback is in use (not per archive)."""
-    logger.debug("isal not installed: using zlib/gzip (install pytest-ckpts[mlflow] for speed)")
-
-
-def _compressor(level: int | None) -> tuple[Any, str]:
-    """ISA-L when installed (optional extra), else zlib; both emit a plain gzip member.
-
-    The import is retried per call (a sys.modules lookup) rather than cached, so the
-    choice follows the environment; only the debug note is once per process.
-    """
-    try:
-        from isal import isal_zlib
-    except ImportError:
-        import zlib
-
-        _note_no_isal()
-        return zlib.compressobj(6 if level is None else level, zlib.DEFLATED, 31), "zlib"
-    # ISA-L level 1 matches zlib -6's ratio within ~5% on float32/bf16 weights, sparse
-    # tensors and JSON, at 14-25x the speed; levels 2-3 gain <1% and level 3 is 3x
-    # slower (measured with isal 1.9.1, see docs/archive.md).
-    return isal_zlib.compressobj(1 if level is None else level, isal_zlib.DEFLATED, 31), "isal"
-
-
-def _open_gzip(path: Path) -> IO[bytes]:
-    """Decompressing reader: ISA-L's igzip when installed (several times faster), else gzip."""
-    try:
-        from isal import igzip
-    except ImportError:
-        import gzip
-
-        _note_no_isal()
-        return cast("IO[bytes]", gzip.open(path, "rb"))
-    opener: Any = igzip.open  # isal ships no annotations for it
-    return cast("IO[bytes]", opener(path, "rb"))
-
-
-class _HashingReader:
-    """Wraps a file so whatever ``tarfile`` reads from it is hashed and counted."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self._f = f
-        self.sha256 = hashlib.sha256()
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        self.sha256.update(data)
-        self.count += len(data)
-        return data
-
+_HASH_CHUNK = 4 * 1024 * 1024
+_note_no_isal = _tarstream.note_no_isal  # the once-per-process fallback note
 
 #: Largest accepted ``SOURCE_DATE_EPOCH``: 9999-12-31T23:59:59Z, the last instant an
 #: ISO-8601 ``created_at`` can name.
@@ -229,23 +113,6 @@ def _remove_empty(created: list[Path]) -> None:
             return
 
 
-def _unsafe(name: str) -> str | None:
-    """Why ``name`` may not be a member path (shared by writer and reader), or None.
-
-    The writer applies the same rule so that every archive it makes can be extracted.
-    """
-    pure = PurePosixPath(name)
-    # Backslashes and drive letters are separators/roots on Windows, where a name
-    # like "..\\x" or "C:x" would escape dest, so they are refused everywhere.
-    if name.startswith("/") or "\\" in name or re.match(r"[A-Za-z]:", name):
-        return "absolute path (or backslash / drive letter)"
-    if any(part == ".." for part in pure.parts):
-        return "path with '..'"
-    if pure.as_posix() in ("", "."):
-        return "empty member name (or '.')"
-    return None
-
-
 @dataclass(frozen=True)
 class _Entry:
     rel: str
@@ -254,6 +121,7 @@ class _Entry:
     mode: int
     size: int = 0
     sha256: str = ""
+    crc32: int = 0  # of the content, to spot a change before the write pass (see _write_members)
 
 
 def _scan(src: Path) -> list[_Entry]:
@@ -273,7 +141,7 @@ def _scan(src: Path) -> list[_Entry]:
                     f"pytest-ckpts: {path} would clash with the archive's own {MANIFEST_NAME}; "
                     "rename it"
                 )
-            reason = _unsafe(rel)
+            reason = unsafe(rel)
             if reason is not None:
                 raise ArchiveError(f"pytest-ckpts: cannot archive {path}: {reason} in its name")
             st = path.lstat()
@@ -299,12 +167,28 @@ def _scan(src: Path) -> list[_Entry]:
 
 def _hash_file(entry: _Entry) -> _Entry:
     digest = hashlib.sha256()
+    crc = Crc32()
     size = 0
-    with entry.path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return _Entry(entry.rel, entry.path, False, entry.mode, size, digest.hexdigest())
+    buf = bytearray(_HASH_CHUNK)
+    view = memoryview(buf)
+    with entry.path.open("rb", buffering=0) as f:
+        while n := f.readinto(view):
+            digest.update(view[:n])
+            crc.update(view[:n])
+            size += n
+    return _Entry(entry.rel, entry.path, False, entry.mode, size, digest.hexdigest(), crc.value)
+
+
+def _hash_all(entries: list[_Entry]) -> list[_Entry]:
+    """First pass: hash the files, two at a time (``hashlib`` releases the GIL)."""
+    files = [e for e in entries if not e.is_dir]
+    if len(files) < 2:
+        hashed = [_hash_file(e) for e in files]
+    else:
+        with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+            hashed = list(pool.map(lambda e: _hash_file(e), files))
+    by_rel = {e.rel: e for e in hashed}
+    return [by_rel.get(e.rel, e) for e in entries]
 
 
 def _info(
@@ -357,7 +241,7 @@ def create_archive(
         _dt.datetime.fromtimestamp(epoch, tz=_dt.timezone.utc).isoformat().replace("+00:00", "Z")
     )
     try:
-        entries = [e if e.is_dir else _hash_file(e) for e in _scan(src)]
+        entries = _hash_all(_scan(src))
     except OSError as exc:
         raise ArchiveError(f"pytest-ckpts: could not archive {src}: {exc}") from exc
     files = [{"path": e.rel, "size": e.size, "sha256": e.sha256} for e in entries if not e.is_dir]
@@ -378,11 +262,12 @@ def create_archive(
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         tmp = Path(tmp_name)
         with os.fdopen(fd, "wb") as raw:
-            gz = _GzipWriter(raw)
+            gz = TarGzWriter(raw)
             try:
                 _write_members(gz, entries, epoch, data)
+                gz.finish()
             finally:
-                gz.close()
+                gz.abort()
         os.chmod(tmp, 0o644)  # mkstemp makes 0o600; an archive is not a secret
         os.replace(tmp, out)
     except BaseException as exc:
@@ -398,225 +283,53 @@ def create_archive(
     return out
 
 
-def _write_members(gz: _GzipWriter, entries: list[_Entry], epoch: int, manifest: bytes) -> None:
-    """Write MANIFEST.json, then every entry, as one streaming tar into ``gz``."""
-    with tarfile.open(
-        fileobj=gz,  # type: ignore[call-overload]
-        mode="w|",
-        format=tarfile.PAX_FORMAT,
-        bufsize=_CHUNK,
-    ) as tar:
-        tar.copybufsize = _CHUNK
-        tar.addfile(
-            _info(MANIFEST_NAME, epoch, mode=0o644, size=len(manifest)), io.BytesIO(manifest)
-        )
-        for e in entries:
-            if e.is_dir:
-                tar.addfile(_info(e.rel, epoch, mode=0o755, is_dir=True))
-                continue
-            changed = ArchiveError(
-                f"pytest-ckpts: {e.path} changed while it was archived; "
-                "archive a checkpoint only after it is fully written"
-            )
-            with e.path.open("rb") as f:
-                reader = _HashingReader(f)
-                try:
-                    tar.addfile(_info(e.rel, epoch, mode=e.mode, size=e.size), reader)
-                except OSError as exc:
-                    # tarfile's "unexpected end of data" (no errno): the file shrank.
-                    if exc.errno is None and reader.count < e.size:
-                        raise changed from exc
-                    raise
-                if reader.count != e.size or f.read(1) or reader.sha256.hexdigest() != e.sha256:
-                    raise changed
+def _write_members(gz: TarGzWriter, entries: list[_Entry], epoch: int, manifest: bytes) -> None:
+    """Second pass: MANIFEST.json, then every entry, checked against the first pass.
 
-
-# --------------------------------------------------------------------------- reading
-
-
-def _member_name(member: tarfile.TarInfo) -> str:
-    """The member's clean relative path, or ArchiveError if it could escape or is not plain.
-
-    A directory member for the root itself (``./``, as ``tar czf x -C dir .`` writes)
-    is returned as ``"."``: it names the extraction directory and creates nothing.
+    A file that changed since it was hashed is refused here, by its size and the
+    CRC-32 of its content, rather than by hashing it with sha256 again: that second
+    sha256 pass cost a fifth of the CPU time of ``create_archive`` (see
+    docs/archive.md). Missing a change needs a CRC collision (odds 2**-32, none for
+    a change of up to 32 consecutive bits), and even then nothing is trusted
+    wrongly: the manifest's sha256 no longer matches the member, so
+    ``verify_archive`` and ``extract_archive`` refuse the archive.
     """
-    name = member.name
-    if member.isdir() and PurePosixPath(name).as_posix() == ".":
-        return "."
-    reason = _unsafe(name)
-    if reason is not None:
-        raise ArchiveError(f"pytest-ckpts: refusing {reason} in archive: {name!r}")
-    if member.issym() or member.islnk():
-        raise ArchiveError(
-            f"pytest-ckpts: refusing link in archive: {name!r} -> {member.linkname!r} "
-            "(checkpoint archives hold regular files and directories only)"
-        )
-    if not (member.isfile() or member.isdir()):
-        raise ArchiveError(
-            f"pytest-ckpts: refusing special member (device, FIFO or other) in archive: {name!r}"
-        )
-    return PurePosixPath(name).as_posix()
-
-
-def _parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
-    """Parse and schema-check MANIFEST.json so later lookups cannot crash on bad input."""
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except ValueError as exc:
-        raise ArchiveError(f"pytest-ckpts: {where}: unreadable {MANIFEST_NAME}: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise ArchiveError(
-            f"pytest-ckpts: {where}: {MANIFEST_NAME} is not format_version {FORMAT_VERSION}"
-        )
-    files = manifest.get("files")
-    if not isinstance(files, list):
-        raise ArchiveError(f"pytest-ckpts: {where}: {MANIFEST_NAME} has no 'files' list")
-    seen: set[str] = set()
-    for entry in files:
-        ok = (
-            isinstance(entry, dict)
-            and isinstance(entry.get("path"), str)
-            and type(entry.get("size")) is int
-            and entry["size"] >= 0
-            and isinstance(entry.get("sha256"), str)
-            and _SHA256.fullmatch(entry["sha256"]) is not None
-        )
-        if not ok:
-            raise ArchiveError(
-                f"pytest-ckpts: {where}: malformed entry in {MANIFEST_NAME}: {entry!r} "
-                "(needs path, size >= 0 and a lowercase hex sha256)"
-            )
-        if entry["path"] in seen:
-            raise ArchiveError(
-                f"pytest-ckpts: {where}: {entry['path']!r} listed twice in {MANIFEST_NAME}"
-            )
-        seen.add(entry["path"])
-    if manifest.get("file_count") != len(files):
-        raise ArchiveError(
-            f"pytest-ckpts: {where}: {MANIFEST_NAME} file_count {manifest.get('file_count')!r} "
-            f"!= {len(files)} files listed"
-        )
-    if manifest.get("total_size") not in (None, sum(f["size"] for f in files)):
-        raise ArchiveError(
-            f"pytest-ckpts: {where}: {MANIFEST_NAME} total_size {manifest.get('total_size')!r} "
-            "!= the sum of the listed sizes"
-        )
-    return manifest
-
-
-def _compare(manifest: dict[str, Any], seen: dict[str, tuple[int, str]], where: str) -> None:
-    """Every listed file present with matching size and sha256, and nothing extra."""
-    listed = {f["path"]: f for f in manifest["files"]}
-    problems = []
-    for path in sorted(set(listed) - set(seen)):
-        problems.append(f"{path}: listed in {MANIFEST_NAME} but not in the archive")
-    for path in sorted(set(seen) - set(listed)):
-        problems.append(f"{path}: in the archive but not listed in {MANIFEST_NAME}")
-    for path in sorted(set(listed) & set(seen)):
-        size, sha = seen[path]
-        if size != listed[path]["size"] or sha != listed[path]["sha256"]:
-            problems.append(
-                f"{path}: expected {listed[path]['size']} bytes sha256 {listed[path]['sha256']}, "
-                f"got {size} bytes sha256 {sha}"
-            )
-    if problems:
-        raise ArchiveError(
-            f"pytest-ckpts: {where} failed verification:\n  " + "\n  ".join(problems)
-        )
-
-
-def _walk(path: Path, sink: Path | None) -> dict[str, Any]:
-    """Stream through the archive once, hashing files (and writing them under ``sink``).
-
-    Every member is checked for safety before anything is written for it. When
-    ``MANIFEST.json`` comes first (as :func:`create_archive` writes it), an unlisted
-    member or a size mismatch is refused before its data is written; archives with the
-    manifest elsewhere are still accepted and checked at the end.
-    """
-    where = str(path)
-    if not path.is_file():
-        raise ArchiveError(f"pytest-ckpts: archive {path} does not exist or is not a file")
-    seen: dict[str, tuple[int, str]] = {}
-    manifest: dict[str, Any] | None = None
-    listed: dict[str, dict[str, Any]] = {}
-    names: set[str] = set()
-    try:
-        with _open_gzip(path) as gz, tarfile.open(fileobj=gz, mode="r|", bufsize=_CHUNK) as tar:
-            for member in tar:
-                name = _member_name(member)
-                if name in names:
-                    raise ArchiveError(f"pytest-ckpts: {where}: duplicate member {name!r}")
-                names.add(name)
-                if name == ".":
-                    continue
-                if member.isdir():
-                    if sink is not None:
-                        (sink / name).mkdir(parents=True, exist_ok=True)
-                    continue
-                f = tar.extractfile(member)
-                if f is None:  # pragma: no cover - regular files always have a reader
-                    raise ArchiveError(f"pytest-ckpts: {where}: cannot read member {name!r}")
-                if name == MANIFEST_NAME:
-                    manifest = _parse_manifest(f.read(), where)
-                    listed = {e["path"]: e for e in manifest["files"]}
-                    continue
-                if manifest is not None:
-                    expected = listed.get(name)
-                    if expected is None:
-                        raise ArchiveError(
-                            f"pytest-ckpts: {where} failed verification: "
-                            f"{name}: in the archive but not listed in {MANIFEST_NAME}"
-                        )
-                    if expected["size"] != member.size:
-                        raise ArchiveError(
-                            f"pytest-ckpts: {where} failed verification: {name}: expected "
-                            f"{expected['size']} bytes, archive member has {member.size}"
-                        )
-                seen[name] = _copy_member(f, sink / name if sink is not None else None, member)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ArchiveError(f"pytest-ckpts: {where} is not a readable .tar.gz: {exc}") from None
-    if manifest is None:
-        raise ArchiveError(
-            f"pytest-ckpts: {where} has no {MANIFEST_NAME}; it was not made by "
-            "pytest_ckpts.archive.create_archive"
-        )
-    _compare(manifest, seen, where)
-    return manifest
-
-
-def _copy_member(f: IO[bytes], target: Path | None, member: tarfile.TarInfo) -> tuple[int, str]:
-    """Hash one member's data, writing it to ``target`` when extracting."""
-    digest = hashlib.sha256()
-    size = 0
-    out = None
-    if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        out = target.open("xb")  # never follow or overwrite anything already there
-    try:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            if out is not None:
-                out.write(chunk)
-    finally:
-        if out is not None:
-            out.close()
-    if target is not None:
-        os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
-    return size, digest.hexdigest()
+    gz.header(_info(MANIFEST_NAME, epoch, mode=0o644, size=len(manifest)))
+    gz.write(manifest)
+    gz.pad()
+    for e in entries:
+        if e.is_dir:
+            gz.header(_info(e.rel, epoch, mode=0o755, is_dir=True))
+            continue
+        gz.header(_info(e.rel, epoch, mode=e.mode, size=e.size))
+        crc = Crc32()
+        with e.path.open("rb", buffering=0) as f:
+            copied = gz.copy_from(f, e.size, crc)
+            if copied != e.size or f.read(1) or crc.value != e.crc32:
+                raise ArchiveError(
+                    f"pytest-ckpts: {e.path} changed while it was archived; "
+                    "archive a checkpoint only after it is fully written"
+                )
+        gz.pad()
 
 
 def verify_archive(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Check every member against ``MANIFEST.json``; return the manifest or raise ``ArchiveError``.
 
-    Checks run in one streaming pass: member safety (as :func:`extract_archive`), every
-    listed file present with its size and sha256, and no member that is not listed.
-    Use it before uploading or trusting an archive you did not just build.
+    Checks run in one streaming pass: member safety (as :func:`extract_archive`, so an
+    archive that verifies can be extracted), every listed file present with its size
+    and sha256, and no member that is not listed. Use it before uploading or trusting
+    an archive you did not just build.
     """
-    return _walk(Path(path), None)
+    return walk(Path(path), None)
 
 
-def extract_archive(path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+def extract_archive(
+    path: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    max_bytes: int | None = None,
+) -> Path:
     """Extract a verified archive into ``dest`` (absent or empty), all or nothing.
 
     Members are written into a temporary directory beside ``dest`` and checked
@@ -624,24 +337,34 @@ def extract_archive(path: str | os.PathLike[str], dest: str | os.PathLike[str]) 
     holds exactly the archived tree or is left as it was. ``MANIFEST.json`` is checked,
     not written, so ``dest`` matches the original checkpoint directory. Unsafe members
     (absolute paths, ``..``, symlinks, hard links, devices, FIFOs) are refused even when
-    the manifest lists them.
+    the manifest lists them. Before any file is written, the sizes the manifest
+    declares must fit in ``max_bytes`` (when given) and in the free space of dest's
+    filesystem; a member that would take the data past either is refused before its
+    bytes are written.
     """
     archive = Path(path)
     target = Path(os.path.abspath(dest))  # so "." or "dir/" still has a parent and a name
+    if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 0):
+        raise ArchiveError(
+            f"pytest-ckpts: extract_archive({archive}): max_bytes={max_bytes!r} must be a "
+            "whole number of bytes >= 0, or None for no limit"
+        )
     if target.is_symlink():
         raise ArchiveError(
             f"pytest-ckpts: extraction target {target} is a symlink; name a real directory"
         )
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ArchiveError(
-            f"pytest-ckpts: extraction target {target} exists and is not an empty directory"
+            f"pytest-ckpts: extraction target {target} exists and is not an empty directory; "
+            "name an absent or empty directory"
         )
     made_dirs: list[Path] = []
     staging: Path | None = None
     try:
         made_dirs = _make_parents(target.parent)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.extract-", dir=target.parent))
-        _walk(archive, staging)
+        limits = Limits(max_bytes, target.parent, shutil.disk_usage(staging).free)
+        walk(archive, staging, limits)
         os.chmod(staging, 0o755)  # mkdtemp makes 0o700
         if target.exists():
             target.rmdir()

@@ -219,3 +219,14 @@ class BaselineMissing(BaselineError):
 
 class BaselineMismatch(BaselineError):
     """The tensors differ from the baseline (structure, or values beyond tolerance)."""
+
+
+# --- archive ---
+
+
+class ArchiveError(CheckpointsError, ValueError):
+    """A checkpoint archive could not be created, or is corrupt, unsafe or too big.
+
+    A ``ValueError`` so callers of the original upload helpers, which raised
+    ``ValueError`` for bad checkpoints, keep catching it.
+    """

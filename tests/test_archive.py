@@ -1,4 +1,4 @@
-"""Deterministic, verifiable, safely extractable checkpoint archives (SPEC §6)."""
+"""Deterministic, verifiable, safely extractable checkpoint archives (docs/archive.md)."""
 
 from __future__ import annotations
 
@@ -135,99 +135,6 @@ def test_verify_detects_tampering(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError):
         extract_archive(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-
-
-def hostile(
-    tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"x", *, manifest_first: bool = False
-) -> Path:
-    """An archive whose MANIFEST.json lists the hostile member, so only the member check can stop it."""
-    path = tmp_path / "evil.tar.gz"
-    listed = [{"path": member.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}]
-    manifest = json.dumps({"format_version": 1, "file_count": 1, "files": listed}).encode()
-    info = tarfile.TarInfo(MANIFEST)
-    info.size = len(manifest)
-    with tarfile.open(path, "w:gz") as tar:
-        if manifest_first:
-            tar.addfile(info, io.BytesIO(manifest))
-        if member.isfile():
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
-        else:
-            tar.addfile(member)
-        if not manifest_first:
-            tar.addfile(info, io.BytesIO(manifest))
-    return path
-
-
-def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = link
-    return info
-
-
-@pytest.mark.parametrize(
-    ("member", "message"),
-    [
-        (_member("/etc/evil"), "absolute path"),
-        (_member("C:/evil"), "absolute path"),
-        (_member("../evil"), "'..'"),
-        (_member("a/../../evil"), "'..'"),
-        (_member("link", tarfile.SYMTYPE, "/etc/passwd"), "link"),
-        (_member("inside", tarfile.SYMTYPE, "model/w.pt"), "link"),
-        (_member("hard", tarfile.LNKTYPE, "/etc/passwd"), "link"),
-        (_member("dev", tarfile.CHRTYPE), "special member"),
-        (_member("fifo", tarfile.FIFOTYPE), "special member"),
-    ],
-    ids=[
-        "absolute",
-        "drive",
-        "dotdot",
-        "nested-dotdot",
-        "symlink-out",
-        "symlink-in",
-        "hardlink",
-        "device",
-        "fifo",
-    ],
-)
-@pytest.mark.parametrize("manifest_first", [True, False], ids=["manifest-first", "manifest-last"])
-def test_hostile_archives_are_refused_leaving_nothing(
-    tmp_path: Path, member: tarfile.TarInfo, message: str, manifest_first: bool
-) -> None:
-    evil = hostile(tmp_path, member, manifest_first=manifest_first)
-    dest = tmp_path / "dest"
-    with pytest.raises(ArchiveError, match=message):
-        extract_archive(evil, dest)
-    assert not dest.exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["evil.tar.gz"]  # no staging left
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(ArchiveError):
-        extract_archive(evil, empty)
-    assert list(empty.iterdir()) == []
-    with pytest.raises(ArchiveError, match=message):
-        verify_archive(evil)
-
-
-def test_wrong_hash_in_manifest_is_refused(tmp_path: Path) -> None:
-    evil = hostile(tmp_path, _member("w.pt"), b"real")
-    text = evil.read_bytes()
-    with tarfile.open(evil) as tar:
-        manifest = json.loads(tar.extractfile(MANIFEST).read())  # type: ignore[union-attr]
-    manifest["files"][0]["sha256"] = "0" * 64
-    data = json.dumps(manifest).encode()
-    with tarfile.open(evil, "w:gz") as tar:
-        info = _member("w.pt")
-        info.size = 4
-        tar.addfile(info, io.BytesIO(b"real"))
-        m = tarfile.TarInfo(MANIFEST)
-        m.size = len(data)
-        tar.addfile(m, io.BytesIO(data))
-    assert evil.read_bytes() != text
-    with pytest.raises(ArchiveError, match=r"w\.pt: expected"):
-        extract_archive(evil, tmp_path / "dest")
-    assert not (tmp_path / "dest").exists()
 
 
 def test_unarchivable_source_raises_and_leaves_nothing(tmp_path: Path) -> None:
@@ -441,7 +348,10 @@ def test_socket_in_source_is_refused(tmp_path: Path) -> None:
         ),
         (lambda m, d: [] if m.name == MANIFEST else [(m, d)], "has no MANIFEST.json"),
         (lambda m, d: [(m, d), (m, d)] if m.name == "run.sh" else [(m, d)], "duplicate member"),
-        (lambda m, d: [(m, b"{not json" if m.name == MANIFEST else d)], "unreadable MANIFEST.json"),
+        (
+            lambda m, d: [(m, b"{not json" if m.name == MANIFEST else d)],
+            "MANIFEST.json is not valid UTF-8 JSON",
+        ),
         (
             lambda m, d: [
                 (
@@ -588,15 +498,6 @@ def test_symlinked_checkpoint_dir_is_followed(
     a = create_archive(tmp_path / "latest", tmp_path / "a.tar.gz")
     b = create_archive(src, tmp_path / "b.tar.gz")
     assert a.read_bytes() == b.read_bytes()
-
-
-def test_refused_extract_removes_parents_it_created(tmp_path: Path) -> None:
-    evil = hostile(tmp_path, _member("../evil"))
-    with pytest.raises(ArchiveError, match=r"'\.\.'"):
-        extract_archive(evil, tmp_path / "new" / "deeper" / "dest")
-    assert [p.name for p in tmp_path.iterdir()] == ["evil.tar.gz"]
-    good = create_archive(make_tree(tmp_path / "ckpt"), tmp_path / "a.tar.gz")
-    assert tree(extract_archive(good, tmp_path / "new" / "dest")) == tree(tmp_path / "ckpt")
 
 
 def test_extract_refuses_symlink_dest(tmp_path: Path) -> None:
