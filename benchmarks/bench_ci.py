@@ -1,0 +1,231 @@
+"""CI and fleet benchmarks (issue: CI reality). Ratios against a baseline measured in the
+same run; min and median of paired runs (this machine is noisy).
+
+1. prefetch on vs off: 4 checkpoints on a slowed local hub (1 s each), 4 tests that use
+   one each and take 1 s (target <= 0.8x, goal 0.6x);
+2. ``pytest-ckpts fetch -j 4`` vs ``-j 1`` on the same slowed hub (target <= 0.6x);
+3. pinned revisions with the hub down (port closed) and blackholed (accepts, never
+   answers): whole-run seconds of 4 tests;
+4. a warm run of 1000 checkpoints vs the same suite with a plain
+   ``hf_hub_download(local_files_only=True)`` fixture (target <= 1.0x).
+
+    python benchmarks/bench_ci.py [--repeats 3] [--only 1,2,3,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pytest_ckpts.testing import LocalHub
+
+REPO = "bench/ci"
+
+
+def run(args: list[str], cwd: Path, *, check: bool = True) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(args, cwd=cwd, check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def pytest_cmd(*args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        *args,
+    ]
+
+
+def write_manifest(
+    root: Path, hub_endpoint: str, files: dict[str, bytes], commit: str | None
+) -> None:
+    lines = ["checkpoints:"]
+    for name, data in files.items():
+        lines += [
+            f"  {name}:",
+            f"    hf_path: w/{name}.bin",
+            f'    sha256: "{hashlib.sha256(data).hexdigest()}"',
+        ]
+    lines += ["config:", f"  hf_repo: {REPO}", f"  endpoint: {hub_endpoint}"]
+    if commit:
+        lines.append(f'  revision: "{commit}"')
+    (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (root / "checkpoints" / "checkpoints.yaml").write_text("\n".join(lines) + "\n")
+    (root / "pytest.ini").write_text("[pytest]\n")
+
+
+def paired(
+    label: str, a: Callable[[], float], b: Callable[[], float], repeats: int, target: str
+) -> None:
+    ratios, ta, tb = [], [], []
+    for _ in range(repeats):
+        x, y = a(), b()
+        ta.append(x)
+        tb.append(y)
+        ratios.append(x / y)
+    print(
+        f"{label}: {statistics.median(ta):.2f}s vs {statistics.median(tb):.2f}s (median); "
+        f"ratio min {min(ratios):.2f} median {statistics.median(ratios):.2f} ({target})"
+    )
+
+
+def bench_prefetch(tmp: Path, repeats: int) -> None:
+    size = 2 * 1024 * 1024
+    files = {f"c{i}": os.urandom(size) for i in range(4)}
+    with LocalHub() as hub:
+        hub.add_files(REPO, {f"w/{n}.bin": d for n, d in files.items()})
+        hub.faults.slow(bytes_per_second=size, route="file")  # 1 s per checkpoint
+        root = tmp / "prefetch"
+        write_manifest(root, hub.endpoint, files, None)
+        (root / "test_it.py").write_text(
+            "import time\nimport pytest\n\n"
+            "@pytest.mark.parametrize('name', ['c0', 'c1', 'c2', 'c3'])\n"
+            "def test_each(name):\n    pass\n\n"
+            + "\n".join(
+                f"@pytest.mark.requires_checkpoints('c{i}')\n"
+                f"def test_uses_{i}(checkpoints):\n    time.sleep(1.0)\n"
+                for i in range(4)
+            )
+        )
+
+        def once(prefetch: str) -> float:
+            import shutil
+
+            shutil.rmtree(
+                root / "checkpoints" / f"models--{REPO.replace('/', '--')}", ignore_errors=True
+            )
+            shutil.rmtree(root / "checkpoints" / ".ckpts", ignore_errors=True)
+            return run(pytest_cmd("--ckpts-prefetch", prefetch), root)
+
+        paired(
+            "1. prefetch 4 vs off", lambda: once("4"), lambda: once("0"), repeats, "target <= 0.8"
+        )
+
+
+def bench_fetch_jobs(tmp: Path, repeats: int) -> None:
+    size = 2 * 1024 * 1024
+    files = {f"j{i}": os.urandom(size) for i in range(4)}
+    with LocalHub() as hub:
+        hub.add_files(REPO, {f"w/{n}.bin": d for n, d in files.items()})
+        hub.faults.slow(bytes_per_second=size, route="file")
+        root = tmp / "jobs"
+        write_manifest(root, hub.endpoint, files, None)
+
+        def once(jobs: str) -> float:
+            import shutil
+
+            shutil.rmtree(
+                root / "checkpoints" / f"models--{REPO.replace('/', '--')}", ignore_errors=True
+            )
+            shutil.rmtree(root / "checkpoints" / ".ckpts", ignore_errors=True)
+            return run([sys.executable, "-m", "pytest_ckpts.cli", "fetch", "-q", "-j", jobs], root)
+
+        paired(
+            "2. fetch -j 4 vs -j 1", lambda: once("4"), lambda: once("1"), repeats, "target <= 0.6"
+        )
+
+
+def bench_dead(tmp: Path, repeats: int) -> None:
+    files = {f"d{i}": os.urandom(1024) for i in range(4)}
+    tests = "import pytest\n\n@pytest.mark.parametrize('n', ['d0','d1','d2','d3'])\ndef test_each(checkpoint, n):\n    checkpoint(n)\n"
+    root = tmp / "dead"
+    write_manifest(root, LocalHub.dead_endpoint(), files, "d" * 40)
+    (root / "test_it.py").write_text(tests)
+    skip_only = [run(pytest_cmd("--ckpts=skip"), root, check=False) for _ in range(repeats)]
+    down = [run(pytest_cmd(), root, check=False) for _ in range(repeats)]
+    print(
+        f"3. 4 pinned checkpoints, hub down: whole run min {min(down):.2f}s median "
+        f"{statistics.median(down):.2f}s (same run with --ckpts=skip: {statistics.median(skip_only):.2f}s; "
+        "target: well under 10 s)"
+    )
+    with LocalHub() as hub:
+        hub.add_files(REPO, {f"w/{n}.bin": d for n, d in files.items()})
+        root = tmp / "blackhole"
+        write_manifest(root, hub.endpoint, files, hub.commit_sha(REPO))
+        (root / "test_it.py").write_text(tests)
+        hub.blackhole()
+        holes = [run(pytest_cmd(), root, check=False) for _ in range(repeats)]
+        holes_x = [run(pytest_cmd("-n", "2"), root, check=False) for _ in range(repeats)]
+        hub.blackhole(False)
+    print(
+        f"   blackholed: whole run min {min(holes):.2f}s median {statistics.median(holes):.2f}s, "
+        f"-n 2: median {statistics.median(holes_x):.2f}s (probe timeout 5 s; target: 5 s + a few)"
+    )
+
+
+def bench_warm_1000(tmp: Path, repeats: int) -> None:
+    n = 1000
+    files = {f"m{i:04d}": os.urandom(256) + str(i).encode() for i in range(n)}
+    with LocalHub() as hub:
+        commit = hub.add_files(REPO, {f"w/{k}.bin": d for k, d in files.items()})
+        root = tmp / "warm"
+        write_manifest(root, hub.endpoint, files, commit)
+        (root / "test_ours.py").write_text(
+            "import pytest\n\n"
+            f"@pytest.mark.parametrize('name', [f'm{{i:04d}}' for i in range({n})])\n"
+            "def test_one(checkpoint, name):\n    assert checkpoint(name).path.is_file()\n"
+        )
+        plain = tmp / "plain"
+        plain.mkdir()
+        (plain / "pytest.ini").write_text("[pytest]\n")
+        cache = root / "checkpoints"
+        (plain / "conftest.py").write_text(
+            "import pytest\nfrom huggingface_hub import hf_hub_download\n\n"
+            "@pytest.fixture\ndef checkpoint():\n"
+            "    def get(name):\n"
+            f"        return hf_hub_download({REPO!r}, f'w/{{name}}.bin', revision={commit!r}, "
+            f"cache_dir={str(cache)!r}, local_files_only=True)\n"
+            "    return get\n"
+        )
+        (plain / "test_plain.py").write_text(
+            "import os\nimport pytest\n\n"
+            f"@pytest.mark.parametrize('name', [f'm{{i:04d}}' for i in range({n})])\n"
+            "def test_one(checkpoint, name):\n    assert os.path.isfile(checkpoint(name))\n"
+        )
+        run([sys.executable, "-m", "pytest_ckpts.cli", "fetch", "-q", "-j", "8"], root)
+        run(pytest_cmd("test_ours.py"), root)  # stamps written
+        paired(
+            "4. warm run, 1000 checkpoints, ours vs plain hf_hub_download(local_files_only)",
+            lambda: run(pytest_cmd("test_ours.py"), root),
+            lambda: run(pytest_cmd("-p", "no:ckpts", "test_plain.py"), plain),
+            repeats,
+            "target <= 1.0",
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default="1,2,3,4")
+    args = parser.parse_args()
+    chosen = set(args.only.split(","))
+    with tempfile.TemporaryDirectory() as tmp_str:
+        tmp = Path(tmp_str)
+        for key, fn in (
+            ("1", bench_prefetch),
+            ("2", bench_fetch_jobs),
+            ("3", bench_dead),
+            ("4", bench_warm_1000),
+        ):
+            if key in chosen:
+                fn(tmp, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
