@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pytest_ckpts import uploads
+from pytest_ckpts.uploads import _scratch, _uploader
 from pytest_ckpts.archive import ArchiveError, create_archive
 from pytest_ckpts.testing.mlflow import MlflowTracking, ServerTracking
 from pytest_ckpts.uploads import (
@@ -40,7 +40,7 @@ def ckpt_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forget which skip reasons this process already reported."""
-    monkeypatch.setattr(uploads, "_said", set())
+    monkeypatch.setattr(_uploader, "_said", set())
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -71,7 +71,13 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def upload_temp_dirs() -> set[str]:
-    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("pytest-ckpts-upload-")}
+    """What uploads left in the temp dir: scratch dirs and their locks, any old layout."""
+    left = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("pytest-ckpts-upload")}
+    root = _scratch.scratch_root() if left else None
+    if root is not None and root.name in left:
+        left.discard(root.name)
+        left |= {f"{root.name}/{n}" for n in os.listdir(root)}
+    return left
 
 
 # --------------------------------------------------------------------------- run id, config
