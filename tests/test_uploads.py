@@ -1,4 +1,4 @@
-"""Archive-first uploads against a real MLflow store and a real MLflow server (SPEC §6, §8)."""
+"""Archive-first uploads against a real MLflow store and a real MLflow server (docs/uploads.md)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pytest_ckpts.uploads import _scratch, _uploader
 from pytest_ckpts.archive import ArchiveError, create_archive
 from pytest_ckpts.testing.mlflow import MlflowTracking, ServerTracking
 from pytest_ckpts.uploads import (
     ArtifactUploader,
     UploadConfig,
     UploadError,
+    _scratch,
+    _uploader,
     get_mlflow_run_id,
     upload_benchmark_artifacts,
     upload_conversion_artifacts,

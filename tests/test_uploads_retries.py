@@ -62,7 +62,8 @@ def env() -> dict[str, str]:
 def test_error_types_keep_their_builtin_bases() -> None:
     assert UploadError is errors.UploadError
     assert UploadArgumentError is errors.UploadArgumentError
-    assert issubclass(UploadError, CheckpointsError) and issubclass(UploadError, RuntimeError)
+    assert issubclass(UploadError, CheckpointsError)
+    assert issubclass(UploadError, RuntimeError)
     assert issubclass(UploadArgumentError, CheckpointsError)
     assert issubclass(UploadArgumentError, ValueError)
     with pytest.raises(UploadArgumentError, match="unknown stage 'train'"):

@@ -139,7 +139,8 @@ def test_killed_mid_upload(
         return
     (root,) = private_tmp.iterdir()
     left = sorted(p.name for p in root.iterdir())
-    assert len(left) == 2 and left[0].startswith(f"{proc.pid}-"), left
+    assert len(left) == 2, left
+    assert left[0].startswith(f"{proc.pid}-"), left
     assert left[1] == f"{left[0]}.lock"
     assert (root / left[0] / "checkpoint.tar.gz").is_file()  # the whole archive is left
 
