@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -90,6 +91,7 @@ def test_env_is_untouched_while_an_upload_is_in_flight(
     while thread.is_alive():
         assert env() == before
         looks += 1
+        time.sleep(0.005)
     thread.join()
     assert outcome == [True]
     assert uploader.attempts == 2

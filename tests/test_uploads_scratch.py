@@ -148,3 +148,13 @@ def test_killed_mid_upload(
         assert ArtifactUploader(stage="training").upload_checkpoint(ckpt_dir)
     mlflow_server.assert_archive_first(run.info.run_id, "training", ckpt_dir)
     assert list(private_tmp.iterdir()) == []
+
+
+def test_an_unwritable_temp_dir_is_one_clear_error(
+    private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = private_tmp / "no" / "such" / "dir"
+    monkeypatch.setattr(tempfile, "tempdir", str(missing))
+    with pytest.raises(UploadError, match="point TMPDIR at a writable directory"):
+        _scratch.scratch_root()
+    assert not missing.exists()

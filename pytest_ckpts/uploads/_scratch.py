@@ -68,9 +68,23 @@ def scratch_root() -> Path:
     """
     uid = _uid()
     root = Path(tempfile.gettempdir()) / (ROOT_PREFIX + ("" if uid is None else f"-{uid}"))
-    with contextlib.suppress(FileExistsError):
-        root.mkdir(mode=0o700)
-    info = root.lstat()
+    for _ in range(100):
+        try:
+            root.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise UploadError(
+                f"pytest-ckpts: cannot create {root} for upload archives ({exc.strerror}); "
+                "point TMPDIR at a writable directory"
+            ) from None
+        try:
+            info = root.lstat()
+            break
+        except FileNotFoundError:  # another upload removed it, empty, in between
+            continue
+    else:
+        raise UploadError(f"pytest-ckpts: cannot create {root} for upload archives")
     if not stat.S_ISDIR(info.st_mode) or (uid is not None and info.st_uid != uid):
         raise UploadError(
             f"pytest-ckpts: {root} is not a directory of this user; remove it, or point "
