@@ -79,7 +79,7 @@ class ArtifactUploader:
     Keyword-only knobs, each overriding the config file: ``tracking_uri``,
     ``max_retries`` and ``base_delay``. ``sleep`` (also the attribute ``.sleep``) is
     what waits between attempts; tests pass a recorder so they need not wait.
-    ``attempts`` counts the requests made by the last upload.
+    ``attempts`` counts the attempts of the last upload (one artifact request each).
     """
 
     def __init__(
