@@ -32,6 +32,7 @@ from ..errors import UploadError
 
 ROOT_PREFIX = "pytest-ckpts-uploads"
 _LOCK_SUFFIX = ".lock"
+_WINDOWS = sys.platform == "win32"
 
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
@@ -122,11 +123,16 @@ def sweep(root: Path) -> list[str]:
             stale = _try_lock(fd) and _same_file(fd, lock)
             if stale:
                 shutil.rmtree(root / lock_name[: -len(_LOCK_SUFFIX)], ignore_errors=True)
+                # unlinked while still locked: a new upload that created this very file
+                # a moment ago then finds its lock file gone, and picks another name
+                with contextlib.suppress(OSError):
+                    lock.unlink()
         finally:
             os.close(fd)
         if stale:
-            with contextlib.suppress(OSError):
-                lock.unlink()
+            if _WINDOWS:  # an open file cannot be unlinked there
+                with contextlib.suppress(OSError):
+                    lock.unlink()
             removed.append(lock_name[: -len(_LOCK_SUFFIX)])
     return removed
 
@@ -169,12 +175,13 @@ def scratch_dir() -> Iterator[Path]:
         try:
             shutil.rmtree(directory, ignore_errors=True)
         finally:
-            # unlink while holding the lock (POSIX), so no sweep can find it unlocked;
-            # Windows cannot unlink an open file: there it goes after the close
+            # unlink while holding the lock, so no sweep finds it unlocked; Windows
+            # cannot unlink an open file: there it goes after the close
             with contextlib.suppress(OSError):
                 lock.unlink()
             os.close(fd)
-            with contextlib.suppress(OSError):
-                lock.unlink(missing_ok=True)
+            if _WINDOWS:
+                with contextlib.suppress(OSError):
+                    lock.unlink()
             with contextlib.suppress(OSError):  # still in use by other uploads: stays
                 root.rmdir()
