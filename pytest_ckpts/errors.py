@@ -229,4 +229,22 @@ class ArchiveError(CheckpointsError, ValueError):
 
     A ``ValueError`` so callers of the original upload helpers, which raised
     ``ValueError`` for bad checkpoints, keep catching it.
+
+
+
+# --- uploads ---
+
+
+class UploadError(CheckpointsError, RuntimeError):
+    """An MLflow upload failed for good (a 4xx answer, or retries exhausted), or a bad
+    ``mlflow.yaml``, or no private scratch directory for the archive.
+
+    ``RuntimeError`` because code written against the original uploader catches that.
+    """
+
+
+class UploadArgumentError(CheckpointsError, ValueError):
+    """An ``ArtifactUploader`` argument is invalid: an unknown stage, a negative retry setting.
+
+    ``ValueError`` because that is what the uploader raised for these before.
     """

@@ -1,4 +1,4 @@
-"""Archive-first uploads against a real MLflow store and a real MLflow server (SPEC §6, §8)."""
+"""Archive-first uploads against a real MLflow store and a real MLflow server (docs/uploads.md)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pytest_ckpts import uploads
 from pytest_ckpts.archive import ArchiveError, create_archive
 from pytest_ckpts.testing.mlflow import MlflowTracking, ServerTracking
 from pytest_ckpts.uploads import (
     ArtifactUploader,
     UploadConfig,
     UploadError,
+    _scratch,
+    _uploader,
     get_mlflow_run_id,
     upload_benchmark_artifacts,
     upload_conversion_artifacts,
@@ -40,7 +41,7 @@ def ckpt_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forget which skip reasons this process already reported."""
-    monkeypatch.setattr(uploads, "_said", set())
+    monkeypatch.setattr(_uploader, "_said", set())
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -61,6 +62,17 @@ def no_sleep(_: float) -> None:
     pass
 
 
+def logged(server: ServerTracking, method: str, path: str, expected: int) -> int:
+    """How many matching requests the server logged, once ``expected`` are in (10 s at most).
+
+    The server logs a request just after answering it, so the client can be faster.
+    """
+    deadline = time.monotonic() + 10
+    while server.faults.count(method, path) < expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server.faults.count(method, path)
+
+
 @pytest.fixture
 def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """This test's own temp dir, so leftovers are ours (xdist workers share /tmp)."""
@@ -71,7 +83,13 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def upload_temp_dirs() -> set[str]:
-    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("pytest-ckpts-upload-")}
+    """What uploads left in the temp dir: scratch dirs and their locks, any old layout."""
+    left = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("pytest-ckpts-upload")}
+    root = _scratch.scratch_root() if left else None
+    if root is not None and root.name in left:
+        left.discard(root.name)
+        left |= {f"{root.name}/{n}" for n in os.listdir(root)}
+    return left
 
 
 # --------------------------------------------------------------------------- run id, config
@@ -178,7 +196,7 @@ def test_stage_helpers_are_archive_first(
             else:
                 assert upload_conversion_artifacts(onnx) is True
     if isinstance(tracking, ServerTracking):  # every upload went over the wire, proxied
-        assert tracking.faults.count("PUT", "/mlflow-artifacts/") == 6
+        assert logged(tracking, "PUT", "/mlflow-artifacts/", 6) == 6
         assert {mlflow.get_run(r).info.experiment_id for r in runs.values()} == {
             tracking.experiment_id
         }
@@ -299,6 +317,7 @@ def test_transient_failures_retry_then_upload_once(
         uploader = ArtifactUploader(stage="training", sleep=delays.append)
         assert uploader.upload_checkpoint(ckpt_dir) is True
     assert uploader.attempts == 3
+    assert logged(mlflow_server, "PUT", "/mlflow-artifacts/", 3) == 3
     puts = [(m, s) for m, p, s in mlflow_server.faults.requests if "/mlflow-artifacts/" in p]
     assert puts == [("PUT", status), ("PUT", status), ("PUT", 200)]  # counted at the server
     assert len(delays) == 2
@@ -321,7 +340,7 @@ def test_client_error_is_not_retried(
     assert run.info.run_id in message
     assert "not retried" in message
     assert uploader.attempts == 1
-    assert mlflow_server.faults.count("PUT", "/mlflow-artifacts/") == 1
+    assert logged(mlflow_server, "PUT", "/mlflow-artifacts/", 1) == 1
     assert mlflow_server.list_artifacts(run.info.run_id) == []
     assert upload_temp_dirs() == set()
 
@@ -333,7 +352,7 @@ def test_retries_are_bounded(mlflow_server: ServerTracking, ckpt_dir: Path) -> N
         uploader = ArtifactUploader(stage="training", sleep=delays.append)
         with pytest.raises(UploadError, match=r"after 6 attempts \(last: HTTP 500\)"):
             uploader.upload_checkpoint(ckpt_dir)
-    assert mlflow_server.faults.count("PUT", "/mlflow-artifacts/") == 6  # 1 + max_retries=5
+    assert logged(mlflow_server, "PUT", "/mlflow-artifacts/", 6) == 6  # 1 + max_retries=5
     assert len(delays) == 5
     assert all(0 <= d <= 2.0 * 2**i for i, d in enumerate(delays))
 
