@@ -229,7 +229,7 @@ class ArchiveError(CheckpointsError, ValueError):
 
     A ``ValueError`` so callers of the original upload helpers, which raised
     ``ValueError`` for bad checkpoints, keep catching it.
-
+    """
 
 
 # --- uploads ---
