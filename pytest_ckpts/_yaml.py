@@ -22,7 +22,6 @@ line, and ``manifest`` turns them into one-line ``ManifestError``.
 from __future__ import annotations
 
 import reprlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -68,17 +67,6 @@ class YamlProblem(Exception):
 def _line(mark: Any) -> int | None:
     line = getattr(mark, "line", None)
     return line + 1 if isinstance(line, int) else None
-
-
-def read_text(path: Path) -> str:
-    """Read ``path`` as UTF-8, at most :data:`MAX_BYTES`.
-
-    ``OSError`` (``FileNotFoundError`` included) propagates for the caller to word;
-    size and encoding problems are :class:`YamlProblem`.
-    """
-    with open(path, "rb") as f:
-        data = f.read(MAX_BYTES + 1)
-    return decode(data)
 
 
 def decode(data: bytes) -> str:
@@ -170,18 +158,16 @@ def _key_id(node: Any) -> object:
     return (node.tag, node.value) if isinstance(node, yaml.ScalarNode) else id(node)
 
 
-def _event_source(text: str) -> Any:
+def compose(text: str, *, c_parser: bool = True) -> Document:
+    """Compose ``text`` (one YAML document) into a node graph, within the limits above.
+
+    ``c_parser=False`` (or a PyYAML built without libyaml) uses the pure-Python parser;
+    the graph, lines and errors are the same, only slower.
+    """
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
-    return loader(text)
-
-
-def compose(text: str) -> Document:
-    """Compose ``text`` (one YAML document) into a node graph, within the limits above."""
-    import yaml
-
-    source = _event_source(text)
+    c_loader = getattr(yaml, "CSafeLoader", None) if c_parser else None
+    source = (c_loader or yaml.SafeLoader)(text)
     try:
         return Document(_compose(source))
     except yaml.MarkedYAMLError as exc:

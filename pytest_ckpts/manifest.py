@@ -200,7 +200,7 @@ def load_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:
             data = f.read(_yaml.MAX_BYTES + 1)
     except FileNotFoundError:
         raise ManifestNotFoundError(
-            f"file not found: {manifest_path}. Create it, or point --ckpts-manifest / "
+            f"{manifest_path}: file not found. Create it, or point --ckpts-manifest / "
             f"{ENV_MANIFEST} / ini ckpts_manifest (pytest-ckpts command: --manifest) at "
             "the right file.",
             path=manifest_path,

@@ -19,6 +19,8 @@ import pytest
 
 from pytest_ckpts import ManifestError, load_manifest
 
+pytest_plugins = ["pytester"]
+
 SHA = "ab" * 32
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -440,3 +442,66 @@ def test_parsed_once_per_content(project: Path) -> None:
     path.write_text("checkpoints: [\n")
     refused(path)  # a broken file is never served from the cache
     refused(path)
+
+
+def test_plugin_refuses_a_bomb_at_start_up_in_one_line(pytester: pytest.Pytester) -> None:
+    (pytester.path / "checkpoints").mkdir()
+    (pytester.path / "checkpoints" / "checkpoints.yaml").write_text(laughs(9))
+    pytester.makepyfile(test_it="def test_plain():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: pytest-ckpts: invalid manifest *checkpoints.yaml:4: aliases expand*alias bomb*"]
+    )
+    assert "Traceback" not in result.stderr.str()
+
+
+PARITY = """\
+config: {hf_repo: &r org/repo}
+checkpoints:
+  base: &d {hf_path: "b.ckpt", size: 3, revision: v1}
+  vae:
+    <<: *d
+    hf_path: 'vae/m.ckpt'
+    description: |
+      two
+      lines
+    repo: *r
+"""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        PARITY,
+        "checkpoints:\n  a: [unclosed\n",
+        "checkpoints:\n  a: {hf_path: !foo x}\n",
+        "checkpoints:\n  a:\n    b: *nope\n",
+        "checkpoints:\n  a: " + "[" * 100 + "]" * 100 + "\n",
+    ],
+)
+def test_pure_python_parser_gives_the_same_graph_and_errors(text: str) -> None:
+    """Without libyaml (or with c_parser=False) nodes, lines and errors are the same."""
+    from pytest_ckpts import _yaml
+
+    def outline(c_parser: bool) -> object:
+        try:
+            doc = _yaml.compose(text, c_parser=c_parser)
+        except _yaml.YamlProblem as exc:
+            # libyaml and PyYAML word syntax errors differently; ours must match exactly
+            syntax = exc.message.startswith("YAML syntax error")
+            return ("error", "YAML syntax error" if syntax else exc.message, exc.line)
+        seen: list[object] = []
+        stack = [doc.root]
+        while stack:
+            node = stack.pop()
+            assert node is not None
+            seen.append((type(node).__name__, node.tag, node.start_mark.line))
+            if isinstance(node.value, str):
+                seen.append(node.value)
+            else:
+                for item in reversed(node.value):
+                    stack.extend(reversed(item) if isinstance(item, tuple) else [item])
+        return seen
+
+    assert outline(c_parser=True) == outline(c_parser=False)
