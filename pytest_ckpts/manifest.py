@@ -86,7 +86,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
 def env_value(name: str) -> str | None:
-    """Return the environment variable, treating the empty string as unset (SPEC §2)."""
+    """Return the environment variable, treating the empty string as unset (README: The manifest)."""
     value = os.environ.get(name)
     return value if value else None
 
