@@ -248,3 +248,22 @@ class UploadArgumentError(CheckpointsError, ValueError):
 
     ``ValueError`` because that is what the uploader raised for these before.
     """
+
+
+# --- manifest ---
+
+
+class ManifestNotFoundError(ManifestError):
+    """No manifest where one was looked for (none found walking up, or a path that is not there).
+
+    A subclass of ``ManifestError`` so existing handlers keep catching it, but its message
+    says "no manifest found" rather than "invalid manifest": nothing is wrong with a file
+    that does not exist, the pointer to it is.
+    """
+
+    def __init__(self, message: str, *, path: object = None) -> None:
+        self.path = path
+        self.entry = None
+        self.key = None
+        self.line = None
+        CheckpointsError.__init__(self, f"pytest-ckpts: no manifest found: {message}")
