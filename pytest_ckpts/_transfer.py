@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import CacheError
 from .manifest import CheckpointSpec
+from .settings import ENV
 
 __all__ = ["etag_of", "link_snapshot", "make_dir", "open_for_write", "progress_bar", "write_chunk"]
 
@@ -35,7 +36,7 @@ def make_dir(path: Path, spec: CheckpointSpec) -> None:
         raise CacheError(
             f"pytest-ckpts: cannot use the cache for checkpoint '{spec.name}': {path} exists "
             "but is not a directory (a dangling symlink?). Fix or remove it, or set "
-            "--ckpts-cache-dir / PYTEST_CKPTS_CACHE_DIR."
+            f"--ckpts-cache-dir / {ENV['cache_dir']}."
         ) from None
     except OSError as exc:
         raise _cache_error(spec, path, exc, None) from None
@@ -50,7 +51,7 @@ def _cache_error(spec: CheckpointSpec, path: Path, exc: OSError, need: int | Non
     elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         why = (
             "the cache is read-only; a read-only cache can serve what it holds, but "
-            "downloading needs a writable --ckpts-cache-dir / PYTEST_CKPTS_CACHE_DIR"
+            f"downloading needs a writable --ckpts-cache-dir / {ENV['cache_dir']}"
         )
     else:
         why = f"{type(exc).__name__}: {exc.strerror or exc}"

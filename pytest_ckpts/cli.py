@@ -24,7 +24,7 @@ from .errors import (
     UsageFailure,
 )
 from .manifest import CheckpointSpec, Manifest, load_manifest
-from .settings import Settings, count_option
+from .settings import ENV, Settings, count_option
 from .store import Store
 
 __all__ = ["main"]
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pytest-ckpts",
         description="Manage the checkpoints named in checkpoints/checkpoints.yaml.",
         epilog="Exit codes: 0 ok, 1 a check failed, 2 usage error. The manifest is "
-        "--manifest, else PYTEST_CKPTS_MANIFEST, else the first checkpoints/checkpoints.yaml "
+        f"--manifest, else {ENV['manifest']}, else the first checkpoints/checkpoints.yaml "
         "found walking up from the current directory.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-dir",
         metavar="DIR",
-        help="cache directory (default: PYTEST_CKPTS_CACHE_DIR, else the manifest's cache_dir)",
+        help=f"cache directory (default: {ENV['cache_dir']}, else the manifest's cache_dir)",
     )
     parser.add_argument(
         "--offline",

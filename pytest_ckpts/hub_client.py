@@ -36,7 +36,7 @@ from .cache import Cache, contained
 from .errors import CacheError, CheckpointDownloadError, UsageFailure
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import RetryBudget, RunState, backoff_delay, parse_retry_after
-from .settings import env_value
+from .settings import ENV, env_value
 
 __all__ = ["DEFAULT_ENDPOINT", "Downloaded", "HubClient", "redact", "resolve_endpoint"]
 
@@ -241,7 +241,7 @@ class HubClient:
                     hint = (
                         f"the hub asked to wait {failure.retry_after:.0f}s (Retry-After), more "
                         f"than the {left:.0f}s left of the retry budget "
-                        "(--ckpts-retry-budget / PYTEST_CKPTS_RETRY_BUDGET)"
+                        f"(--ckpts-retry-budget / {ENV['retry_budget']})"
                     )
                 else:
                     hint = (

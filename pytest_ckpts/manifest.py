@@ -46,6 +46,7 @@ from ._manifest_fields import (
 )
 from ._yaml import YamlProblem, show
 from .errors import ManifestError, ManifestNotFoundError
+from .settings import DEFAULT_MANIFEST, ENV, env_value, find_manifest
 
 if TYPE_CHECKING:
     import yaml
@@ -64,9 +65,8 @@ __all__ = [
     "revision_problem",
 ]
 
-#: Where the manifest lives relative to the project root.
-DEFAULT_MANIFEST = Path("checkpoints") / "checkpoints.yaml"
-ENV_MANIFEST = "PYTEST_CKPTS_MANIFEST"
+#: The variable naming the manifest outside pytest (declared in settings.ENV).
+ENV_MANIFEST = ENV["manifest"]
 
 _TOP_KEYS = ("checkpoints", "config")
 _ENTRY_KEYS = (
@@ -83,12 +83,6 @@ _ENTRY_KEYS = (
 _CONFIG_KEYS = ("hf_repo", "cache_dir", "revision", "endpoint", "repo_type")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-
-
-def env_value(name: str) -> str | None:
-    """Return the environment variable, treating the empty string as unset (README: The manifest)."""
-    value = os.environ.get(name)
-    return value if value else None
 
 
 def is_pinned(revision: str) -> bool:
@@ -161,23 +155,10 @@ def project_root_for(manifest_path: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
-def find_manifest(start: Path | None = None) -> Path | None:
-    """Outside pytest: ``PYTEST_CKPTS_MANIFEST``, else walk up as git finds ``.git``."""
-    env = env_value(ENV_MANIFEST)
-    if env is not None:
-        return Path(env).expanduser().absolute()
-    here = (start or Path.cwd()).absolute()
-    for directory in (here, *here.parents):
-        candidate = directory / DEFAULT_MANIFEST
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def load_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:
     """Load and validate a manifest.
 
-    With no ``path``, find it as the CLI does (``PYTEST_CKPTS_MANIFEST``, else walk up
+    With no ``path``, find it as the CLI does (the manifest variable of ``settings.ENV``, else walk up
     from the current directory). Raises ``ManifestNotFoundError`` when there is none and
     ``ManifestError`` naming file, line, entry and key when it is malformed.
 

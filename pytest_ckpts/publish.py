@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from .errors import CheckpointDownloadError, UsageFailure
 from .integrity import atomic_write_bytes, calculate_sha256
 from .manifest import CheckpointSpec, Manifest
+from .settings import ENV
 from .store import Store
 
 __all__ = ["lock", "upload"]
@@ -169,7 +170,7 @@ def upload(
         raise UsageFailure(
             "pytest-ckpts: uploading needs a Hugging Face token with write access: "
             "set HF_TOKEN or run `hf auth login` (for an endpoint named only in the "
-            "manifest, also set PYTEST_CKPTS_TRUST_MANIFEST_ENDPOINT=1)."
+            f"manifest, also set {ENV['trust_manifest_endpoint']}=1)."
         )
     missing = [str(source_dir / s.hf_path) for s in specs if not (source_dir / s.hf_path).is_file()]
     if missing:

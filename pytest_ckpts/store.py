@@ -32,6 +32,7 @@ from .hub_client import DEFAULT_ENDPOINT, Downloaded, HubClient, redact, resolve
 from .integrity import calculate_sha256
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import RetryBudget, RunState
+from .settings import ENV
 
 __all__ = ["DEFAULT_ENDPOINT", "NullObserver", "Observer", "Store", "redact", "resolve_endpoint"]
 
@@ -245,7 +246,7 @@ class Store:
             raise CacheError(
                 f"pytest-ckpts: cannot download checkpoint '{spec.name}': the cache {self.cache} "
                 f"is not writable ({exc.strerror or exc}). Use a writable --ckpts-cache-dir / "
-                "PYTEST_CKPTS_CACHE_DIR, or fill this cache with `pytest-ckpts fetch`."
+                f"{ENV['cache_dir']}, or fill this cache with `pytest-ckpts fetch`."
             ) from None
         try:
             return self._resolve_locked(spec, path, commit, force_download)
