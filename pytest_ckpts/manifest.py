@@ -53,6 +53,7 @@ _ENTRY_KEYS = (
     "revision",
     "repo_type",
     "size",
+    "tensor_index",
 )
 _CONFIG_KEYS = ("hf_repo", "cache_dir", "revision", "endpoint", "repo_type")
 _REPO_TYPES = ("model", "dataset")
@@ -86,6 +87,8 @@ class CheckpointSpec:
     repo_type: str
     size: int | None
     line: int | None = field(default=None, compare=False)
+    #: sha256 of ``checkpoints/tensors/<name>.json`` (``pytest-ckpts lock --tensors``)
+    tensor_index: str | None = None
 
     @property
     def pinned(self) -> bool:
@@ -342,6 +345,20 @@ def _check_sha256(ctx: _Ctx, node: yaml.Node, *, entry: str) -> str | None:
     return lowered
 
 
+def _check_tensor_index(ctx: _Ctx, node: yaml.Node, *, entry: str) -> str:
+    value = _value(node)
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if not SHA256_RE.match(text):
+        raise ctx.error(
+            f"{value!r} is not the sha256 of a tensor index (64 hex digits); it is written "
+            f"by `pytest-ckpts lock --tensors {entry}`, run that instead of editing it",
+            entry=entry,
+            key="tensor_index",
+            node=node,
+        )
+    return text
+
+
 def _check_hf_path(ctx: _Ctx, node: yaml.Node, *, entry: str) -> str:
     value = _str_value(ctx, node, entry=entry, key="hf_path").strip()
     if "\\" in value:
@@ -506,6 +523,9 @@ def parse_manifest(text: str, path: Path) -> Manifest:
             else default_type,
             size=_check_size(ctx, e["size"], entry=name) if "size" in e else None,
             line=knode.start_mark.line + 1,
+            tensor_index=_check_tensor_index(ctx, e["tensor_index"], entry=name)
+            if "tensor_index" in e
+            else None,
         )
         clash_key = (spec.repo, spec.filename)
         other = local_names.get(clash_key)
