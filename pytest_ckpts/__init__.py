@@ -6,7 +6,7 @@ mlflow are only imported by the functions that need them.
 
 from __future__ import annotations
 
-from .api import get_checkpoint, resolve_checkpoint
+from .api import fetch_tensors, get_checkpoint, resolve_checkpoint
 from .checkpoint import Checkpoint
 from .errors import (
     CheckpointDownloadError,
@@ -14,6 +14,7 @@ from .errors import (
     CheckpointSkipped,
     ChecksumMismatchError,
     ManifestError,
+    TensorIndexError,
 )
 from .integrity import calculate_sha256, verify_checksum
 from .manifest import CheckpointSpec, Manifest, load_manifest
@@ -27,7 +28,9 @@ __all__ = [
     "ChecksumMismatchError",
     "Manifest",
     "ManifestError",
+    "TensorIndexError",
     "calculate_sha256",
+    "fetch_tensors",
     "get_checkpoint",
     "load_manifest",
     "resolve_checkpoint",

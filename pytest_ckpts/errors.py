@@ -179,3 +179,13 @@ class ExperimentFileNotFoundError(ExperimentError, FileNotFoundError):
 
 class UntrustedPickleError(ExperimentError, PermissionError):
     """``load_architecture`` would unpickle (run code) without ``trust_pickle=True``."""
+
+
+# --- partial reads ---
+
+
+class TensorIndexError(CheckpointsError, ValueError):
+    """A tensor index (``checkpoints/tensors/<name>.json``) is missing, edited, out of date
+    or stale, or names no such tensor: partial reads of that checkpoint are refused until
+    ``pytest-ckpts lock --tensors NAME`` writes it again. Never turned into a skip.
+    """
