@@ -398,7 +398,10 @@ class PartialReader:
         got = {}
         for p in pieces:
             path = self.store.layout.piece_path(spec, commit, p.sha256)
-            got[p.sha256] = self._check(spec, index, p, path.read_bytes(), str(path))
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != p.sha256:
+                path.unlink(missing_ok=True)  # the next online read fetches it again
+            got[p.sha256] = self._check(spec, index, p, data, str(path), local=True)
         out.size = self._read_size(spec, commit) or out.size
         return got
 
@@ -409,7 +412,8 @@ class PartialReader:
         with path.open("rb") as f:
             for p in pieces:
                 f.seek(p.begin)
-                out[p.sha256] = self._check(spec, index, p, f.read(p.end - p.begin), str(path))
+                data = f.read(p.end - p.begin)
+                out[p.sha256] = self._check(spec, index, p, data, str(path), local=True)
         return out
 
     # ---------------------------------------------------------------- fetch
@@ -545,26 +549,45 @@ class PartialReader:
 
     # ---------------------------------------------------------------- verify
     def _check(
-        self, spec: CheckpointSpec, index: TensorIndex, piece: Piece, data: bytes, where: str
+        self,
+        spec: CheckpointSpec,
+        index: TensorIndex,
+        piece: Piece,
+        data: bytes,
+        where: str,
+        *,
+        local: bool = False,
     ) -> bytes:
+        """``data`` if its sha256 is the index's; else why not, in one error.
+
+        A header from the hub that does not match means the hub serves another file
+        (the index is stale); anything else is a checksum mismatch of that tensor (or of
+        a ``local`` copy: a cached piece or a cached whole file).
+        """
         actual = hashlib.sha256(data).hexdigest()
         if actual == piece.sha256:
             return data
         label = _relabel(self.store.manifest, index.path)
-        if not piece.label:
+        if not piece.label and not local:
             raise TensorIndexError(
                 f"pytest-ckpts: tensor index {label} of checkpoint '{spec.name}' is stale: the "
                 f"header served ({where}) has sha256 {actual}, the index recorded "
                 f"{piece.sha256}; re-run `pytest-ckpts lock --tensors {spec.name}`"
             )
+        what = f"tensor '{piece.label}'" if piece.label else "the header"
         raise ChecksumMismatchError(
-            f"pytest-ckpts: Checksum mismatch for tensor '{piece.label}' of checkpoint "
-            f"'{spec.name}' ({where})\n"
+            f"pytest-ckpts: Checksum mismatch for {what} of checkpoint '{spec.name}' "
+            f"({'cached copy ' if local else ''}{where})\n"
             f"  expected sha256: {piece.sha256} (tensor index {label})\n"
             f"  actual sha256:   {actual}\n"
-            "The bytes were not kept. If the file changed on purpose, update the manifest "
-            f"(`pytest-ckpts lock --update {spec.name}`) and the index "
-            f"(`pytest-ckpts lock --tensors {spec.name}`).",
+            + (
+                "The cache was modified; the bad piece was removed (a cached whole file: "
+                f"`pytest-ckpts verify {spec.name}`)."
+                if local
+                else "The bytes were not kept. If the file changed on purpose, update the "
+                f"manifest (`pytest-ckpts lock --update {spec.name}`) and the index "
+                f"(`pytest-ckpts lock --tensors {spec.name}`)."
+            ),
             name=spec.name,
             path=where,
             expected=piece.sha256,
