@@ -119,12 +119,14 @@ class Ranged:
 
 
 def _content_range(response: Any, begin: int, end: int) -> int | None:
-    """The file size a 206 announces for exactly ``[begin, end)``, else None."""
+    """The file size a 206 announces for ``[begin, end)`` (cut short at the end of a
+    file smaller than asked: the caller's hash check then says it changed), else None."""
     text = str(response.headers.get("Content-Range") or "")
     m = re.fullmatch(r"\s*bytes (\d+)-(\d+)/(\d+)\s*", text)
-    if response.status_code != 206 or m is None:
+    if response.status_code != 206 or m is None or int(m[1]) != begin:
         return None
-    return int(m[3]) if (int(m[1]), int(m[2]) + 1) == (begin, end) else None
+    last, total = int(m[2]) + 1, int(m[3])
+    return total if last == end or last == total < end else None
 
 
 @dataclass
@@ -485,10 +487,8 @@ class HubClient:
     ) -> Ranged:
         """Bytes ``[begin, end)`` of ``spec`` at ``commit`` by one HTTP ``Range`` request.
 
-        Partial reads (:mod:`pytest_ckpts.partial`) need a few MB of a file that may be
-        10 GB: a hub that answers with the whole file (200 instead of 206), or with
-        another range, is refused rather than read, so a partial read never turns
-        silently into a full download. The caller verifies the bytes.
+        For :mod:`pytest_ckpts.partial`, which verifies them. An answer with the whole
+        file (200) or another range is refused, not read: never a silent full download.
         """
         import httpx2
 
@@ -502,7 +502,6 @@ class HubClient:
             f"failed to read bytes {begin}-{end - 1} of checkpoint '{spec.name}' from "
             f"{self.describe(spec, commit)}"
         )
-        want = end - begin
         started = time.perf_counter()
 
         def once() -> Ranged:
@@ -525,10 +524,12 @@ class HubClient:
                     raise self._error(spec, what, failure, self._hint(failure))
                 total = _content_range(response, begin, end)
                 if total is None:
-                    text = f"HTTP {response.status_code}, not 206 for bytes {begin}-{end - 1}"
+                    got_range = response.headers.get("Content-Range") or "no Content-Range"
+                    text = f"HTTP {response.status_code} ({got_range}) for bytes={begin}-{end - 1}"
                     hint = "partial reads need a hub that serves byte ranges"
                     failure = _Failure("permanent", int(response.status_code), text)
                     raise self._error(spec, what, failure, hint)
+                want = min(end, total) - begin
                 chunks: list[bytes] = []
                 got = 0
                 for chunk in response.iter_bytes():

@@ -261,7 +261,7 @@ class CkptsSession:
             spec.name,
             got.source,
             nbytes=got.nbytes,
-            seconds=got.seconds,
+            seconds=got.seconds if got.nbytes else 0.0,  # as for files: time spent fetching
             reason=got.reason,
             sha256=spec.sha256,
             commit=got.commit,
