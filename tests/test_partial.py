@@ -97,7 +97,7 @@ def test_lock_tensors_from_dir_needs_no_hub_and_refuses_other_bytes(
     src = project / "src"
     (src / HF_PATH).parent.mkdir(parents=True)
     (src / HF_PATH).write_bytes(data[:-1] + b"\x00")
-    code, out = cli("--manifest", str(path), "lock", "--tensors", "--from", str(src), "llm")
+    code, _out = cli("--manifest", str(path), "lock", "--tensors", "--from", str(src), "llm")
     assert code == 2  # the CLI's exit for a ChecksumMismatchError (a ValueError)
     assert "Checksum mismatch" in capsys.readouterr().err
     assert not (project / "checkpoints" / "tensors").exists()
@@ -114,7 +114,8 @@ def test_lock_tensors_refuses_a_file_that_is_not_safetensors(
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.strip().splitlines()) == 1
-    assert "cannot index checkpoint 'llm'" in err and ".safetensors" in err
+    assert "cannot index checkpoint 'llm'" in err
+    assert ".safetensors" in err
     assert not (project / "checkpoints" / "tensors" / "llm.json").exists()
     with pytest.raises(SystemExit) as info:
         cli("--manifest", str(path), "lock", "--tensors")
@@ -127,10 +128,12 @@ def test_lock_check_covers_the_index(manifest: Path) -> None:
     target.write_bytes(raw.replace(b'"begin"', b'"begin" ', 1))
     code, out = cli("--manifest", str(manifest), "lock", "--check")
     assert code == 1
-    assert "would set llm: tensor_index" in out and "lock --tensors llm" in out
+    assert "would set llm: tensor_index" in out
+    assert "lock --tensors llm" in out
     target.unlink()
     code, out = cli("--manifest", str(manifest), "lock", "--check")
-    assert code == 1 and "cannot be read" in out
+    assert code == 1
+    assert "cannot be read" in out
     target.write_bytes(raw)
     assert cli("--manifest", str(manifest), "lock", "--check")[0] == 0
     # the file changed (lock --update): the index was made from the old one
@@ -140,7 +143,8 @@ def test_lock_check_covers_the_index(manifest: Path) -> None:
     assert spec.sha256 is not None
     manifest.write_text(text.replace(spec.sha256, other))
     code, out = cli("--manifest", str(manifest), "lock", "--check")
-    assert code == 1 and f"now has sha256 {other}" in out
+    assert code == 1
+    assert f"now has sha256 {other}" in out
 
 
 @pytest.mark.parametrize("value", ["xyz", "123", "'" + "g" * 64 + "'"])
@@ -153,8 +157,10 @@ def test_manifest_validates_tensor_index(project: Path, value: str) -> None:
     with pytest.raises(ManifestError) as info:
         load_manifest(path)
     message = str(info.value)
-    assert "entry 'a'" in message and "key 'tensor_index'" in message
-    assert "lock --tensors a" in message and "\n" not in message
+    assert "entry 'a'" in message
+    assert "key 'tensor_index'" in message
+    assert "lock --tensors a" in message
+    assert "\n" not in message
     path.write_text(path.read_text().replace(value, '"' + "AB" * 32 + '"'))
     assert load_manifest(path).get("a").tensor_index == "ab" * 32
 
@@ -190,7 +196,8 @@ def test_cold_read_fetches_header_and_tensors_only_then_nothing(
     hub.stats.reset()
     again = _read(manifest, names)  # a new store: as a later run or another process
     assert hub.stats.request_count == 0
-    assert again.source == "cached" and again.size == len(data)
+    assert again.source == "cached"
+    assert again.size == len(data)
     assert torch.equal(again.tensors["norm"], tensors["norm"])
 
 
@@ -226,7 +233,7 @@ def test_whole_file_cached_is_read_instead_of_the_hub(
 
 
 def test_offline_reads_only_cached_pieces(manifest: Path, hub: LocalHub) -> None:
-    with pytest.raises(CheckpointSkipped, match="not cached.*offline"):
+    with pytest.raises(CheckpointSkipped, match=r"not cached.*offline"):
         _read(manifest, ["embed"], offline=True)
     _read(manifest, ["embed"])
     hub.stats.reset()
@@ -245,7 +252,7 @@ def test_corrupted_cached_piece_is_read_again(manifest: Path, hub: LocalHub) -> 
     assert _read(manifest, ["ids"]).source == "downloaded"
     for piece in pieces:
         piece.write_bytes(b"x" + piece.read_bytes()[1:])
-    with pytest.raises(ChecksumMismatchError, match="Checksum mismatch.*cached copy"):
+    with pytest.raises(ChecksumMismatchError, match=r"Checksum mismatch.*cached copy"):
         _read(manifest, ["ids"], offline=True)  # offline: an error, never a fetch
     assert hub.stats.request_count == 1  # header and tensor (adjacent), read again once
 
@@ -269,11 +276,13 @@ def test_tampered_range_names_the_tensor_and_both_digests(
     message = str(info.value)
     actual = hashlib.sha256(bytes(tampered[row["begin"] : row["end"]])).hexdigest()
     assert "tensor 'embed' of checkpoint 'llm'" in message
-    assert row["sha256"] in message and actual in message
+    assert row["sha256"] in message
+    assert actual in message
     assert (info.value.expected, info.value.actual) == (row["sha256"], actual)
     assert all(r is not None for r in _ranges(hub))  # no fallback to a full download
     kept = {p.stem for p in (manifest.parent / ".ckpts" / "tensors").rglob("*.bin")}
-    assert row["sha256"] not in kept and actual not in kept
+    assert row["sha256"] not in kept
+    assert actual not in kept
 
 
 def test_corrupted_body_on_the_wire_is_an_error_not_a_skip(manifest: Path, hub: LocalHub) -> None:
@@ -294,7 +303,8 @@ def test_stale_index_is_a_one_line_error(project: Path, hub: LocalHub, data: byt
         _read(manifest, ["ids"])
     message = str(info.value)
     assert "\n" not in message
-    assert "is stale" in message and "re-run `pytest-ckpts lock --tensors llm`" in message
+    assert "is stale" in message
+    assert "re-run `pytest-ckpts lock --tensors llm`" in message
 
 
 def test_missing_or_edited_index_refuses_partial_reads(
@@ -344,7 +354,8 @@ def test_branch_with_hub_down_uses_pieces_read_before_as_stale(
     m = load_manifest(manifest)
     store = Store(m)
     got = PartialReader(store).read(m.get("llm"), ["ids"])
-    assert got.source == "stale" and "hub failed" in str(got.reason)
+    assert got.source == "stale"
+    assert "hub failed" in str(got.reason)
     assert store.stale_reasons["llm"] == got.reason
     assert torch.equal(got.tensors["ids"], tensors["ids"])
     with pytest.raises(CheckpointDownloadError, match="unreachable"):
@@ -354,9 +365,11 @@ def test_branch_with_hub_down_uses_pieces_read_before_as_stale(
 def test_cache_info_and_prune_know_the_pieces(manifest: Path) -> None:
     _read(manifest, ["ids", "embed"])
     code, out = cli("--manifest", str(manifest), "cache", "info")
-    assert code == 0 and "tensor pieces (partial reads):" in out
+    assert code == 0
+    assert "tensor pieces (partial reads):" in out
     code, out = cli("--manifest", str(manifest), "cache", "prune")
-    assert code == 0 and "tensors" not in out  # still named: kept
+    assert code == 0
+    assert "tensors" not in out
     pieces = list((manifest.parent / ".ckpts" / "tensors").rglob("*.bin"))
     assert len(pieces) == 3
     text = manifest.read_text()
