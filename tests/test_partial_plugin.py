@@ -85,7 +85,8 @@ def test_xdist_workers_fetch_each_tensor_once(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", timeout=300)
     result.assert_outcomes(passed=6)
     ranges = Counter(rng for rng, _ in _bodies(hub))
-    assert ranges and all(n == 1 for n in ranges.values()), ranges
+    assert ranges
+    assert all(n == 1 for n in ranges.values()), ranges
     assert None not in ranges
     result.stdout.fnmatch_lines(["1 downloaded (*), 0 cached, 0 skipped"])
 
