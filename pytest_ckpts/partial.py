@@ -428,6 +428,8 @@ class PartialReader:
         got: dict[str, bytes] = {}
         missing = self._load_cached(spec, commit, pieces, got)
         if missing:
+            if is_pinned(spec.revision):  # one short probe per run says "is the hub there"
+                self.store.probe(spec)
             with self._locks(spec, commit, missing):
                 missing = self._load_cached(spec, commit, missing, got)  # others' work
                 for group in self._groups(missing):

@@ -254,7 +254,7 @@ def test_corrupted_cached_piece_is_read_again(manifest: Path, hub: LocalHub) -> 
         piece.write_bytes(b"x" + piece.read_bytes()[1:])
     with pytest.raises(ChecksumMismatchError, match=r"Checksum mismatch.*cached copy"):
         _read(manifest, ["ids"], offline=True)  # offline: an error, never a fetch
-    assert hub.stats.request_count == 1  # header and tensor (adjacent), read again once
+    assert hub.stats.count(path_contains="model.safetensors") == 1  # header + tensor, adjacent
 
 
 # --------------------------------------------------------------------------- mismatches
@@ -333,7 +333,7 @@ def test_missing_or_edited_index_refuses_partial_reads(
 def test_transient_errors_are_retried_within_the_budget(manifest: Path, hub: LocalHub) -> None:
     hub.faults.fail_next(2, 503, path_contains="model.safetensors")
     assert _read(manifest, ["ids"]).source == "downloaded"
-    assert [r.status for r in hub.stats.requests][:3] == [503, 503, 206]
+    assert [r.status for r in hub.stats.requests] == [200, 503, 503, 206]  # probe first
 
 
 def test_permanent_error_is_not_retried(manifest: Path, hub: LocalHub) -> None:
@@ -341,7 +341,7 @@ def test_permanent_error_is_not_retried(manifest: Path, hub: LocalHub) -> None:
     with pytest.raises(CheckpointDownloadError, match="403") as info:
         _read(manifest, ["ids"])
     assert info.value.kind == "permanent"
-    assert hub.stats.request_count == 1
+    assert hub.stats.count(path_contains="model.safetensors") == 1
 
 
 def test_branch_with_hub_down_uses_pieces_read_before_as_stale(
@@ -380,3 +380,65 @@ def test_cache_info_and_prune_know_the_pieces(manifest: Path) -> None:
     assert all(p.exists() for p in pieces)
     cli("--manifest", str(manifest), "cache", "prune")
     assert not any(p.exists() for p in pieces)
+
+
+def test_fetch_tensors_outside_pytest_reads_the_environment(
+    manifest: Path, hub: LocalHub, monkeypatch: pytest.MonkeyPatch, tensors: dict[str, object]
+) -> None:
+    import pytest_ckpts.api
+    from pytest_ckpts import fetch_tensors
+
+    monkeypatch.setattr(pytest_ckpts.api, "_RESOLVERS", [])  # as in a plain script
+    monkeypatch.setenv("PYTEST_CKPTS_MANIFEST", str(manifest))
+    got = fetch_tensors("llm", ["half", "ids"])
+    assert list(got) == ["half", "ids"]
+    assert torch.equal(got["half"], tensors["half"])
+    monkeypatch.setenv("PYTEST_CKPTS_MODE", "offline")
+    hub.stats.reset()
+    assert torch.equal(fetch_tensors("llm", ["ids"])["ids"], tensors["ids"])
+    assert hub.stats.request_count == 0
+    with pytest.raises(CheckpointSkipped):
+        fetch_tensors("llm", ["embed"])
+    monkeypatch.setenv("SKIP_CHECKPOINT_DOWNLOAD", "true")
+    with pytest.raises(CheckpointSkipped, match="Cannot load checkpoint: llm"):
+        fetch_tensors("llm", ["ids"])
+
+
+def test_hub_ignoring_range_is_refused_not_read_whole(
+    project: Path, hub: LocalHub, data: bytes
+) -> None:
+    """An endpoint that answers a Range request with the whole file (200): an error."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    manifest = publish(project, hub, data)
+    index(manifest)
+    commit = hub.commit_sha(REPO)
+
+    class NoRanges(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = json.dumps({"sha": commit}).encode() if "/api/" in self.path else data
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except OSError:  # the client hung up without reading the body
+                pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NoRanges)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        manifest.write_text(manifest.read_text().replace(hub.endpoint, endpoint))
+        with pytest.raises(CheckpointDownloadError, match="serves byte ranges") as info:
+            _read(manifest, ["ids"])
+        assert "HTTP 200 (no Content-Range)" in str(info.value)
+        assert info.value.kind == "permanent"
+        assert not list((manifest.parent / ".ckpts" / "tensors").rglob("*.bin"))
+    finally:
+        server.shutdown()
+        server.server_close()
