@@ -72,6 +72,7 @@ def test_fixture_cold_then_warm_with_summary_and_report(
     assert (row["status"], row["bytes"], row["size"]) == ("cached", 0, len(data))
 
 
+@pytest.mark.slow
 def test_xdist_workers_fetch_each_tensor_once(
     pytester: pytest.Pytester, hub: LocalHub, manifest: Path
 ) -> None:
