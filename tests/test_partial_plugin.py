@@ -83,6 +83,8 @@ def test_xdist_workers_fetch_each_tensor_once(
         for i in range(6)
     )
     pytester.makepyfile(test_it=body)
+    # slow answers, so both workers ask while the first fetch is still in flight
+    hub.faults.delay(1.0, path_contains="model.safetensors")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", timeout=300)
     result.assert_outcomes(passed=6)
     ranges = Counter(rng for rng, _ in _bodies(hub))
