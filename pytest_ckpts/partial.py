@@ -1,14 +1,8 @@
 """Verified tensors of a ``.safetensors`` file, read by HTTP ``Range`` (README "Reading a
 few tensors of a huge checkpoint").
 
-A ``.safetensors`` file is an 8-byte little-endian length ``N``, ``N`` bytes of JSON
-(name -> dtype, shape, data offsets) and the raw tensor bytes. The whole-file sha256 in
-the manifest can only be checked after reading the whole file, so ``pytest-ckpts lock
---tensors NAME`` reads it once and records, beside the manifest, a *tensor index*
-(``checkpoints/tensors/<name>.json``): the sha256 of the header bytes and of each tensor's
-bytes, with absolute offsets. The manifest entry records the index file's own sha256
-(``tensor_index``), so the chain manifest → index → header → tensor is reviewed and
-versioned, and every byte handed out here was checked against it.
+Every byte handed out is checked against the entry's tensor index
+(:mod:`pytest_ckpts.tensor_index`, written by ``pytest-ckpts lock --tensors NAME``).
 
 A read: the header range (checked against ``header_sha256``: a mismatch means the hub
 serves another file, the index is stale), then the requested tensors' ranges, adjacent
@@ -25,14 +19,13 @@ This module knows nothing of pytest.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     CacheError,
@@ -41,36 +34,29 @@ from .errors import (
     ChecksumMismatchError,
     TensorIndexError,
 )
-from .integrity import SHA256_RE, atomic_write_bytes
+from .integrity import atomic_write_bytes
 from .manifest import CheckpointSpec, Manifest, is_pinned
+from .tensor_index import (
+    Piece,
+    TensorEntry,
+    TensorIndex,
+    load_index,
+    parse_header,
+    relative_label,
+)
 
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = [
-    "FORMAT_VERSION",
-    "Partial",
-    "PartialReader",
-    "TensorIndex",
-    "build_index",
-    "index_path",
-    "load_index",
-]
+__all__ = ["MERGE_GAP", "Partial", "PartialReader", "to_tensor"]
 
 logger = logging.getLogger("pytest_ckpts")
 
-FORMAT_VERSION = 1
-#: safetensors itself refuses headers above 100 MB; so do we (bounded memory on bad input)
-MAX_HEADER = 100_000_000
 #: ranges closer than this are fetched in one request (the gap is read and dropped)
 MERGE_GAP = 64 * 1024
 #: a merged request stays below this size (memory), unless one tensor alone is larger
 MAX_MERGED = 64 * 1024 * 1024
 
-_ITEMSIZE = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
-    "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
 _TORCH_DTYPE = {
     "BOOL": "bool", "U8": "uint8", "I8": "int8", "F8_E4M3": "float8_e4m3fn",
     "F8_E5M2": "float8_e5m2", "I16": "int16", "U16": "uint16", "F16": "float16",
@@ -79,197 +65,10 @@ _TORCH_DTYPE = {
 }  # fmt: skip
 
 
-# --------------------------------------------------------------------------- the index
-
-
-@dataclass(frozen=True)
-class Piece:
-    """A byte range ``[begin, end)`` of the file with the sha256 of its bytes."""
-
-    label: str  # tensor name, or "" for the header
-    sha256: str
-    begin: int
-    end: int
-
-
-@dataclass(frozen=True)
-class TensorIndex:
-    """``checkpoints/tensors/<name>.json``, validated."""
-
-    path: Path
-    file_sha256: str
-    header_sha256: str
-    tensors: dict[str, Piece]
-
-    @property
-    def header(self) -> Piece:
-        """The header range: everything before the first tensor's bytes."""
-        start = min((p.begin for p in self.tensors.values()), default=0)
-        return Piece("", self.header_sha256, 0, start)
-
-
-def index_path(manifest: Manifest, name: str) -> Path:
-    """``<manifest dir>/tensors/<name>.json`` (names are validated by the manifest)."""
-    return manifest.path.parent / "tensors" / f"{name}.json"
-
-
-def _relabel(manifest: Manifest, path: Path) -> str:
-    try:
-        return str(path.relative_to(manifest.root))
-    except ValueError:
-        return str(path)
-
-
-def load_index(manifest: Manifest, spec: CheckpointSpec) -> TensorIndex:
-    """The entry's tensor index, checked against the manifest; one-line errors."""
-    path = index_path(manifest, spec.name)
-    label = _relabel(manifest, path)
-    fix = f"run `pytest-ckpts lock --tensors {spec.name}`"
-    recorded = getattr(spec, "tensor_index", None)
-    if recorded is None:
-        raise TensorIndexError(
-            f"pytest-ckpts: checkpoint '{spec.name}' has no tensor_index in {manifest.path}, "
-            f"so its tensors cannot be read without the whole file: {fix} (and commit {label})"
-        )
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TensorIndexError(
-            f"pytest-ckpts: tensor index {label} of checkpoint '{spec.name}' cannot be read "
-            f"({exc.strerror or exc}); {fix} and commit it beside the manifest"
-        ) from None
-    actual = hashlib.sha256(raw).hexdigest()
-    if actual != recorded:
-        raise TensorIndexError(
-            f"pytest-ckpts: tensor index {label} of checkpoint '{spec.name}' has sha256 "
-            f"{actual}, the manifest's tensor_index is {recorded}: the file was edited or "
-            f"the manifest is out of date; {fix}"
-        )
-    index = _parse_index(raw, path, label, spec.name, fix)
-    if spec.sha256 is not None and index.file_sha256 != spec.sha256:
-        raise TensorIndexError(
-            f"pytest-ckpts: tensor index {label} was made from a file with sha256 "
-            f"{index.file_sha256}, but checkpoint '{spec.name}' now has sha256 {spec.sha256}; "
-            f"{fix}"
-        )
-    return index
-
-
-def _parse_index(raw: bytes, path: Path, label: str, name: str, fix: str) -> TensorIndex:
-    def bad(why: str) -> TensorIndexError:
-        return TensorIndexError(f"pytest-ckpts: tensor index {label} of '{name}' {why}; {fix}")
-
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise bad(f"is not JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format_version") != FORMAT_VERSION:
-        raise bad(f"is not format_version {FORMAT_VERSION}")
-    sums = (doc.get("file_sha256"), doc.get("header_sha256"))
-    if not all(isinstance(s, str) and SHA256_RE.match(s) for s in sums):
-        raise bad("lacks file_sha256 / header_sha256 (64 hex digits)")
-    tensors: dict[str, Piece] = {}
-    items = doc.get("tensors")
-    if not isinstance(items, dict):
-        raise bad("has no 'tensors' mapping")
-    for tname, t in items.items():
-        ok = isinstance(t, dict) and isinstance(t.get("sha256"), str)
-        ok = ok and bool(SHA256_RE.match(t["sha256"]))
-        ok = ok and all(type(t.get(k)) is int for k in ("begin", "end"))
-        if not ok or not 8 <= t["begin"] <= t["end"]:
-            raise bad(f"has a bad entry for tensor '{tname}' (sha256, begin <= end)")
-        tensors[tname] = Piece(tname, t["sha256"], t["begin"], t["end"])
-    return TensorIndex(path, str(sums[0]), str(sums[1]), tensors)
-
-
-@dataclass(frozen=True)
-class _Entry:
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int  # absolute
-    end: int
-
-
-def parse_header(header: bytes, where: str) -> dict[str, _Entry]:
-    """The tensors a safetensors header names, with absolute offsets; ValueError if bad."""
-    if len(header) < 8:
-        raise ValueError(f"{where}: shorter than the 8-byte safetensors header length")
-    n = int.from_bytes(header[:8], "little")
-    if n > MAX_HEADER or len(header) != 8 + n:
-        raise ValueError(f"{where}: a safetensors header of {n} bytes does not fit")
-    try:
-        meta = json.loads(header[8:])
-    except ValueError as exc:
-        raise ValueError(f"{where}: the safetensors header is not JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{where}: the safetensors header is not a JSON object")
-    out: dict[str, _Entry] = {}
-    for name, info in meta.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (b, e) = info["dtype"], info["shape"], info["data_offsets"]
-            count = 1
-            for d in shape:
-                count *= int(d)
-            ok = dtype in _ITEMSIZE and all(type(d) is int and d >= 0 for d in shape)
-            ok = ok and type(b) is int and type(e) is int and 0 <= b <= e
-            ok = ok and e - b == count * _ITEMSIZE[dtype]
-        except (TypeError, KeyError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"{where}: tensor '{name}' has a bad dtype, shape or data_offsets")
-        out[name] = _Entry(dtype, tuple(shape), 8 + n + b, 8 + n + e)
-    return out
-
-
-def _hash_range(f: BinaryIO, begin: int, end: int) -> str:
-    digest = hashlib.sha256()
-    f.seek(begin)
-    left = end - begin
-    while left > 0:
-        chunk = f.read(min(left, 4 << 20))
-        if not chunk:
-            raise ValueError(f"file ends before byte {end}")
-        digest.update(chunk)
-        left -= len(chunk)
-    return digest.hexdigest()
-
-
-def build_index(path: Path, file_sha256: str) -> bytes:
-    """The index of a local ``.safetensors`` (already verified as ``file_sha256``).
-
-    Canonical JSON (sorted keys, fixed indent, final newline): the same file always
-    gives the same bytes, so the ``tensor_index`` in the manifest is reproducible.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < n <= min(MAX_HEADER, size - 8):
-            raise ValueError(f"{path} is not a .safetensors file (no header of a sane length)")
-        header = head + f.read(n)
-        tensors = parse_header(header, str(path))
-        first = min((t.begin for t in tensors.values()), default=8 + n)
-        if first != 8 + n or any(t.end > size for t in tensors.values()):
-            raise ValueError(f"{path}: tensor data_offsets do not lie within the file")
-        rows = {
-            name: {"sha256": _hash_range(f, t.begin, t.end), "begin": t.begin, "end": t.end}
-            for name, t in tensors.items()
-        }
-    doc = {
-        "format_version": FORMAT_VERSION,
-        "file_sha256": file_sha256,
-        "header_sha256": hashlib.sha256(header).hexdigest(),
-        "tensors": rows,
-    }
-    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8")
-
-
 # --------------------------------------------------------------------------- tensors
 
 
-def to_tensor(data: bytes, entry: _Entry) -> Any:
+def to_tensor(data: bytes, entry: TensorEntry) -> Any:
     """A torch tensor (writable, its own memory) from verified little-endian bytes."""
     try:
         import torch
@@ -325,7 +124,7 @@ class PartialReader:
             raise TensorIndexError(
                 f"pytest-ckpts: checkpoint '{spec.name}' has no tensor "
                 f"{', '.join(map(repr, unknown))} ({len(index.tensors)} in "
-                f"{_relabel(self.store.manifest, index.path)}).{hint}"
+                f"{relative_label(self.store.manifest, index.path)}).{hint}"
             )
         pieces = [index.header, *(index.tensors[n] for n in names)]
         out = Partial(spec.name, {}, "cached", None, size=spec.size)
@@ -336,7 +135,7 @@ class PartialReader:
             entry = header.get(n)
             if entry is None or (entry.begin, entry.end) != (piece.begin, piece.end):
                 raise TensorIndexError(
-                    f"pytest-ckpts: tensor index {_relabel(self.store.manifest, index.path)} "
+                    f"pytest-ckpts: tensor index {relative_label(self.store.manifest, index.path)} "
                     f"places tensor '{n}' elsewhere than the verified header of "
                     f"'{spec.name}' does; run `pytest-ckpts lock --tensors {spec.name}`"
                 )
@@ -401,7 +200,9 @@ class PartialReader:
             data = path.read_bytes()
             if hashlib.sha256(data).hexdigest() != p.sha256:
                 path.unlink(missing_ok=True)  # the next online read fetches it again
-            got[p.sha256] = self._check(spec, index, p, data, str(path), local=True)
+            got[p.sha256] = _verified(
+                self.store.manifest, spec, index, p, data, str(path), local=True
+            )
         out.size = self._read_size(spec, commit) or out.size
         return got
 
@@ -413,7 +214,9 @@ class PartialReader:
             for p in pieces:
                 f.seek(p.begin)
                 data = f.read(p.end - p.begin)
-                out[p.sha256] = self._check(spec, index, p, data, str(path), local=True)
+                out[p.sha256] = _verified(
+                    self.store.manifest, spec, index, p, data, str(path), local=True
+                )
         return out
 
     # ---------------------------------------------------------------- fetch
@@ -498,7 +301,9 @@ class PartialReader:
             self._write_size(spec, commit, ranged.size)
         where = f"bytes {begin}-{end - 1} from {self.store.describe(spec, commit)}"
         for p in sorted(group, key=lambda p: p.label != ""):  # the header first
-            data = self._check(spec, index, p, body[p.begin - begin : p.end - begin], where)
+            data = _verified(
+                self.store.manifest, spec, index, p, body[p.begin - begin : p.end - begin], where
+            )
             got[p.sha256] = data
             path = self.store.layout.piece_path(spec, commit, p.sha256)
             try:
@@ -549,49 +354,49 @@ class PartialReader:
         except (OSError, ValueError, CacheError):
             return None
 
-    # ---------------------------------------------------------------- verify
-    def _check(
-        self,
-        spec: CheckpointSpec,
-        index: TensorIndex,
-        piece: Piece,
-        data: bytes,
-        where: str,
-        *,
-        local: bool = False,
-    ) -> bytes:
-        """``data`` if its sha256 is the index's; else why not, in one error.
 
-        A header from the hub that does not match means the hub serves another file
-        (the index is stale); anything else is a checksum mismatch of that tensor (or of
-        a ``local`` copy: a cached piece or a cached whole file).
-        """
-        actual = hashlib.sha256(data).hexdigest()
-        if actual == piece.sha256:
-            return data
-        label = _relabel(self.store.manifest, index.path)
-        if not piece.label and not local:
-            raise TensorIndexError(
-                f"pytest-ckpts: tensor index {label} of checkpoint '{spec.name}' is stale: the "
-                f"header served ({where}) has sha256 {actual}, the index recorded "
-                f"{piece.sha256}; re-run `pytest-ckpts lock --tensors {spec.name}`"
-            )
-        what = f"tensor '{piece.label}'" if piece.label else "the header"
-        raise ChecksumMismatchError(
-            f"pytest-ckpts: Checksum mismatch for {what} of checkpoint '{spec.name}' "
-            f"({'cached copy ' if local else ''}{where})\n"
-            f"  expected sha256: {piece.sha256} (tensor index {label})\n"
-            f"  actual sha256:   {actual}\n"
-            + (
-                "The cache was modified; the bad piece was removed (a cached whole file: "
-                f"`pytest-ckpts verify {spec.name}`)."
-                if local
-                else "The bytes were not kept. If the file changed on purpose, update the "
-                f"manifest (`pytest-ckpts lock --update {spec.name}`) and the index "
-                f"(`pytest-ckpts lock --tensors {spec.name}`)."
-            ),
-            name=spec.name,
-            path=where,
-            expected=piece.sha256,
-            actual=actual,
+def _verified(
+    manifest: Manifest,
+    spec: CheckpointSpec,
+    index: TensorIndex,
+    piece: Piece,
+    data: bytes,
+    where: str,
+    *,
+    local: bool = False,
+) -> bytes:
+    """``data`` if its sha256 is the index's; else why not, in one error.
+
+    A header from the hub that does not match means the hub serves another file
+    (the index is stale); anything else is a checksum mismatch of that tensor (or of
+    a ``local`` copy: a cached piece or a cached whole file).
+    """
+    actual = hashlib.sha256(data).hexdigest()
+    if actual == piece.sha256:
+        return data
+    label = relative_label(manifest, index.path)
+    if not piece.label and not local:
+        raise TensorIndexError(
+            f"pytest-ckpts: tensor index {label} of checkpoint '{spec.name}' is stale: the "
+            f"header served ({where}) has sha256 {actual}, the index recorded "
+            f"{piece.sha256}; re-run `pytest-ckpts lock --tensors {spec.name}`"
         )
+    what = f"tensor '{piece.label}'" if piece.label else "the header"
+    raise ChecksumMismatchError(
+        f"pytest-ckpts: Checksum mismatch for {what} of checkpoint '{spec.name}' "
+        f"({'cached copy ' if local else ''}{where})\n"
+        f"  expected sha256: {piece.sha256} (tensor index {label})\n"
+        f"  actual sha256:   {actual}\n"
+        + (
+            "The cache was modified; the bad piece was removed (a cached whole file: "
+            f"`pytest-ckpts verify {spec.name}`)."
+            if local
+            else "The bytes were not kept. If the file changed on purpose, update the "
+            f"manifest (`pytest-ckpts lock --update {spec.name}`) and the index "
+            f"(`pytest-ckpts lock --tensors {spec.name}`)."
+        ),
+        name=spec.name,
+        path=where,
+        expected=piece.sha256,
+        actual=actual,
+    )

@@ -141,7 +141,7 @@ def lock(
 def _stale_indexes(manifest: Manifest, specs: list[CheckpointSpec]) -> dict[CheckpointSpec, str]:
     """Entries whose tensor index is missing, edited or made from another file (no network)."""
     from .errors import TensorIndexError
-    from .partial import load_index
+    from .tensor_index import load_index
 
     stale = {}
     for spec in specs:
@@ -168,7 +168,7 @@ def lock_tensors(
     against the entry's sha256 (filled in when missing) before anything is indexed.
     """
     from .errors import ChecksumMismatchError
-    from .partial import build_index, index_path
+    from .tensor_index import build_index, index_path
 
     edits: dict[str, dict[str, str]] = {}
     for spec in _selected(manifest, names):
