@@ -71,11 +71,12 @@ def fetch_tensors(name: str, tensor_names: Sequence[str]) -> dict[str, Any]:
     do not match the index), ``CheckpointSkipped`` and ``CheckpointDownloadError`` as
     :func:`get_checkpoint` does. README "Reading a few tensors of a huge checkpoint".
     """
+    names = [tensor_names] if isinstance(tensor_names, str) else list(tensor_names)
     if _RESOLVERS:  # inside a pytest run: the run's session (store, mode, summary)
         session = getattr(_RESOLVERS[-1], "__self__", None)
         read = getattr(session, "resolve_tensors_for_library", None)
         if read is not None:
-            tensors: dict[str, Any] = read(name, list(tensor_names))
+            tensors: dict[str, Any] = read(name, names)
             return tensors
     from .manifest import load_manifest
     from .partial import PartialReader
@@ -95,7 +96,7 @@ def fetch_tensors(name: str, tensor_names: Sequence[str]) -> dict[str, Any]:
         retry_budget=settings.retry_budget,
         trust_endpoint=settings.trust_manifest_endpoint,
     )
-    return PartialReader(store).read(manifest.get(name), list(tensor_names)).tensors
+    return PartialReader(store).read(manifest.get(name), names).tensors
 
 
 def get_checkpoint(name: str, force_download: bool = False) -> Path:

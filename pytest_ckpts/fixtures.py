@@ -91,9 +91,8 @@ def checkpoint_tensors(
 
     def read(name: str, tensor_names: Sequence[str]) -> dict[str, Any]:
         __tracebackhide__ = True
-        if isinstance(tensor_names, str):
-            tensor_names = [tensor_names]
-        return session.resolve_tensors_for_test(name, list(tensor_names), request.node)
+        names = [tensor_names] if isinstance(tensor_names, str) else list(tensor_names)
+        return session.resolve_tensors_for_test(name, names, request.node)
 
     return read
 

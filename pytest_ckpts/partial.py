@@ -114,6 +114,8 @@ class PartialReader:
         """Verified tensors ``tensor_names`` of ``spec``, fetching only what is missing."""
         started = time.perf_counter()
         index = load_index(self.store.manifest, spec)
+        if isinstance(tensor_names, str):  # read(name, "embed") means one tensor, not five
+            tensor_names = [tensor_names]
         names = list(dict.fromkeys(tensor_names))
         unknown = [n for n in names if n not in index.tensors]
         if unknown:

@@ -336,6 +336,15 @@ def test_transient_errors_are_retried_within_the_budget(manifest: Path, hub: Loc
     assert [r.status for r in hub.stats.requests] == [200, 503, 503, 206]  # probe first
 
 
+def test_spent_retry_budget_is_a_transient_download_error(manifest: Path, hub: LocalHub) -> None:
+    hub.faults.fail_next(50, 503, path_contains="model.safetensors")
+    m = load_manifest(manifest)
+    with pytest.raises(CheckpointDownloadError, match="retry budget") as info:
+        PartialReader(Store(m, retry_budget=0.5)).read(m.get("llm"), "ids")
+    assert info.value.kind == "transient"
+    assert hub.stats.count(path_contains="model.safetensors") < 5
+
+
 def test_permanent_error_is_not_retried(manifest: Path, hub: LocalHub) -> None:
     hub.faults.fail_next(5, 403, path_contains="model.safetensors")
     with pytest.raises(CheckpointDownloadError, match="403") as info:
