@@ -451,3 +451,38 @@ def test_hub_ignoring_range_is_refused_not_read_whole(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"\x05\x00", "not a .safetensors file"),
+        ((2**60).to_bytes(8, "little") + b"{}", "not a .safetensors file"),
+        (len(b"not json").to_bytes(8, "little") + b"not json", "not JSON"),
+        (len(b"[1]").to_bytes(8, "little") + b"[1]", "not a JSON object"),
+        (
+            b'{"t":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}',
+            "tensor 't' has a bad dtype, shape or data_offsets",
+        ),
+        (
+            b'{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
+            "do not lie within the file",
+        ),
+        (
+            b'{"t":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}}',
+            "tensor 't' has a bad dtype",
+        ),
+    ],
+)
+def test_build_index_refuses_malformed_files_in_one_line(
+    tmp_path: Path, raw: bytes, why: str
+) -> None:
+    from pytest_ckpts.tensor_index import build_index
+
+    if raw.startswith(b"{"):
+        raw = len(raw).to_bytes(8, "little") + raw  # a header whose data is missing
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(raw)
+    with pytest.raises(ValueError, match=why) as info:
+        build_index(path, "0" * 64)
+    assert "\n" not in str(info.value)
