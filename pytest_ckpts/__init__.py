@@ -6,7 +6,7 @@ mlflow are only imported by the functions that need them.
 
 from __future__ import annotations
 
-from .api import get_checkpoint, resolve_checkpoint
+from .api import fetch_tensors, get_checkpoint, resolve_checkpoint
 from .checkpoint import Checkpoint
 from .errors import (
     CacheError,
@@ -16,6 +16,7 @@ from .errors import (
     CheckpointsWarning,
     ChecksumMismatchError,
     ManifestError,
+    TensorIndexError,
     UnsafeCheckpointError,
 )
 from .integrity import calculate_sha256, verify_checksum
@@ -32,8 +33,10 @@ __all__ = [
     "ChecksumMismatchError",
     "Manifest",
     "ManifestError",
+    "TensorIndexError",
     "UnsafeCheckpointError",
     "calculate_sha256",
+    "fetch_tensors",
     "get_checkpoint",
     "load_manifest",
     "resolve_checkpoint",

@@ -7,14 +7,15 @@ summary) and settings. Outside pytest the environment decides (``Settings.from_e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import Checkpoint
 from .errors import CheckpointSkipped
 from .settings import Mode, Settings
 
-__all__ = ["get_checkpoint", "resolve_checkpoint", "use_resolver"]
+__all__ = ["fetch_tensors", "get_checkpoint", "resolve_checkpoint", "use_resolver"]
 
 Resolver = Callable[[str, bool], Checkpoint]
 
@@ -58,6 +59,44 @@ def resolve_checkpoint(name: str, force_download: bool = False) -> Checkpoint:
         trust_endpoint=settings.trust_manifest_endpoint,
     )
     return store.resolve(spec, force_download=force_download)
+
+
+def fetch_tensors(name: str, tensor_names: Sequence[str]) -> dict[str, Any]:
+    """Verified tensors of the ``.safetensors`` checkpoint ``name``, without the whole file.
+
+    Reads the header and only the named tensors by HTTP ``Range`` (or from the cache),
+    each checked against the entry's tensor index (``pytest-ckpts lock --tensors NAME``);
+    returns name -> ``torch.Tensor`` in the order asked. Raises ``TensorIndexError``
+    (no, stale or edited index; unknown tensor), ``ChecksumMismatchError`` (bytes that
+    do not match the index), ``CheckpointSkipped`` and ``CheckpointDownloadError`` as
+    :func:`get_checkpoint` does. README "Reading a few tensors of a huge checkpoint".
+    """
+    names = [tensor_names] if isinstance(tensor_names, str) else list(tensor_names)
+    if _RESOLVERS:  # inside a pytest run: the run's session (store, mode, summary)
+        session = getattr(_RESOLVERS[-1], "__self__", None)
+        read = getattr(session, "resolve_tensors_for_library", None)
+        if read is not None:
+            tensors: dict[str, Any] = read(name, names)
+            return tensors
+    from .manifest import load_manifest
+    from .partial import PartialReader
+    from .store import Store
+
+    settings = Settings.from_env()
+    if settings.mode is Mode.SKIP:
+        raise CheckpointSkipped(
+            f"Checkpoint download skipped ({settings.source('mode')}). "
+            f"Cannot load checkpoint: {name}"
+        )
+    manifest = load_manifest(settings.manifest)
+    store = Store(
+        manifest,
+        cache_dir=settings.cache_dir,
+        offline=settings.mode is Mode.OFFLINE,
+        retry_budget=settings.retry_budget,
+        trust_endpoint=settings.trust_manifest_endpoint,
+    )
+    return PartialReader(store).read(manifest.get(name), names).tensors
 
 
 def get_checkpoint(name: str, force_download: bool = False) -> Path:

@@ -8,6 +8,8 @@ find what we stored, and ours alone lives under ``.ckpts/``::
     <cache>/models--acme--ckpts/refs/<branch>                 the commit a branch last resolved to
     <cache>/.ckpts/stamps/<repo folder>/<blob>.json           what we knew when we last hashed it
     <cache>/.ckpts/locks/<key>.lock                           one download per file, any process
+    <cache>/.ckpts/tensors/<repo folder>/<commit>/<hf_path>/<sha256>.bin
+                                                              verified pieces of partial reads
 
 Every path built from manifest or server text goes through :func:`contained`: a revision
 such as ``../../x`` can never name a file outside the cache.
@@ -118,6 +120,8 @@ class CacheInfo:
     cached: list[str] = field(default_factory=list)  # manifest names with a cached file
     missing: list[str] = field(default_factory=list)
     incomplete: list[Path] = field(default_factory=list)
+    tensor_bytes: int = 0  # verified pieces kept by partial reads (README "Reading a few tensors")
+    tensor_files: int = 0
 
     @property
     def total(self) -> int:
@@ -131,6 +135,7 @@ class PruneResult:
     removed_blobs: list[Path] = field(default_factory=list)
     removed_links: int = 0
     removed_incomplete: list[Path] = field(default_factory=list)
+    removed_tensors: list[Path] = field(default_factory=list)
     freed: int = 0
 
 
@@ -178,6 +183,35 @@ class Cache:
     def stamp_path(self, spec: CheckpointSpec, blob: Path) -> Path:
         folder = repo_folder_name(repo_id=spec.repo, repo_type=spec.repo_type)
         return self.root / META_DIR / "stamps" / folder / f"{blob.name}.json"
+
+    # ------------------------------------------------------------------ partial reads
+    def tensors_root(self, spec: CheckpointSpec) -> Path:
+        folder = repo_folder_name(repo_id=spec.repo, repo_type=spec.repo_type)
+        return self.root / META_DIR / "tensors" / folder
+
+    def pieces_dir(self, spec: CheckpointSpec, commit: str) -> Path:
+        """Verified byte ranges of ``spec`` at ``commit``, each named by its sha256."""
+        return contained(self.tensors_root(spec), f"{commit}/{spec.hf_path}", what="path")
+
+    def piece_path(self, spec: CheckpointSpec, commit: str, sha256: str) -> Path:
+        return contained(self.pieces_dir(spec, commit), f"{sha256}.bin", what="piece name")
+
+    def piece_lock_path(self, spec: CheckpointSpec, commit: str, sha256: str) -> Path:
+        """One fetch per piece, any process (the lock of the whole file is not taken)."""
+        text = f"{self.lock_key(spec)}\0{commit}\0{sha256}"
+        key = hashlib.sha256(text.encode()).hexdigest()[:24]
+        return self.root / META_DIR / "locks" / f"tensor-{key}.lock"
+
+    def piece_commits(self, spec: CheckpointSpec) -> list[str]:
+        """Commits with pieces of ``spec`` cached, most recently written first."""
+        found = []
+        for d in _iter_dir(self.tensors_root(spec)):
+            if is_pinned(d.name):
+                try:
+                    found.append((self.pieces_dir(spec, d.name).stat().st_mtime, d.name))
+                except (OSError, CacheError):
+                    continue
+        return [commit for _, commit in sorted(found, reverse=True)]
 
     def runs_dir(self) -> Path:
         return self.root / META_DIR / "runs"
@@ -291,6 +325,9 @@ class Cache:
             result.repos[repo.name] = size
         for spec in manifest.entries.values():
             (result.cached if self.cached_path(spec) else result.missing).append(spec.name)
+        for f in _walk_files(self.root / META_DIR / "tensors"):
+            result.tensor_files += 1
+            result.tensor_bytes += f.stat().st_size
         return result
 
     def prune(self, manifest: Manifest, *, dry_run: bool = False) -> PruneResult:
@@ -337,7 +374,34 @@ class Cache:
                     import shutil
 
                     shutil.rmtree(repo)
+        self._prune_pieces(manifest, result, dry_run=dry_run)
         return result
+
+    def _prune_pieces(self, manifest: Manifest, result: PruneResult, *, dry_run: bool) -> None:
+        """Pieces of partial reads survive only for entries with a tensor index.
+
+        A pinned entry keeps the pieces of its commit; a branch keeps those of every
+        commit it was read at (they are verified against the index on every read).
+        """
+        keep: list[Path] = []
+        for spec in manifest.entries.values():
+            if getattr(spec, "tensor_index", None) is None:
+                continue
+            commits = [spec.revision] if is_pinned(spec.revision) else self.piece_commits(spec)
+            for commit in commits:
+                try:
+                    keep.append(self.pieces_dir(spec, commit).absolute())
+                except CacheError:
+                    continue
+        root = self.root / META_DIR / "tensors"
+        for f in sorted(_walk_files(root)):
+            if not any(f.absolute().is_relative_to(k) for k in keep):
+                result.removed_tensors.append(f)
+                result.freed += f.stat().st_size
+                if not dry_run:
+                    f.unlink(missing_ok=True)
+        if not dry_run:
+            _remove_empty_dirs(root)
 
     def _abandoned(self, repo: Path, incomplete: Path) -> bool:
         """No process holds the lock that guards ``incomplete``."""

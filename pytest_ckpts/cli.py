@@ -200,6 +200,11 @@ def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
             out.write(f"{repo}: {_size(size)}\n")
         for f in info.incomplete:
             out.write(f"incomplete download: {f}\n")
+        if info.tensor_files:
+            out.write(
+                f"tensor pieces (partial reads): {_size(info.tensor_bytes)} in "
+                f"{_plural(info.tensor_files, 'file')}\n"
+            )
         out.write(
             f"cache: {layout.root}\ntotal: {_size(info.total)} in "
             f"{_plural(len(info.repos), 'repo')}; {len(info.cached)}/{len(manifest)} "
@@ -208,7 +213,7 @@ def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
         return EXIT_OK
     result = layout.prune(manifest, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    for blob in [*result.removed_blobs, *result.removed_incomplete]:
+    for blob in [*result.removed_blobs, *result.removed_incomplete, *result.removed_tensors]:
         out.write(f"{verb} {blob}\n")
     out.write(
         f"{'would free' if args.dry_run else 'freed'} {_size(result.freed)} "
@@ -218,8 +223,16 @@ def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
 
 
 def cmd_lock(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
-    from .publish import lock
+    from .publish import lock, lock_tensors
 
+    if args.tensors and not args.check:
+        return lock_tensors(
+            manifest,
+            names=args.names,
+            source_dir=Path(args.source) if args.source else None,
+            store=_store(args, manifest, progress=True),
+            out=out,
+        )
     return lock(
         manifest,
         names=args.names,
@@ -318,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="hash local files DIR/<hf_path> instead of downloading them",
     )
+    p.add_argument(
+        "--tensors",
+        action="store_true",
+        help="write checkpoints/tensors/<NAME>.json (sha256 and offsets of every tensor of a "
+        ".safetensors) and record it as tensor_index, for partial reads (names required)",
+    )
     p.set_defaults(func=cmd_lock)
 
     p = sub.add_parser("upload", help="push local files to the hub repo at hf_path, then lock")
@@ -363,6 +382,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "lock" and args.update and not args.names:
         parser.error("lock --update needs the NAMEs whose sha256 to replace")
+    if args.command == "lock" and args.tensors and not args.names:
+        parser.error("lock --tensors needs the NAMEs of the .safetensors entries to index")
     try:
         args.settings = Settings.from_args(args)
         manifest = load_manifest(args.settings.manifest)

@@ -267,3 +267,13 @@ class ManifestNotFoundError(ManifestError):
         self.key = None
         self.line = None
         CheckpointsError.__init__(self, f"pytest-ckpts: no manifest found: {message}")
+
+
+# --- partial reads ---
+
+
+class TensorIndexError(CheckpointsError, ValueError):
+    """A tensor index (``checkpoints/tensors/<name>.json``) is missing, edited, out of date
+    or stale, or names no such tensor: partial reads of that checkpoint are refused until
+    ``pytest-ckpts lock --tensors NAME`` writes it again. Never turned into a skip.
+    """

@@ -7,9 +7,9 @@ pays for torch, safetensors or mlflow.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -19,7 +19,14 @@ if TYPE_CHECKING:
     from .experiments import CheckpointManager
     from .testing.hub import LocalHub
 
-__all__ = ["checkpoint", "checkpoint_manager", "checkpoints", "ckpt_baseline", "local_hub"]
+__all__ = [
+    "checkpoint",
+    "checkpoint_manager",
+    "checkpoint_tensors",
+    "checkpoints",
+    "ckpt_baseline",
+    "local_hub",
+]
 
 
 @pytest.fixture
@@ -61,6 +68,33 @@ def checkpoint(request: pytest.FixtureRequest) -> Callable[[str], Checkpoint]:
         return session.resolve_for_test(name, request.node)
 
     return resolve
+
+
+@pytest.fixture
+def checkpoint_tensors(
+    request: pytest.FixtureRequest,
+) -> Callable[[str, Sequence[str]], dict[str, Any]]:
+    """Read a few verified tensors of a huge ``.safetensors`` checkpoint, not the file::
+
+        def test_embedding_shape(checkpoint_tensors):
+            t = checkpoint_tensors("llm_7b", ["model.embed_tokens.weight"])
+            assert t["model.embed_tokens.weight"].shape == (32000, 4096)
+
+    Only the header and the named tensors are fetched (HTTP ``Range``), each checked
+    against the entry's tensor index (``pytest-ckpts lock --tensors NAME``), and kept in
+    the cache. Same policy as ``checkpoint``: unavailable -> skip (``require``: fail);
+    a digest mismatch, a stale or missing index always fails.
+    """
+    from .session import get_session
+
+    session = get_session(request.config)
+
+    def read(name: str, tensor_names: Sequence[str]) -> dict[str, Any]:
+        __tracebackhide__ = True
+        names = [tensor_names] if isinstance(tensor_names, str) else list(tensor_names)
+        return session.resolve_tensors_for_test(name, names, request.node)
+
+    return read
 
 
 @pytest.fixture

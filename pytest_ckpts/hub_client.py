@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 import urllib.parse
@@ -38,7 +39,14 @@ from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import RetryBudget, RunState, backoff_delay, parse_retry_after
 from .settings import ENV, env_value
 
-__all__ = ["DEFAULT_ENDPOINT", "Downloaded", "HubClient", "redact", "resolve_endpoint"]
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "Downloaded",
+    "HubClient",
+    "Ranged",
+    "redact",
+    "resolve_endpoint",
+]
 
 logger = logging.getLogger("pytest_ckpts")
 
@@ -99,6 +107,26 @@ class Downloaded:
     nbytes: int  # bytes transferred by this call (resumed parts counted once)
     seconds: float
     resumed: bool = False  # a cut was continued with a Range request
+
+
+@dataclass(frozen=True)
+class Ranged:
+    """One ``Range`` answer: the bytes asked for and the size of the whole file."""
+
+    data: bytes
+    size: int
+    seconds: float
+
+
+def _content_range(response: Any, begin: int, end: int) -> int | None:
+    """The file size a 206 announces for ``[begin, end)`` (cut short at the end of a
+    file smaller than asked: the caller's hash check then says it changed), else None."""
+    text = str(response.headers.get("Content-Range") or "")
+    m = re.fullmatch(r"\s*bytes (\d+)-(\d+)/(\d+)\s*", text)
+    if response.status_code != 206 or m is None or int(m[1]) != begin:
+        return None
+    last, total = int(m[2]) + 1, int(m[3])
+    return total if last == end or last == total < end else None
 
 
 @dataclass
@@ -452,6 +480,70 @@ class HubClient:
         link_snapshot(link, blob, spec)
         seconds = time.perf_counter() - started
         return Downloaded(link, sha, int(state["sent"]), seconds, bool(state["resumed"]))
+
+    # ------------------------------------------------------------------ ranges
+    def read_range(
+        self, spec: CheckpointSpec, commit: str, begin: int, end: int, *, what: str = ""
+    ) -> Ranged:
+        """Bytes ``[begin, end)`` of ``spec`` at ``commit`` by one HTTP ``Range`` request.
+
+        For :mod:`pytest_ckpts.partial`, which verifies them. An answer with the whole
+        file (200) or another range is refused, not read: never a silent full download.
+        """
+        import httpx2
+
+        if not 0 <= begin < end:
+            raise ValueError(f"bad byte range [{begin}, {end})")
+        url = (
+            f"{self.endpoint}/{'datasets/' if spec.repo_type == 'dataset' else ''}{spec.repo}"
+            f"/resolve/{commit}/{urllib.parse.quote(spec.hf_path)}"
+        )
+        what = what or (
+            f"failed to read bytes {begin}-{end - 1} of checkpoint '{spec.name}' from "
+            f"{self.describe(spec, commit)}"
+        )
+        started = time.perf_counter()
+
+        def once() -> Ranged:
+            headers = self._headers()
+            headers["Accept-Encoding"] = "identity"
+            headers["Range"] = f"bytes={begin}-{end - 1}"
+            timeout = httpx2.Timeout(self.read_timeout, connect=self.probe_timeout)
+            with self._session().stream(
+                "GET",
+                url,
+                headers=headers,
+                auth=self._auth(),
+                timeout=timeout,
+                follow_redirects=True,
+            ) as response:
+                if response.status_code in TRANSIENT_STATUS:
+                    raise _Retry(_classify_response(response))
+                if response.status_code >= 400:
+                    failure = _classify_response(response)
+                    raise self._error(spec, what, failure, self._hint(failure))
+                total = _content_range(response, begin, end)
+                if total is None:
+                    got_range = response.headers.get("Content-Range") or "no Content-Range"
+                    text = f"HTTP {response.status_code} ({got_range}) for bytes={begin}-{end - 1}"
+                    hint = "partial reads need a hub that serves byte ranges"
+                    failure = _Failure("permanent", int(response.status_code), text)
+                    raise self._error(spec, what, failure, hint)
+                want = min(end, total) - begin
+                chunks: list[bytes] = []
+                got = 0
+                for chunk in response.iter_bytes():
+                    got += len(chunk)
+                    if got > want:
+                        break
+                    chunks.append(chunk)
+                if got != want:
+                    cut = f"body of {got} bytes, not the {want} asked for"
+                    raise _Retry(_Failure("transient", None, cut))
+                return Ranged(b"".join(chunks), total, time.perf_counter() - started)
+
+        result: Ranged = self._send(spec, what, once)
+        return result
 
     # ------------------------------------------------------------------ upload
     def create_commit(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from .manifest import CheckpointSpec, Manifest
 from .settings import ENV
 from .store import Store
 
-__all__ = ["lock", "upload"]
+__all__ = ["lock", "lock_tensors", "upload"]
 
 
 def _entries(n: int) -> str:
@@ -98,12 +99,15 @@ def lock(
     if check:
         for spec in todo:
             out.write(f"would set {spec.name}: {', '.join(_needs(spec, pin=pin, update=update))}\n")
+        stale = _stale_indexes(manifest, specs)
+        for line in stale.values():
+            out.write(line + "\n")
         out.write(
             "manifest is locked\n"
-            if not todo
-            else f"{_entries(len(todo))} need `pytest-ckpts lock`\n"
+            if not todo and not stale
+            else f"{_entries(len(set(todo) | set(stale)))} need `pytest-ckpts lock`\n"
         )
-        return 1 if todo else 0
+        return 1 if todo or stale else 0
     if pin:
         gone = _missing_commits(store, [s for s in specs if s.pinned])
         if gone:
@@ -132,6 +136,80 @@ def lock(
             values["sha256"] = sha
         if values:
             edits[spec.name] = values
+    return _apply_edits(manifest, edits, store, out)
+
+
+def _stale_indexes(manifest: Manifest, specs: list[CheckpointSpec]) -> dict[CheckpointSpec, str]:
+    """Entries whose tensor index is missing, edited or made from another file (no network)."""
+    from .errors import TensorIndexError
+    from .tensor_index import load_index
+
+    stale = {}
+    for spec in specs:
+        if spec.tensor_index is not None:
+            try:
+                load_index(manifest, spec)
+            except TensorIndexError as exc:
+                reason = str(exc).removeprefix("pytest-ckpts: ")
+                stale[spec] = f"would set {spec.name}: tensor_index ({reason})"
+    return stale
+
+
+def lock_tensors(
+    manifest: Manifest,
+    *,
+    names: Sequence[str],
+    source_dir: Path | None,
+    store: Store,
+    out: TextIO,
+) -> int:
+    """Write ``checkpoints/tensors/<name>.json`` and record its sha256 as ``tensor_index``.
+
+    The whole file is read once (``--from DIR``, the cache or the hub) and verified
+    against the entry's sha256 (filled in when missing) before anything is indexed.
+    """
+    from .errors import ChecksumMismatchError
+    from .tensor_index import build_index, index_path
+
+    edits: dict[str, dict[str, str]] = {}
+    for spec in _selected(manifest, names):
+        if source_dir is not None:
+            local = source_dir / spec.hf_path
+            if not local.is_file():
+                raise UsageFailure(
+                    f"pytest-ckpts: {local} not found for checkpoint '{spec.name}' "
+                    f"(--from {source_dir} must mirror hf_path)"
+                )
+            sha = calculate_sha256(local)
+            if spec.sha256 is not None and sha != spec.sha256:
+                raise ChecksumMismatchError(
+                    f"pytest-ckpts: Checksum mismatch for {local} (checkpoint '{spec.name}'): "
+                    f"sha256 {sha}, the manifest records {spec.sha256}; nothing was indexed",
+                    name=spec.name,
+                    path=local,
+                    expected=spec.sha256,
+                    actual=sha,
+                )
+        else:
+            ckpt = store.resolve(spec)
+            local, sha = ckpt.path, ckpt.sha256
+        try:
+            data = build_index(local, sha)
+        except ValueError as exc:
+            raise UsageFailure(
+                f"pytest-ckpts: cannot index checkpoint '{spec.name}': {exc} "
+                "(partial reads need a .safetensors file)"
+            ) from None
+        target = index_path(manifest, spec.name)
+        atomic_write_bytes(target, data)
+        count = len(json.loads(data)["tensors"])
+        out.write(f"indexed {spec.name}: {count} tensors -> {target}\n")
+        values = {"tensor_index": hashlib.sha256(data).hexdigest()}
+        if spec.sha256 is None:
+            values["sha256"] = sha
+        changed = {k: v for k, v in values.items() if getattr(spec, k) != v}
+        if changed:
+            edits[spec.name] = changed
     return _apply_edits(manifest, edits, store, out)
 
 

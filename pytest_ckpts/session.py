@@ -29,6 +29,7 @@ from .stats import Stats
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
     from .manifest import CheckpointSpec, Manifest
+    from .partial import Partial
     from .prefetch import Prefetcher
     from .store import Store
 
@@ -240,6 +241,70 @@ class CkptsSession:
         if item is not None:
             item.stash.setdefault(USED_KEY, {})[name] = ckpt.sha256
         return ckpt
+
+    def resolve_tensors_for_library(self, name: str, tensor_names: list[str]) -> dict[str, Any]:
+        """``fetch_tensors()`` inside a run: the run's store and mode, recorded in the stats."""
+        spec = self.spec(name)
+        if self.settings.mode is Mode.SKIP:
+            raise CheckpointSkipped(
+                f"Checkpoint download skipped ({self.mode_source}). Cannot load checkpoint: {name}"
+            )
+        return self._read_tensors(spec, tensor_names).tensors
+
+    def _read_tensors(self, spec: CheckpointSpec, tensor_names: list[str]) -> Partial:
+        from .partial import PartialReader
+
+        got = PartialReader(self.store).read(spec, tensor_names)
+        self.stats.record(
+            spec.name,
+            got.source,
+            nbytes=got.nbytes,
+            seconds=got.seconds if got.nbytes else 0.0,  # as for files: time spent fetching
+            reason=got.reason,
+            sha256=spec.sha256,
+            commit=got.commit,
+            size=got.size,
+        )
+        return got
+
+    def resolve_tensors_for_test(
+        self, name: str, tensor_names: list[str], item: pytest.Item | None
+    ) -> dict[str, Any]:
+        """Verified tensors of ``name`` (partial read) under the run's policy, as
+        :meth:`resolve_for_test` does for whole files: return, ``skip`` or ``fail``."""
+        __tracebackhide__ = True
+        from .errors import TensorIndexError
+
+        try:
+            spec = self.spec(name)
+        except KeyError as exc:
+            pytest.fail(f"pytest-ckpts: {exc.args[0]}", pytrace=False)
+        if self.settings.mode is Mode.SKIP:
+            reason = f"checkpoint '{name}': downloads disabled ({self.mode_source})"
+            self.stats.record(name, "skipped", reason=reason)
+            _skip(reason)
+        try:
+            got = self._read_tensors(spec, tensor_names)
+        except CheckpointSkipped as exc:
+            self.stats.record(name, "skipped", reason=f"checkpoint '{name}': {_reason(exc)}")
+            _skip(f"checkpoint '{name}': {_reason(exc)}")
+        except (ChecksumMismatchError, TensorIndexError, CacheError) as exc:
+            self.stats.record(name, "failed", reason=_reason(exc))
+            pytest.fail(str(exc), pytrace=False)
+        except CheckpointDownloadError as exc:
+            if self.settings.mode is Mode.REQUIRE:
+                self.stats.record(name, "failed", reason=_reason(exc))
+                pytest.fail(
+                    f"{exc}\n(--ckpts=require turns hub failures into errors)", pytrace=False
+                )
+            self.stats.record(name, "skipped", reason=f"checkpoint '{name}': {_reason(exc)}")
+            _skip(f"checkpoint '{name}': {_reason(exc)}")
+        if item is not None and spec.sha256 is not None:
+            item.stash.setdefault(USED_KEY, {})[name] = spec.sha256
+        return got.tensors
+
+    def _observed_store(self) -> Store:
+        return self.store
 
     def start_prefetch(self, names: list[str]) -> None:
         """Fetch ``names`` in the background, N at a time (``--ckpts-prefetch``)."""
