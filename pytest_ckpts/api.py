@@ -9,37 +9,46 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .checkpoint import Checkpoint
 from .errors import CheckpointSkipped
 from .settings import Mode, Settings
 
-__all__ = ["fetch_tensors", "get_checkpoint", "resolve_checkpoint", "use_resolver"]
+if TYPE_CHECKING:
+    from .manifest import Manifest
+    from .store import Store
 
-Resolver = Callable[[str, bool], Checkpoint]
-
-# Resolvers handed in by a running pytest session (innermost last), so a test that
-# calls ``get_checkpoint()`` shares the run's store, mode and --ckpts-strict. The
-# library never imports the plugin; the plugin registers itself here.
-_RESOLVERS: list[Resolver] = []
+__all__ = ["Backend", "fetch_tensors", "get_checkpoint", "resolve_checkpoint", "use_backend"]
 
 
-def use_resolver(resolver: Resolver) -> Callable[[], None]:
-    """Route library calls through ``resolver`` until the returned function is called."""
-    _RESOLVERS.append(resolver)
+class Backend(Protocol):
+    """What a running pytest session offers the library (``CkptsSession`` implements it)."""
+
+    def resolve_for_library(self, name: str, force_download: bool = False) -> Checkpoint: ...
+
+    def resolve_tensors_for_library(self, name: str, tensor_names: list[str]) -> dict[str, Any]: ...
+
+
+# Backends handed in by running pytest sessions (innermost last), so a test that calls
+# ``get_checkpoint()`` shares the run's store, mode and --ckpts-strict. The library never
+# imports the plugin; the plugin registers its session here.
+_BACKENDS: list[Backend] = []
+
+
+def use_backend(backend: Backend) -> Callable[[], None]:
+    """Route library calls through ``backend`` until the returned function is called."""
+    _BACKENDS.append(backend)
 
     def undo() -> None:
-        if resolver in _RESOLVERS:
-            _RESOLVERS.remove(resolver)
+        if backend in _BACKENDS:
+            _BACKENDS.remove(backend)
 
     return undo
 
 
-def resolve_checkpoint(name: str, force_download: bool = False) -> Checkpoint:
-    """Like :func:`get_checkpoint` but returns the full :class:`Checkpoint`."""
-    if _RESOLVERS:
-        return _RESOLVERS[-1](name, force_download)
+def _standalone(name: str) -> tuple[Manifest, Store]:
+    """Outside pytest: the environment decides (README "Library API")."""
     from .manifest import load_manifest
     from .store import Store
 
@@ -50,7 +59,6 @@ def resolve_checkpoint(name: str, force_download: bool = False) -> Checkpoint:
             f"Cannot load checkpoint: {name}"
         )
     manifest = load_manifest(settings.manifest)
-    spec = manifest.get(name)
     store = Store(
         manifest,
         cache_dir=settings.cache_dir,
@@ -58,7 +66,15 @@ def resolve_checkpoint(name: str, force_download: bool = False) -> Checkpoint:
         retry_budget=settings.retry_budget,
         trust_endpoint=settings.trust_manifest_endpoint,
     )
-    return store.resolve(spec, force_download=force_download)
+    return manifest, store
+
+
+def resolve_checkpoint(name: str, force_download: bool = False) -> Checkpoint:
+    """Like :func:`get_checkpoint` but returns the full :class:`Checkpoint`."""
+    if _BACKENDS:
+        return _BACKENDS[-1].resolve_for_library(name, force_download)
+    manifest, store = _standalone(name)
+    return store.resolve(manifest.get(name), force_download=force_download)
 
 
 def fetch_tensors(name: str, tensor_names: Sequence[str]) -> dict[str, Any]:
@@ -72,30 +88,11 @@ def fetch_tensors(name: str, tensor_names: Sequence[str]) -> dict[str, Any]:
     :func:`get_checkpoint` does. README "Reading a few tensors of a huge checkpoint".
     """
     names = [tensor_names] if isinstance(tensor_names, str) else list(tensor_names)
-    if _RESOLVERS:  # inside a pytest run: the run's session (store, mode, summary)
-        session = getattr(_RESOLVERS[-1], "__self__", None)
-        read = getattr(session, "resolve_tensors_for_library", None)
-        if read is not None:
-            tensors: dict[str, Any] = read(name, names)
-            return tensors
-    from .manifest import load_manifest
+    if _BACKENDS:  # inside a pytest run: the run's session (store, mode, summary)
+        return _BACKENDS[-1].resolve_tensors_for_library(name, names)
     from .partial import PartialReader
-    from .store import Store
 
-    settings = Settings.from_env()
-    if settings.mode is Mode.SKIP:
-        raise CheckpointSkipped(
-            f"Checkpoint download skipped ({settings.source('mode')}). "
-            f"Cannot load checkpoint: {name}"
-        )
-    manifest = load_manifest(settings.manifest)
-    store = Store(
-        manifest,
-        cache_dir=settings.cache_dir,
-        offline=settings.mode is Mode.OFFLINE,
-        retry_budget=settings.retry_budget,
-        trust_endpoint=settings.trust_manifest_endpoint,
-    )
+    manifest, store = _standalone(name)
     return PartialReader(store).read(manifest.get(name), names).tensors
 
 

@@ -388,12 +388,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         args.settings = Settings.from_args(args)
         manifest = load_manifest(args.settings.manifest)
         code: int = args.func(args, manifest, out)
-    except (ManifestError, UsageFailure, ValueError) as exc:
+    except (ManifestError, UsageFailure) as exc:
         sys.stderr.write(f"{exc}\n")
         return EXIT_USAGE
-    except (CheckpointsError, CacheError) as exc:
+    except (CheckpointsError, CacheError) as exc:  # a check failed: mismatch, hub, cache
         sys.stderr.write(f"{exc}\n")
         return EXIT_FAILED
+    except ValueError as exc:  # a bad setting (PYTEST_CKPTS_*), named by Settings
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_USAGE
     except KeyboardInterrupt:  # pragma: no cover - interactive
         sys.stderr.write("interrupted\n")
         return 130

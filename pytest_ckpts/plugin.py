@@ -55,7 +55,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = session
     from . import api
 
-    config.add_cleanup(api.use_resolver(session.resolve_for_library))
+    config.add_cleanup(api.use_backend(session))
     if config.pluginmanager.hasplugin("xdist") or config.pluginmanager.hasplugin("xdist.plugin"):
         config.pluginmanager.register(_XdistHooks(), "ckpts-xdist")
 

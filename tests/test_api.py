@@ -25,7 +25,7 @@ DATA = b"\x00seed-004 checkpoint bytes" * 1000
 @pytest.fixture(autouse=True)
 def outside_pytest(monkeypatch: pytest.MonkeyPatch) -> None:
     """Behave as a script would: no pytest session active in this process."""
-    monkeypatch.setattr(pytest_ckpts.api, "_RESOLVERS", [])
+    monkeypatch.setattr(pytest_ckpts.api, "_BACKENDS", [])
 
 
 @pytest.fixture

@@ -397,7 +397,7 @@ def test_fetch_tensors_outside_pytest_reads_the_environment(
     import pytest_ckpts.api
     from pytest_ckpts import fetch_tensors
 
-    monkeypatch.setattr(pytest_ckpts.api, "_RESOLVERS", [])  # as in a plain script
+    monkeypatch.setattr(pytest_ckpts.api, "_BACKENDS", [])  # as in a plain script
     monkeypatch.setenv("PYTEST_CKPTS_MANIFEST", str(manifest))
     got = fetch_tensors("llm", ["half", "ids"])
     assert list(got) == ["half", "ids"]
