@@ -81,6 +81,7 @@ def main() -> None:
         raw, ours = statistics.median(raw_times), statistics.median(ours_times)
         print(f"cold: raw hf_hub_download {raw:.3f}s, pytest-ckpts fetch+verify {ours:.3f}s")
         print(f"cold ratio (ours/raw, target <= 1.15): {ours / raw:.3f}")
+        assert hub.stats.count(route="file") >= 2 * args.repeats
 
         cache = tmp / "ours0"
         store = Store(manifest, cache_dir=cache)
@@ -96,6 +97,27 @@ def main() -> None:
         rehash = time.perf_counter() - t0
         print(f"warm resolve {warm * 1e6:.0f} us, full re-hash {rehash * 1e3:.0f} ms")
         print(f"warm speed-up (re-hash/warm, target >= 100): {rehash / warm:.0f}x")
+
+        # A cache restored by a CI cache action: same bytes, new inodes and ctimes. The
+        # stamps no longer match, so each file is hashed once, stamped, and trusted again.
+        import shutil
+
+        restored_times, after_times = [], []
+        for i in range(args.repeats):
+            restored = tmp / f"restored{i}"
+            shutil.copytree(cache, restored, symlinks=True)
+            t0 = time.perf_counter()
+            first = Store(manifest, cache_dir=restored).resolve(spec)
+            restored_times.append(time.perf_counter() - t0)
+            assert first.source == "cached"  # nothing downloaded
+            t0 = time.perf_counter()
+            Store(manifest, cache_dir=restored).resolve(spec)
+            after_times.append(time.perf_counter() - t0)
+        print(
+            f"restored cache (new inodes/ctimes): first resolve min {min(restored_times):.3f}s "
+            f"median {statistics.median(restored_times):.3f}s for {args.size_mib} MiB "
+            f"(a re-hash: {rehash:.3f}s), then {statistics.median(after_times) * 1e6:.0f} us"
+        )
 
 
 if __name__ == "__main__":

@@ -129,9 +129,6 @@ def make_manifest(
 
 def dead_endpoint() -> str:
     """An http endpoint on 127.0.0.1 where nothing listens (connection refused)."""
-    import socket
+    from pytest_ckpts.testing import LocalHub
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return LocalHub.dead_endpoint()
