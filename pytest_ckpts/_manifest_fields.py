@@ -255,9 +255,10 @@ def check_hex(ctx: Ctx, node: yaml.Node, *, entry: str, key: str, placeholder: b
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        rewrite = "" if placeholder else f", or re-run `pytest-ckpts lock --tensors {entry}`"
         raise ctx.error(
             f"YAML read this {key} as a number, which loses digits. Quote it: "
-            f'{key}: "<64 hex digits>"',
+            f'{key}: "<64 hex digits>"{rewrite}',
             entry=entry,
             key=key,
             node=node,

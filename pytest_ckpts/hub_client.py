@@ -27,7 +27,8 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -398,6 +399,34 @@ class HubClient:
         """Seed this client with answers the controller already got."""
         self._probes.update(data)
 
+    # ------------------------------------------------------------------ file GETs
+    @contextmanager
+    def _get_file(
+        self, spec: CheckpointSpec, commit: str, what: str, byte_range: str | None
+    ) -> Iterator[Any]:
+        """One streamed GET of ``spec``'s file at ``commit`` (a ``Range`` if given); a
+        transient status raises ``_Retry`` for :meth:`_send`, a permanent one the error."""
+        import httpx2
+
+        url = (
+            f"{self.endpoint}/{'datasets/' if spec.repo_type == 'dataset' else ''}{spec.repo}"
+            f"/resolve/{commit}/{urllib.parse.quote(spec.hf_path)}"
+        )
+        headers = self._headers()
+        headers["Accept-Encoding"] = "identity"
+        if byte_range:
+            headers["Range"] = byte_range
+        timeout = httpx2.Timeout(self.read_timeout, connect=self.probe_timeout)
+        with self._session().stream(
+            "GET", url, headers=headers, auth=self._auth(), timeout=timeout, follow_redirects=True
+        ) as response:
+            if response.status_code in TRANSIENT_STATUS:
+                raise _Retry(_classify_response(response))
+            if response.status_code >= 400:
+                failure = _classify_response(response)
+                raise self._error(spec, what, failure, self._hint(failure))
+            yield response
+
     # ------------------------------------------------------------------ download
     def download(
         self,
@@ -412,12 +441,7 @@ class HubClient:
         resumed with a ``Range`` request when the hub allows it. The blob is renamed
         into place only when complete, so the cache holds whole files or nothing.
         """
-        import httpx2
 
-        url = (
-            f"{self.endpoint}/{'datasets/' if spec.repo_type == 'dataset' else ''}{spec.repo}"
-            f"/resolve/{commit}/{urllib.parse.quote(spec.hf_path)}"
-        )
         what = f"failed to download checkpoint '{spec.name}' from {self.describe(spec, commit)}"
         tmp = cache.incomplete_path(spec)
         state: dict[str, Any] = {
@@ -431,24 +455,8 @@ class HubClient:
         make_dir(tmp.parent, spec)
 
         def once() -> None:
-            headers = self._headers()
-            headers["Accept-Encoding"] = "identity"
-            if state["got"]:
-                headers["Range"] = f"bytes={state['got']}-"
-            timeout = httpx2.Timeout(self.read_timeout, connect=self.probe_timeout)
-            with self._session().stream(
-                "GET",
-                url,
-                headers=headers,
-                auth=self._auth(),
-                timeout=timeout,
-                follow_redirects=True,
-            ) as response:
-                if response.status_code in TRANSIENT_STATUS:
-                    raise _Retry(_classify_response(response))
-                if response.status_code >= 400:
-                    failure = _classify_response(response)
-                    raise self._error(spec, what, failure, self._hint(failure))
+            byte_range = f"bytes={state['got']}-" if state["got"] else None
+            with self._get_file(spec, commit, what, byte_range) as response:
                 first = response.history[0] if response.history else response
                 state["etag"] = state["etag"] or etag_of(first) or etag_of(response)
                 if state["got"] and response.status_code != 206:  # no resume: start over
@@ -490,14 +498,9 @@ class HubClient:
         For :mod:`pytest_ckpts.partial`, which verifies them. An answer with the whole
         file (200) or another range is refused, not read: never a silent full download.
         """
-        import httpx2
 
         if not 0 <= begin < end:
             raise ValueError(f"bad byte range [{begin}, {end})")
-        url = (
-            f"{self.endpoint}/{'datasets/' if spec.repo_type == 'dataset' else ''}{spec.repo}"
-            f"/resolve/{commit}/{urllib.parse.quote(spec.hf_path)}"
-        )
         what = what or (
             f"failed to read bytes {begin}-{end - 1} of checkpoint '{spec.name}' from "
             f"{self.describe(spec, commit)}"
@@ -505,23 +508,7 @@ class HubClient:
         started = time.perf_counter()
 
         def once() -> Ranged:
-            headers = self._headers()
-            headers["Accept-Encoding"] = "identity"
-            headers["Range"] = f"bytes={begin}-{end - 1}"
-            timeout = httpx2.Timeout(self.read_timeout, connect=self.probe_timeout)
-            with self._session().stream(
-                "GET",
-                url,
-                headers=headers,
-                auth=self._auth(),
-                timeout=timeout,
-                follow_redirects=True,
-            ) as response:
-                if response.status_code in TRANSIENT_STATUS:
-                    raise _Retry(_classify_response(response))
-                if response.status_code >= 400:
-                    failure = _classify_response(response)
-                    raise self._error(spec, what, failure, self._hint(failure))
+            with self._get_file(spec, commit, what, f"bytes={begin}-{end - 1}") as response:
                 total = _content_range(response, begin, end)
                 if total is None:
                     got_range = response.headers.get("Content-Range") or "no Content-Range"

@@ -98,7 +98,7 @@ def test_lock_tensors_from_dir_needs_no_hub_and_refuses_other_bytes(
     (src / HF_PATH).parent.mkdir(parents=True)
     (src / HF_PATH).write_bytes(data[:-1] + b"\x00")
     code, _out = cli("--manifest", str(path), "lock", "--tensors", "--from", str(src), "llm")
-    assert code == 2  # the CLI's exit for a ChecksumMismatchError (a ValueError)
+    assert code == 1  # a check failed (not a usage error)
     assert "Checksum mismatch" in capsys.readouterr().err
     assert not (project / "checkpoints" / "tensors").exists()
     (src / HF_PATH).write_bytes(data)
