@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,7 @@ from .errors import (
     CheckpointSkipped,
     CheckpointsWarning,
     ChecksumMismatchError,
+    TensorIndexError,
 )
 from .settings import Mode, Settings
 from .stats import Stats
@@ -185,6 +188,14 @@ class CkptsSession:
                 stacklevel=1,
             )
 
+    def _library_spec(self, name: str) -> CheckpointSpec:
+        spec = self.spec(name)
+        if self.settings.mode is Mode.SKIP:
+            raise CheckpointSkipped(
+                f"Checkpoint download skipped ({self.mode_source}). Cannot load checkpoint: {name}"
+            )
+        return spec
+
     def resolve_for_library(self, name: str, force_download: bool = False) -> Checkpoint:
         """``get_checkpoint()`` inside a run: the run's store, mode and ``--ckpts-strict``.
 
@@ -192,16 +203,16 @@ class CkptsSession:
         for ``requires_checkpoints`` tests.
         """
         __tracebackhide__ = True
-        spec = self.spec(name)
-        if self.settings.mode is Mode.SKIP:
-            raise CheckpointSkipped(
-                f"Checkpoint download skipped ({self.mode_source}). Cannot load checkpoint: {name}"
-            )
+        spec = self._library_spec(name)
         self._check_unverified(name, spec)
         return self.store.resolve(spec, force_download=force_download)
 
-    def resolve_for_test(self, name: str, item: pytest.Item | None) -> Checkpoint:
-        """Resolve ``name`` applying the run's policy: return, ``skip`` or ``fail``."""
+    def resolve_tensors_for_library(self, name: str, tensor_names: list[str]) -> dict[str, Any]:
+        """``fetch_tensors()`` inside a run: the run's store and mode, recorded in the stats."""
+        return self._read_tensors(self._library_spec(name), tensor_names).tensors
+
+    def _test_spec(self, name: str) -> CheckpointSpec:
+        """The entry for a test, or fail (unknown name) / skip (mode ``skip``)."""
         __tracebackhide__ = True
         try:
             spec = self.spec(name)
@@ -211,12 +222,19 @@ class CkptsSession:
             reason = f"checkpoint '{name}': downloads disabled ({self.mode_source})"
             self.stats.record(name, "skipped", reason=reason)
             _skip(reason)
-        self._check_unverified(name, spec)
+        return spec
+
+    @contextmanager
+    def _policy(self, name: str) -> Iterator[None]:
+        """The run's policy for what the store raises: skip, or fail (README "Run modes").
+
+        Not available by policy or hub down (``auto``): skip naming why. A mismatch, a bad
+        tensor index or a local cache failure: fail, in every mode. Hub down under
+        ``require``: fail.
+        """
+        __tracebackhide__ = True
         try:
-            if self.prefetcher is not None:
-                ckpt = self.prefetcher.result(name, self.store)
-            else:
-                ckpt = self.store.resolve(spec)
+            yield
         except CheckpointSkipped as exc:
             reason = f"checkpoint '{name}': {_reason(exc)}"
             self.stats.record(name, "skipped", reason=reason)
@@ -224,7 +242,7 @@ class CkptsSession:
         except ChecksumMismatchError as exc:
             self.stats.record(name, "failed", reason="checksum mismatch")
             pytest.fail(str(exc), pytrace=False)
-        except CacheError as exc:
+        except (TensorIndexError, CacheError) as exc:
             self.stats.record(name, "failed", reason=_reason(exc))
             pytest.fail(str(exc), pytrace=False)
         except CheckpointDownloadError as exc:
@@ -236,20 +254,22 @@ class CkptsSession:
             reason = f"checkpoint '{name}': {_reason(exc)}"
             self.stats.record(name, "skipped", reason=reason)
             _skip(reason)
+
+    def resolve_for_test(self, name: str, item: pytest.Item | None) -> Checkpoint:
+        """Resolve ``name`` applying the run's policy: return, ``skip`` or ``fail``."""
+        __tracebackhide__ = True
+        spec = self._test_spec(name)
+        self._check_unverified(name, spec)
+        with self._policy(name):
+            if self.prefetcher is not None:
+                ckpt = self.prefetcher.result(name, self.store)
+            else:
+                ckpt = self.store.resolve(spec)
         if ckpt.source == "stale":
             self.stats.record(name, "stale", reason=self.store.stale_reasons.get(name))
         if item is not None:
             item.stash.setdefault(USED_KEY, {})[name] = ckpt.sha256
         return ckpt
-
-    def resolve_tensors_for_library(self, name: str, tensor_names: list[str]) -> dict[str, Any]:
-        """``fetch_tensors()`` inside a run: the run's store and mode, recorded in the stats."""
-        spec = self.spec(name)
-        if self.settings.mode is Mode.SKIP:
-            raise CheckpointSkipped(
-                f"Checkpoint download skipped ({self.mode_source}). Cannot load checkpoint: {name}"
-            )
-        return self._read_tensors(spec, tensor_names).tensors
 
     def _read_tensors(self, spec: CheckpointSpec, tensor_names: list[str]) -> Partial:
         from .partial import PartialReader
@@ -273,38 +293,12 @@ class CkptsSession:
         """Verified tensors of ``name`` (partial read) under the run's policy, as
         :meth:`resolve_for_test` does for whole files: return, ``skip`` or ``fail``."""
         __tracebackhide__ = True
-        from .errors import TensorIndexError
-
-        try:
-            spec = self.spec(name)
-        except KeyError as exc:
-            pytest.fail(f"pytest-ckpts: {exc.args[0]}", pytrace=False)
-        if self.settings.mode is Mode.SKIP:
-            reason = f"checkpoint '{name}': downloads disabled ({self.mode_source})"
-            self.stats.record(name, "skipped", reason=reason)
-            _skip(reason)
-        try:
+        spec = self._test_spec(name)
+        with self._policy(name):
             got = self._read_tensors(spec, tensor_names)
-        except CheckpointSkipped as exc:
-            self.stats.record(name, "skipped", reason=f"checkpoint '{name}': {_reason(exc)}")
-            _skip(f"checkpoint '{name}': {_reason(exc)}")
-        except (ChecksumMismatchError, TensorIndexError, CacheError) as exc:
-            self.stats.record(name, "failed", reason=_reason(exc))
-            pytest.fail(str(exc), pytrace=False)
-        except CheckpointDownloadError as exc:
-            if self.settings.mode is Mode.REQUIRE:
-                self.stats.record(name, "failed", reason=_reason(exc))
-                pytest.fail(
-                    f"{exc}\n(--ckpts=require turns hub failures into errors)", pytrace=False
-                )
-            self.stats.record(name, "skipped", reason=f"checkpoint '{name}': {_reason(exc)}")
-            _skip(f"checkpoint '{name}': {_reason(exc)}")
         if item is not None and spec.sha256 is not None:
             item.stash.setdefault(USED_KEY, {})[name] = spec.sha256
         return got.tensors
-
-    def _observed_store(self) -> Store:
-        return self.store
 
     def start_prefetch(self, names: list[str]) -> None:
         """Fetch ``names`` in the background, N at a time (``--ckpts-prefetch``)."""
