@@ -162,6 +162,8 @@ class Store:
                 known.split("\0")[1],
                 "found earlier in this run; not downloaded again",
             )
+        if not is_pinned(spec.revision):
+            self.layout.ref_path(spec)  # a revision leaving the cache: refused before any I/O
         if self.offline:
             return self._resolve_offline(spec)
         try:
