@@ -12,7 +12,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -205,7 +205,7 @@ class CkptsSession:
         try:
             spec = self.spec(name)
         except KeyError as exc:
-            pytest.fail(f"pytest-ckpts: {exc.args[0]}", pytrace=False)
+            _fail(f"pytest-ckpts: {exc.args[0]}")
         if self.settings.mode is Mode.SKIP:
             reason = f"checkpoint '{name}': downloads disabled ({self.mode_source})"
             self.stats.record(name, "skipped", reason=reason)
@@ -222,16 +222,14 @@ class CkptsSession:
             _skip(reason)
         except ChecksumMismatchError as exc:
             self.stats.record(name, "failed", reason="checksum mismatch")
-            pytest.fail(str(exc), pytrace=False)
+            _fail(str(exc))
         except CacheError as exc:
             self.stats.record(name, "failed", reason=_reason(exc))
-            pytest.fail(str(exc), pytrace=False)
+            _fail(str(exc))
         except CheckpointDownloadError as exc:
             if self.settings.mode is Mode.REQUIRE:
                 self.stats.record(name, "failed", reason=_reason(exc))
-                pytest.fail(
-                    f"{exc}\n(--ckpts=require turns hub failures into errors)", pytrace=False
-                )
+                _fail(f"{exc}\n(--ckpts=require turns hub failures into errors)")
             reason = f"checkpoint '{name}': {_reason(exc)}"
             self.stats.record(name, "skipped", reason=reason)
             _skip(reason)
@@ -282,6 +280,14 @@ def _skip(reason: str) -> None:
     """Skip pointing at the test, not at this plugin (``-rs`` groups by location)."""
     __tracebackhide__ = True
     raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
+def _fail(message: str) -> NoReturn:
+    """Fail with ``message`` alone: raised while handling the store's error, a plain
+    ``pytest.fail`` would print that error again under "During handling of the above
+    exception"."""
+    __tracebackhide__ = True
+    raise pytest.fail.Exception(message, pytrace=False) from None
 
 
 def _reason(exc: BaseException) -> str:
