@@ -217,7 +217,7 @@ class CkptsSession:
             else:
                 ckpt = self.store.resolve(spec)
         except CheckpointSkipped as exc:
-            reason = f"checkpoint '{name}': {_reason(exc)}"
+            reason = _named(name, exc)
             self.stats.record(name, "skipped", reason=reason)
             _skip(reason)
         except ChecksumMismatchError as exc:
@@ -230,7 +230,7 @@ class CkptsSession:
             if self.settings.mode is Mode.REQUIRE:
                 self.stats.record(name, "failed", reason=_reason(exc))
                 _fail(f"{exc}\n(--ckpts=require turns hub failures into errors)")
-            reason = f"checkpoint '{name}': {_reason(exc)}"
+            reason = _named(name, exc)
             self.stats.record(name, "skipped", reason=reason)
             _skip(reason)
         if ckpt.source == "stale":
@@ -288,6 +288,13 @@ def _fail(message: str) -> NoReturn:
     exception"."""
     __tracebackhide__ = True
     raise pytest.fail.Exception(message, pytrace=False) from None
+
+
+def _named(name: str, exc: BaseException) -> str:
+    """The skip reason: the store's first line, prefixed with the name unless it has it."""
+    reason = _reason(exc)
+    prefix = f"checkpoint '{name}'"
+    return reason if reason.startswith(prefix) else f"{prefix}: {reason}"
 
 
 def _reason(exc: BaseException) -> str:
