@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from ._transfer import blocked_dir_error
 from .cache import Cache, Stamp
 from .checkpoint import Checkpoint
 from .errors import CacheError, CheckpointDownloadError, CheckpointSkipped, ChecksumMismatchError
@@ -237,6 +238,9 @@ class Store:
         except OSError as exc:  # read-only cache: nobody can write, so no lock is needed
             if path.exists() and not force_download:
                 return self._check_existing(spec, path, commit)
+            blocked = blocked_dir_error(lock_path.parent, spec)  # a dangling symlink?
+            if blocked is not None:
+                raise blocked from None
             raise CacheError(
                 f"pytest-ckpts: cannot download checkpoint '{spec.name}': the cache {self.cache} "
                 f"is not writable ({exc.strerror or exc}). Use a writable --ckpts-cache-dir / "
