@@ -284,3 +284,29 @@ def test_disk_full_fails_naming_path_and_bytes(
     assert f"{len(big)} bytes needed" in out
     assert "--cache-dir" in out
     assert not PYTEST_OPTION.search(out)
+
+
+def test_read_only_cache_serves_stale_copy_when_the_hub_dies(
+    pytester: pytest.Pytester, hub: LocalHub, mounts: Mounts
+) -> None:
+    """Stale-while-error on a read-only cache: the run state (which endpoint is dead)
+    cannot be written to the cache, yet the branch's last verified copy is used."""
+    from conftest import dead_endpoint
+
+    manifest = _warm_read_only(pytester.path, hub, mounts, pinned=False, stamps=True)
+    moved = pytester.path / "manifest.yaml"  # same entries, same cache, a dead hub
+    moved.write_text(manifest.read_text().replace(hub.endpoint, dead_endpoint()))
+    pytester.makepyfile(test_it=TESTS)
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "--ckpts-manifest",
+        str(moved),
+        "--ckpts-cache-dir",
+        str(pytester.path / "checkpoints"),
+        "-n",
+        "2",
+        timeout=120,
+    )
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*stale*vae*"])

@@ -329,3 +329,40 @@ def test_unverified_sha_matches_hub(pytester: pytest.Pytester, hub: LocalHub) ->
         """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_plugin_run_after_verify_mismatch_downloads_again(
+    pytester: pytest.Pytester, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After ``pytest-ckpts verify`` reported a MISMATCH, the next pytest run must not
+    hand out the file on the strength of an old stamp: it hashes, finds the damage and
+    downloads the file again."""
+    import io
+
+    from pytest_ckpts.cli import main
+
+    make_manifest(pytester.path, hub, FILES, pinned=True)
+    pytester.makepyfile(
+        test_it=f"""
+        import hashlib, pytest
+
+        @pytest.mark.requires_checkpoints("vae")
+        def test_vae(checkpoints):
+            data = checkpoints["vae"].path.read_bytes()
+            assert hashlib.sha256(data).hexdigest() == {hashlib.sha256(FILES["vae"]).hexdigest()!r}
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    blob = next((pytester.path / "checkpoints" / "models--acme--ckpts" / "blobs").iterdir())
+    st = blob.stat()
+    with open(blob, "r+b") as f:
+        f.write(b"\0" * 64)
+    os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))
+    monkeypatch.chdir(pytester.path)
+    out = io.StringIO()
+    assert main(["verify"], out=out) == 1
+    assert "MISMATCH" in out.getvalue()
+    hub.stats.reset()
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert hub.stats.bodies_served == 1
