@@ -17,7 +17,15 @@ from .errors import CacheError
 from .manifest import CheckpointSpec
 from .settings import ENV
 
-__all__ = ["etag_of", "link_snapshot", "make_dir", "open_for_write", "progress_bar", "write_chunk"]
+__all__ = [
+    "blocked_dir_error",
+    "etag_of",
+    "link_snapshot",
+    "make_dir",
+    "open_for_write",
+    "progress_bar",
+    "write_chunk",
+]
 
 
 def etag_of(response: Any) -> str | None:
@@ -32,14 +40,27 @@ def etag_of(response: Any) -> str | None:
 def make_dir(path: Path, spec: CheckpointSpec) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise CacheError(
-            f"pytest-ckpts: cannot use the cache for checkpoint '{spec.name}': {path} exists "
-            "but is not a directory (a dangling symlink?). Fix or remove it, or set "
-            f"--ckpts-cache-dir / {ENV['cache_dir']}."
-        ) from None
     except OSError as exc:
-        raise _cache_error(spec, path, exc, None) from None
+        raise (blocked_dir_error(path, spec) or _cache_error(spec, path, exc, None)) from None
+
+
+def blocked_dir_error(path: Path, spec: CheckpointSpec) -> CacheError | None:
+    """The one line for a directory that cannot be made because something in the way is
+    not a directory (a dangling symlink: a volume not mounted), naming that thing."""
+    for p in (path, *path.parents):
+        if p.is_symlink() and not p.exists():
+            why = f"{p} is a dangling symlink (to {os.readlink(p)}); create its target or remove it"
+        elif p.exists() and not p.is_dir():
+            why = f"{p} exists but is not a directory; remove it"
+        elif p.is_dir():
+            return None
+        else:
+            continue
+        return CacheError(
+            f"pytest-ckpts: cannot use the cache for checkpoint '{spec.name}': {why}, or set "
+            f"--ckpts-cache-dir / {ENV['cache_dir']}."
+        )
+    return None
 
 
 def _cache_error(spec: CheckpointSpec, path: Path, exc: OSError, need: int | None) -> CacheError:

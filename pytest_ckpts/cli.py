@@ -18,7 +18,6 @@ from typing import Any, TextIO
 from .errors import (
     CacheError,
     CheckpointsError,
-    CheckpointSkipped,
     ChecksumMismatchError,
     ManifestError,
     UsageFailure,
@@ -30,6 +29,29 @@ from .store import Store
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+#: The engine's messages name pytest's options; the CLI has its own (longest first).
+_CLI_WORDS = (
+    ("--ckpts=offline (CLI: --offline)", "--offline"),
+    ("` or use --ckpts=auto.", "` without --offline."),
+    (f"--ckpts-retry-budget / {ENV['retry_budget']}", ENV["retry_budget"]),
+    ("--ckpts-retry-budget", ENV["retry_budget"]),
+    (
+        f"--ckpts-manifest / {ENV['manifest']} / ini ckpts_manifest",
+        f"--manifest / {ENV['manifest']}",
+    ),
+    ("--ckpts-cache-dir", "--cache-dir"),
+    ("--ckpts-manifest", "--manifest"),
+    ("--ckpts=offline", "--offline"),
+)
+
+
+def cli_words(text: str) -> str:
+    """``text`` with pytest's option names replaced by this command's own."""
+    for pytest_words, cli in _CLI_WORDS:
+        text = text.replace(pytest_words, cli)
+    return text
 
 
 def _plural(n: int, word: str, plural: str | None = None) -> str:
@@ -133,10 +155,8 @@ def cmd_fetch(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     def one(spec: CheckpointSpec) -> str:
         try:
             ckpt = store.resolve(spec, force_download=args.force)
-        except CheckpointSkipped as exc:
-            return f"FAILED      {spec.name}: {str(exc).removeprefix('pytest-ckpts: ')}"
         except (CheckpointsError, OSError) as exc:
-            return f"FAILED      {spec.name}: {str(exc).removeprefix('pytest-ckpts: ')}"
+            return f"FAILED      {spec.name}: {cli_words(str(exc).removeprefix('pytest-ckpts: '))}"
         note = "" if ckpt.verified else "  (unverified: no sha256 in the manifest)"
         return f"{ckpt.source:<10}  {spec.name}  {_size(ckpt.size)}  {ckpt.path}{note}"
 
@@ -375,6 +395,19 @@ def _version() -> str:
         return "unknown"
 
 
+def _manifest_text(exc: ManifestError) -> str:
+    """A missing manifest is reported as missing, not as an "invalid manifest"."""
+    text = str(exc)
+    head = "pytest-ckpts: invalid manifest"
+    if exc.path is None and text.startswith(f"{head}: no manifest found"):
+        text = text.replace(f"{head}: ", "pytest-ckpts: ", 1)
+        return text.replace("Create one, or set", "Create one, pass --manifest PATH, or set")
+    missing = f"{head} {exc.path}: file not found."
+    if text.startswith(missing):
+        return text.replace(missing, f"pytest-ckpts: manifest {exc.path} not found.", 1)
+    return text
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point of the ``pytest-ckpts`` console script."""
     out = out if out is not None else sys.stdout
@@ -388,14 +421,17 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         args.settings = Settings.from_args(args)
         manifest = load_manifest(args.settings.manifest)
         code: int = args.func(args, manifest, out)
-    except (ManifestError, UsageFailure) as exc:
-        sys.stderr.write(f"{exc}\n")
+    except ManifestError as exc:
+        sys.stderr.write(f"{cli_words(_manifest_text(exc))}\n")
+        return EXIT_USAGE
+    except UsageFailure as exc:
+        sys.stderr.write(f"{cli_words(str(exc))}\n")
         return EXIT_USAGE
     except (CheckpointsError, CacheError) as exc:  # a check failed: mismatch, hub, cache
-        sys.stderr.write(f"{exc}\n")
+        sys.stderr.write(f"{cli_words(str(exc))}\n")
         return EXIT_FAILED
-    except ValueError as exc:  # a bad setting (PYTEST_CKPTS_*), named by Settings
-        sys.stderr.write(f"{exc}\n")
+    except ValueError as exc:  # a bad setting, named by Settings
+        sys.stderr.write(f"{cli_words(str(exc))}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:  # pragma: no cover - interactive
         sys.stderr.write("interrupted\n")

@@ -256,8 +256,28 @@ def upload(
             "pytest-ckpts: local files not found (--from DIR must mirror hf_path): "
             + ", ".join(missing)
         )
+    _check_reachable(store, specs)
     edits = _upload_groups(client, specs, source_dir, pin, message, out)
     return _apply_edits(manifest, edits, store, out)
+
+
+def _check_reachable(store: Store, specs: list[CheckpointSpec]) -> None:
+    """One bounded probe per repo first: the upload client's own retries take ~25 s
+    and print a line per attempt before it gives up on a hub that is down."""
+    seen: set[tuple[str, str]] = set()
+    for spec in specs:
+        if (spec.repo_type, spec.repo) in seen:
+            continue
+        seen.add((spec.repo_type, spec.repo))
+        try:
+            store.probe(spec)
+        except CheckpointDownloadError as exc:
+            if exc.kind == "unreachable":  # a missing branch or commit is fine: uploads make it
+                cause = str(exc).splitlines()[0].removeprefix("pytest-ckpts: ")
+                raise UsageFailure(
+                    f"pytest-ckpts: cannot upload: {cause}. Nothing in the manifest was "
+                    "changed; re-run when the hub is reachable."
+                ) from None
 
 
 def _upload_groups(

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -217,7 +217,7 @@ class CkptsSession:
         try:
             spec = self.spec(name)
         except KeyError as exc:
-            pytest.fail(f"pytest-ckpts: {exc.args[0]}", pytrace=False)
+            _fail(f"pytest-ckpts: {exc.args[0]}")
         if self.settings.mode is Mode.SKIP:
             reason = f"checkpoint '{name}': downloads disabled ({self.mode_source})"
             self.stats.record(name, "skipped", reason=reason)
@@ -236,22 +236,20 @@ class CkptsSession:
         try:
             yield
         except CheckpointSkipped as exc:
-            reason = f"checkpoint '{name}': {_reason(exc)}"
+            reason = _named(name, exc)
             self.stats.record(name, "skipped", reason=reason)
             _skip(reason)
         except ChecksumMismatchError as exc:
             self.stats.record(name, "failed", reason="checksum mismatch")
-            pytest.fail(str(exc), pytrace=False)
+            _fail(str(exc))
         except (TensorIndexError, CacheError) as exc:
             self.stats.record(name, "failed", reason=_reason(exc))
-            pytest.fail(str(exc), pytrace=False)
+            _fail(str(exc))
         except CheckpointDownloadError as exc:
             if self.settings.mode is Mode.REQUIRE:
                 self.stats.record(name, "failed", reason=_reason(exc))
-                pytest.fail(
-                    f"{exc}\n(--ckpts=require turns hub failures into errors)", pytrace=False
-                )
-            reason = f"checkpoint '{name}': {_reason(exc)}"
+                _fail(f"{exc}\n(--ckpts=require turns hub failures into errors)")
+            reason = _named(name, exc)
             self.stats.record(name, "skipped", reason=reason)
             _skip(reason)
 
@@ -341,6 +339,21 @@ def _skip(reason: str) -> None:
     """Skip pointing at the test, not at this plugin (``-rs`` groups by location)."""
     __tracebackhide__ = True
     raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
+def _fail(message: str) -> NoReturn:
+    """Fail with ``message`` alone: raised while handling the store's error, a plain
+    ``pytest.fail`` would print that error again under "During handling of the above
+    exception"."""
+    __tracebackhide__ = True
+    raise pytest.fail.Exception(message, pytrace=False) from None
+
+
+def _named(name: str, exc: BaseException) -> str:
+    """The skip reason: the store's first line, prefixed with the name unless it has it."""
+    reason = _reason(exc)
+    prefix = f"checkpoint '{name}'"
+    return reason if reason.startswith(prefix) else f"{prefix}: {reason}"
 
 
 def _reason(exc: BaseException) -> str:

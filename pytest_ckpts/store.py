@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from ._transfer import blocked_dir_error
 from .cache import Cache, Stamp
 from .checkpoint import Checkpoint
 from .errors import CacheError, CheckpointDownloadError, CheckpointSkipped, ChecksumMismatchError
@@ -154,15 +155,10 @@ class Store:
     # ------------------------------------------------------------------ resolve
     def resolve(self, spec: CheckpointSpec, *, force_download: bool = False) -> Checkpoint:
         """Return a verified ``Checkpoint`` for ``spec``, downloading if needed."""
-        assert self.run_state is not None
-        known = self.run_state.mismatch(self._mismatch_key(spec))
-        if known is not None and not force_download:
-            raise self._mismatch(
-                spec,
-                Path(known.split("\0")[0]),
-                known.split("\0")[1],
-                "found earlier in this run; not downloaded again",
-            )
+        if not force_download:
+            self._raise_known_mismatch(spec)
+        if not is_pinned(spec.revision):
+            self.layout.ref_path(spec)  # a revision leaving the cache: refused before any I/O
         if self.offline:
             return self._resolve_offline(spec)
         try:
@@ -243,6 +239,9 @@ class Store:
         except OSError as exc:  # read-only cache: nobody can write, so no lock is needed
             if path.exists() and not force_download:
                 return self._check_existing(spec, path, commit)
+            blocked = blocked_dir_error(lock_path.parent, spec)  # a dangling symlink?
+            if blocked is not None:
+                raise blocked from None
             raise CacheError(
                 f"pytest-ckpts: cannot download checkpoint '{spec.name}': the cache {self.cache} "
                 f"is not writable ({exc.strerror or exc}). Use a writable --ckpts-cache-dir / "
@@ -263,6 +262,8 @@ class Store:
         self, spec: CheckpointSpec, path: Path, commit: str, force_download: bool
     ) -> Checkpoint:
         if not force_download:
+            # another process (an xdist worker) may have found a mismatch while we waited
+            self._raise_known_mismatch(spec)
             ready = self._fast_path(spec, path, commit)  # another process finished meanwhile
             if ready is not None:
                 return ready
@@ -353,6 +354,16 @@ class Store:
         return ckpt
 
     # ------------------------------------------------------------------ errors
+    def _raise_known_mismatch(self, spec: CheckpointSpec) -> None:
+        """A mismatch this run already found is raised again, never downloaded again."""
+        assert self.run_state is not None
+        known = self.run_state.mismatch(self._mismatch_key(spec))
+        if known is not None:
+            path, actual = known.split("\0")
+            raise self._mismatch(
+                spec, Path(path), actual, "found earlier in this run; not downloaded again"
+            )
+
     def _mismatch_key(self, spec: CheckpointSpec) -> str:
         return f"{self.layout.lock_key(spec)}:{spec.sha256}"
 
