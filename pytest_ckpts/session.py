@@ -239,10 +239,7 @@ class CkptsSession:
             reason = _named(name, exc)
             self.stats.record(name, "skipped", reason=reason)
             _skip(reason)
-        except ChecksumMismatchError as exc:
-            self.stats.record(name, "failed", reason="checksum mismatch")
-            _fail(str(exc))
-        except (TensorIndexError, CacheError) as exc:
+        except (ChecksumMismatchError, TensorIndexError, CacheError) as exc:
             self.stats.record(name, "failed", reason=_reason(exc))
             _fail(str(exc))
         except CheckpointDownloadError as exc:
