@@ -37,7 +37,16 @@ from ._transfer import etag_of, link_snapshot, make_dir, open_for_write, progres
 from .cache import Cache, contained
 from .errors import CacheError, CheckpointDownloadError, UsageFailure
 from .manifest import CheckpointSpec, Manifest, is_pinned
-from .retry import RetryBudget, RunState, backoff_delay, parse_retry_after
+from .retry import (
+    TRANSIENT_STATUS,
+    Failure,
+    Retry,
+    RetryBudget,
+    RunState,
+    backoff_delay,
+    classify_exception,
+    classify_response,
+)
 from .settings import ENV, env_value
 
 __all__ = [
@@ -52,7 +61,6 @@ __all__ = [
 logger = logging.getLogger("pytest_ckpts")
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 _OFFLINE_HINT = (
     "remembered for this run; use --ckpts=offline (CLI: --offline) to run from the cache, "
     "or check HF_ENDPOINT / config.endpoint"
@@ -131,48 +139,6 @@ def _content_range(response: Any, begin: int, end: int) -> int | None:
 
 
 @dataclass
-class _Failure:
-    kind: str  # transient | unreachable | permanent
-    status: int | None
-    text: str
-    retry_after: float | None = None
-
-
-def _classify_exception(exc: BaseException, *, probing: bool) -> _Failure:
-    import httpx2
-
-    name = f"{type(exc).__name__}: {exc}".rstrip(": ")
-    if isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)):
-        return _Failure("unreachable", None, name)
-    if isinstance(exc, httpx2.TimeoutException):
-        kind = "unreachable" if probing else "transient"
-        return _Failure(kind, None, f"no answer in time ({name or 'timeout'})")
-    if isinstance(exc, (httpx2.TransportError, OSError)):
-        return _Failure("transient", None, f"connection broken ({name})")
-    return _Failure("permanent", None, name)
-
-
-def _classify_response(response: Any) -> _Failure:
-    status = int(response.status_code)
-    code = response.headers.get("X-Error-Code") or ""
-    message = response.headers.get("X-Error-Message") or response.reason_phrase or ""
-    text = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
-    if status in TRANSIENT_STATUS:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if status == 429:
-            text += " (rate-limited: authenticated requests get higher limits; set HF_TOKEN)"
-        return _Failure("transient", status, text, retry_after)
-    return _Failure("permanent", status, text)
-
-
-class _Retry(Exception):
-    """Internal: a transient failure the loop in ``_send`` may retry."""
-
-    def __init__(self, failure: _Failure) -> None:
-        self.failure = failure
-
-
-@dataclass
 class HubClient:
     """One endpoint's client for a run: probes, downloads and uploads with one policy."""
 
@@ -220,7 +186,7 @@ class HubClient:
         )
 
     def _error(
-        self, spec: CheckpointSpec | None, what: str, failure: _Failure, hint: str
+        self, spec: CheckpointSpec | None, what: str, failure: Failure, hint: str
     ) -> CheckpointDownloadError:
         return CheckpointDownloadError(
             self.redact(f"pytest-ckpts: {what}: {failure.text}" + (f" ({hint})" if hint else "")),
@@ -246,15 +212,15 @@ class HubClient:
         while True:
             dead = self.dead()
             if dead is not None:
-                raise self._error(spec, what, _Failure("unreachable", None, dead), _OFFLINE_HINT)
+                raise self._error(spec, what, Failure("unreachable", None, dead), _OFFLINE_HINT)
             try:
                 return attempt_once()
-            except _Retry as retry:
+            except Retry as retry:
                 failure = retry.failure
             except (CacheError, CheckpointDownloadError):
                 raise
             except Exception as exc:
-                failure = _classify_exception(exc, probing=probing)
+                failure = classify_exception(exc, probing=probing)
             if failure.kind == "unreachable":
                 failure.text = f"hub unreachable at {self.endpoint}: {failure.text}"
                 self.run_state.mark_failed(self.endpoint, failure.text)
@@ -289,7 +255,7 @@ class HubClient:
             attempt += 1
 
     @staticmethod
-    def _hint(failure: _Failure) -> str:
+    def _hint(failure: Failure) -> str:
         if failure.status in (401, 403):
             return "the repo needs a token with read access: set HF_TOKEN or run `hf auth login`"
         if failure.status == 404 and "Revision" in failure.text:
@@ -353,9 +319,9 @@ class HubClient:
                 follow_redirects=True,
             )
             if response.status_code in TRANSIENT_STATUS:
-                raise _Retry(_classify_response(response))
+                raise Retry(classify_response(response))
             if response.status_code >= 400:
-                failure = _classify_response(response)
+                failure = classify_response(response)
                 raise self._error(None, what, failure, self._probe_hint(failure))
             try:
                 body = response.json()
@@ -363,7 +329,7 @@ class HubClient:
                 raise self._error(
                     None,
                     what,
-                    _Failure("unreachable", None, "the answer is not JSON: not a Hugging Face Hub"),
+                    Failure("unreachable", None, "the answer is not JSON: not a Hugging Face Hub"),
                     "",
                 ) from None
             return body
@@ -382,7 +348,7 @@ class HubClient:
             }
         return {"commit": commit}
 
-    def _probe_hint(self, failure: _Failure) -> str:
+    def _probe_hint(self, failure: Failure) -> str:
         if failure.status in (401, 403):
             if self.has_token():
                 return "the hub refused the token; check HF_TOKEN or `hf auth login`"
@@ -405,7 +371,7 @@ class HubClient:
         self, spec: CheckpointSpec, commit: str, what: str, byte_range: str | None
     ) -> Iterator[Any]:
         """One streamed GET of ``spec``'s file at ``commit`` (a ``Range`` if given); a
-        transient status raises ``_Retry`` for :meth:`_send`, a permanent one the error."""
+        transient status raises ``Retry`` for :meth:`_send`, a permanent one the error."""
         import httpx2
 
         url = (
@@ -421,13 +387,13 @@ class HubClient:
             "GET", url, headers=headers, auth=self._auth(), timeout=timeout, follow_redirects=True
         ) as response:
             if response.status_code in TRANSIENT_STATUS:
-                raise _Retry(_classify_response(response))
+                raise Retry(classify_response(response))
             if response.status_code >= 400:
-                failure = _classify_response(response)
+                failure = classify_response(response)
                 raise self._error(spec, what, failure, self._hint(failure))
             yield response
 
-    # ------------------------------------------------------------------ download
+    # ------------------------------------------------------------------ transfers
     def download(
         self,
         spec: CheckpointSpec,
@@ -435,153 +401,187 @@ class HubClient:
         cache: Cache,
         on_bytes: Callable[[int], None] | None = None,
     ) -> Downloaded:
-        """Stream ``spec`` at ``commit`` into ``cache`` (huggingface_hub's layout).
+        """Stream ``spec`` at ``commit`` into ``cache`` (see :func:`download`)."""
+        return download(self, spec, commit, cache, on_bytes)
 
-        The body goes to a temp file beside the blobs, hashed as it arrives; a cut is
-        resumed with a ``Range`` request when the hub allows it. The blob is renamed
-        into place only when complete, so the cache holds whole files or nothing.
-        """
-
-        what = f"failed to download checkpoint '{spec.name}' from {self.describe(spec, commit)}"
-        tmp = cache.incomplete_path(spec)
-        state: dict[str, Any] = {
-            "got": 0,
-            "sent": 0,
-            "digest": hashlib.sha256(),
-            "etag": None,
-            "resumed": False,
-        }
-        started = time.perf_counter()
-        make_dir(tmp.parent, spec)
-
-        def once() -> None:
-            byte_range = f"bytes={state['got']}-" if state["got"] else None
-            with self._get_file(spec, commit, what, byte_range) as response:
-                first = response.history[0] if response.history else response
-                state["etag"] = state["etag"] or etag_of(first) or etag_of(response)
-                if state["got"] and response.status_code != 206:  # no resume: start over
-                    state["got"], state["digest"] = 0, hashlib.sha256()
-                state["resumed"] = state["resumed"] or response.status_code == 206
-                mode = "ab" if state["got"] else "wb"
-                with (
-                    open_for_write(tmp, mode, spec) as f,
-                    progress_bar(self.progress, spec, response, state["got"]) as bar,
-                ):
-                    for chunk in response.iter_bytes():
-                        write_chunk(f, chunk, tmp, spec, response)
-                        state["digest"].update(chunk)
-                        state["got"] += len(chunk)
-                        state["sent"] += len(chunk)
-                        if on_bytes is not None:
-                            on_bytes(len(chunk))
-                        bar(len(chunk))
-
-        try:
-            self._send(spec, what, once)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        sha = state["digest"].hexdigest()
-        blob = contained(cache.blobs(spec), str(state["etag"] or sha), what="blob name")
-        os.replace(tmp, blob)
-        link = cache.snapshot(spec, commit)
-        link_snapshot(link, blob, spec)
-        seconds = time.perf_counter() - started
-        return Downloaded(link, sha, int(state["sent"]), seconds, bool(state["resumed"]))
-
-    # ------------------------------------------------------------------ ranges
     def read_range(
         self, spec: CheckpointSpec, commit: str, begin: int, end: int, *, what: str = ""
     ) -> Ranged:
-        """Bytes ``[begin, end)`` of ``spec`` at ``commit`` by one HTTP ``Range`` request.
+        """Bytes ``[begin, end)`` of ``spec`` at ``commit`` (see :func:`read_range`)."""
+        return read_range(self, spec, commit, begin, end, what=what)
 
-        For :mod:`pytest_ckpts.partial`, which verifies them. An answer with the whole
-        file (200) or another range is refused, not read: never a silent full download.
-        """
-
-        if not 0 <= begin < end:
-            raise ValueError(f"bad byte range [{begin}, {end})")
-        what = what or (
-            f"failed to read bytes {begin}-{end - 1} of checkpoint '{spec.name}' from "
-            f"{self.describe(spec, commit)}"
-        )
-        started = time.perf_counter()
-
-        def once() -> Ranged:
-            with self._get_file(spec, commit, what, f"bytes={begin}-{end - 1}") as response:
-                total = _content_range(response, begin, end)
-                if total is None:
-                    got_range = response.headers.get("Content-Range") or "no Content-Range"
-                    text = f"HTTP {response.status_code} ({got_range}) for bytes={begin}-{end - 1}"
-                    hint = "partial reads need a hub that serves byte ranges"
-                    failure = _Failure("permanent", int(response.status_code), text)
-                    raise self._error(spec, what, failure, hint)
-                want = min(end, total) - begin
-                chunks: list[bytes] = []
-                got = 0
-                for chunk in response.iter_bytes():
-                    got += len(chunk)
-                    if got > want:
-                        break
-                    chunks.append(chunk)
-                if got != want:
-                    cut = f"body of {got} bytes, not the {want} asked for"
-                    raise _Retry(_Failure("transient", None, cut))
-                return Ranged(b"".join(chunks), total, time.perf_counter() - started)
-
-        result: Ranged = self._send(spec, what, once)
-        return result
-
-    # ------------------------------------------------------------------ upload
     def create_commit(
         self, *, repo: str, repo_type: str, branch: str, files: dict[str, Path], message: str
     ) -> str:
-        """Upload ``files`` (path in repo -> local file) in one commit; its id.
+        """Upload ``files`` in one commit (see :func:`create_commit`)."""
+        return create_commit(
+            self, repo=repo, repo_type=repo_type, branch=branch, files=files, message=message
+        )
 
-        huggingface_hub's upload protocol does the work. Uploads go through Xet whenever
-        ``hf_xet`` is installed; only the public hub is known to run it, so other
-        endpoints get the plain LFS protocol (the client's own switch, for this call).
-        """
-        import httpx2
-        from huggingface_hub import CommitOperationAdd, HfApi, constants
-        from huggingface_hub import errors as hf_errors
 
-        disable_telemetry()
-        api = HfApi(endpoint=self.endpoint, token=self._token())
-        ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in files.items()]
-        saved_xet = constants.HF_HUB_DISABLE_XET
-        if self.endpoint != DEFAULT_ENDPOINT:
-            constants.HF_HUB_DISABLE_XET = True
-        where = f"repo '{repo}' ({repo_type}) at {self.endpoint}"
-        try:
-            info: Any = api.create_commit(
-                repo_id=repo,
-                repo_type=repo_type,
-                revision=branch,
-                operations=ops,
-                commit_message=message,
+# --------------------------------------------------------------------------- transfers
+
+
+def download(
+    client: HubClient,
+    spec: CheckpointSpec,
+    commit: str,
+    cache: Cache,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Downloaded:
+    """Stream ``spec`` at ``commit`` into ``cache`` (huggingface_hub's layout).
+
+    The body goes to a temp file beside the blobs, hashed as it arrives; a cut is
+    resumed with a ``Range`` request when the hub allows it. The blob is renamed
+    into place only when complete, so the cache holds whole files or nothing.
+    """
+
+    what = f"failed to download checkpoint '{spec.name}' from {client.describe(spec, commit)}"
+    tmp = cache.incomplete_path(spec)
+    state: dict[str, Any] = {
+        "got": 0,
+        "sent": 0,
+        "digest": hashlib.sha256(),
+        "etag": None,
+        "resumed": False,
+    }
+    started = time.perf_counter()
+    make_dir(tmp.parent, spec)
+
+    def once() -> None:
+        byte_range = f"bytes={state['got']}-" if state["got"] else None
+        with client._get_file(spec, commit, what, byte_range) as response:
+            first = response.history[0] if response.history else response
+            state["etag"] = state["etag"] or etag_of(first) or etag_of(response)
+            if state["got"] and response.status_code != 206:  # no resume: start over
+                state["got"], state["digest"] = 0, hashlib.sha256()
+            state["resumed"] = state["resumed"] or response.status_code == 206
+            mode = "ab" if state["got"] else "wb"
+            with (
+                open_for_write(tmp, mode, spec) as f,
+                progress_bar(client.progress, spec, response, state["got"]) as bar,
+            ):
+                for chunk in response.iter_bytes():
+                    write_chunk(f, chunk, tmp, spec, response)
+                    state["digest"].update(chunk)
+                    state["got"] += len(chunk)
+                    state["sent"] += len(chunk)
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+                    bar(len(chunk))
+
+    try:
+        client._send(spec, what, once)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    sha = state["digest"].hexdigest()
+    blob = contained(cache.blobs(spec), str(state["etag"] or sha), what="blob name")
+    os.replace(tmp, blob)
+    link = cache.snapshot(spec, commit)
+    link_snapshot(link, blob, spec)
+    seconds = time.perf_counter() - started
+    return Downloaded(link, sha, int(state["sent"]), seconds, bool(state["resumed"]))
+
+
+def read_range(
+    client: HubClient, spec: CheckpointSpec, commit: str, begin: int, end: int, *, what: str = ""
+) -> Ranged:
+    """Bytes ``[begin, end)`` of ``spec`` at ``commit`` by one HTTP ``Range`` request.
+
+    For :mod:`pytest_ckpts.partial`, which verifies them. An answer with the whole
+    file (200) or another range is refused, not read: never a silent full download.
+    """
+
+    if not 0 <= begin < end:
+        raise ValueError(f"bad byte range [{begin}, {end})")
+    what = what or (
+        f"failed to read bytes {begin}-{end - 1} of checkpoint '{spec.name}' from "
+        f"{client.describe(spec, commit)}"
+    )
+    started = time.perf_counter()
+
+    def once() -> Ranged:
+        with client._get_file(spec, commit, what, f"bytes={begin}-{end - 1}") as response:
+            total = _content_range(response, begin, end)
+            if total is None:
+                got_range = response.headers.get("Content-Range") or "no Content-Range"
+                text = f"HTTP {response.status_code} ({got_range}) for bytes={begin}-{end - 1}"
+                hint = "partial reads need a hub that serves byte ranges"
+                failure = Failure("permanent", int(response.status_code), text)
+                raise client._error(spec, what, failure, hint)
+            want = min(end, total) - begin
+            chunks: list[bytes] = []
+            got = 0
+            for chunk in response.iter_bytes():
+                got += len(chunk)
+                if got > want:
+                    break
+                chunks.append(chunk)
+            if got != want:
+                cut = f"body of {got} bytes, not the {want} asked for"
+                raise Retry(Failure("transient", None, cut))
+            return Ranged(b"".join(chunks), total, time.perf_counter() - started)
+
+    result: Ranged = client._send(spec, what, once)
+    return result
+
+
+def create_commit(
+    client: HubClient,
+    *,
+    repo: str,
+    repo_type: str,
+    branch: str,
+    files: dict[str, Path],
+    message: str,
+) -> str:
+    """Upload ``files`` (path in repo -> local file) in one commit; its id.
+
+    huggingface_hub's upload protocol does the work. Uploads go through Xet whenever
+    ``hf_xet`` is installed; only the public hub is known to run it, so other
+    endpoints get the plain LFS protocol (the client's own switch, for this call).
+    """
+    import httpx2
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
+    from huggingface_hub import errors as hf_errors
+
+    disable_telemetry()
+    api = HfApi(endpoint=client.endpoint, token=client._token())
+    ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in files.items()]
+    saved_xet = constants.HF_HUB_DISABLE_XET
+    if client.endpoint != DEFAULT_ENDPOINT:
+        constants.HF_HUB_DISABLE_XET = True
+    where = f"repo '{repo}' ({repo_type}) at {client.endpoint}"
+    try:
+        info: Any = api.create_commit(
+            repo_id=repo,
+            repo_type=repo_type,
+            revision=branch,
+            operations=ops,
+            commit_message=message,
+        )
+    except hf_errors.RepositoryNotFoundError as exc:
+        raise UsageFailure(
+            client.redact(
+                f"pytest-ckpts: {where} not found or the token cannot write to it "
+                f"({type(exc).__name__}). Create it first (`hf repo create {repo}`) or fix "
+                "hf_repo in the manifest."
             )
-        except hf_errors.RepositoryNotFoundError as exc:
-            raise UsageFailure(
-                self.redact(
-                    f"pytest-ckpts: {where} not found or the token cannot write to it "
-                    f"({type(exc).__name__}). Create it first (`hf repo create {repo}`) or fix "
-                    "hf_repo in the manifest."
-                )
-            ) from None
-        except hf_errors.HfHubHTTPError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UsageFailure(
-                self.redact(f"pytest-ckpts: upload to {where} failed: {first}")
-            ) from None
-        except (httpx2.TransportError, OSError) as exc:
-            failure = _classify_exception(exc, probing=False)
-            raise UsageFailure(
-                self.redact(
-                    f"pytest-ckpts: upload to {where} failed: {failure.text}. Nothing in the "
-                    "manifest was changed; re-run when the hub is reachable."
-                )
-            ) from None
-        finally:
-            constants.HF_HUB_DISABLE_XET = saved_xet
-        return str(getattr(info, "oid", "") or "")
+        ) from None
+    except hf_errors.HfHubHTTPError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageFailure(
+            client.redact(f"pytest-ckpts: upload to {where} failed: {first}")
+        ) from None
+    except (httpx2.TransportError, OSError) as exc:
+        failure = classify_exception(exc, probing=False)
+        raise UsageFailure(
+            client.redact(
+                f"pytest-ckpts: upload to {where} failed: {failure.text}. Nothing in the "
+                "manifest was changed; re-run when the hub is reachable."
+            )
+        ) from None
+    finally:
+        constants.HF_HUB_DISABLE_XET = saved_xet
+    return str(getattr(info, "oid", "") or "")

@@ -21,8 +21,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["RetryBudget", "RunState", "backoff_delay", "parse_retry_after"]
+__all__ = [
+    "TRANSIENT_STATUS",
+    "Failure",
+    "Retry",
+    "RetryBudget",
+    "RunState",
+    "backoff_delay",
+    "classify_exception",
+    "classify_response",
+    "parse_retry_after",
+]
+
+#: HTTP statuses worth asking again (rate limits and server trouble).
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 
 #: First wait and cap of one backoff step (seconds), before jitter.
 BASE_DELAY = 0.5
@@ -153,3 +167,47 @@ class RunState:
                 os.unlink(p)
             except OSError:
                 pass
+
+
+@dataclass
+class Failure:
+    """How a request failed (README "Retries and the retry budget")."""
+
+    kind: str  # transient | unreachable | permanent
+    status: int | None
+    text: str
+    retry_after: float | None = None
+
+
+def classify_exception(exc: BaseException, *, probing: bool) -> Failure:
+    import httpx2
+
+    name = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)):
+        return Failure("unreachable", None, name)
+    if isinstance(exc, httpx2.TimeoutException):
+        kind = "unreachable" if probing else "transient"
+        return Failure(kind, None, f"no answer in time ({name or 'timeout'})")
+    if isinstance(exc, (httpx2.TransportError, OSError)):
+        return Failure("transient", None, f"connection broken ({name})")
+    return Failure("permanent", None, name)
+
+
+def classify_response(response: Any) -> Failure:
+    status = int(response.status_code)
+    code = response.headers.get("X-Error-Code") or ""
+    message = response.headers.get("X-Error-Message") or response.reason_phrase or ""
+    text = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+    if status in TRANSIENT_STATUS:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if status == 429:
+            text += " (rate-limited: authenticated requests get higher limits; set HF_TOKEN)"
+        return Failure("transient", status, text, retry_after)
+    return Failure("permanent", status, text)
+
+
+class Retry(Exception):
+    """A transient failure ``HubClient``'s retry loop may retry (raised inside one attempt)."""
+
+    def __init__(self, failure: Failure) -> None:
+        self.failure = failure

@@ -370,17 +370,24 @@ class Store:
     def _mismatch(
         self, spec: CheckpointSpec, path: Path, actual: str, why: str
     ) -> ChecksumMismatchError:
-        return ChecksumMismatchError(
-            f"pytest-ckpts: Checksum mismatch for checkpoint '{spec.name}' ({why})\n"
-            f"  file:     {path}\n"
-            f"  source:   {self.describe(spec)}\n"
-            f"  expected: {spec.sha256}\n"
-            f"  actual:   {actual}\n"
-            "A checksum mismatch is never skipped. If the new file is intended, record its "
-            f"hash with `pytest-ckpts lock --update {spec.name}`; otherwise the upstream file "
-            "changed or the download is corrupted.",
-            name=spec.name,
-            path=path,
-            expected=spec.sha256,
-            actual=actual,
-        )
+        return mismatch_error(spec, path, actual, why, self.describe(spec))
+
+
+def mismatch_error(
+    spec: CheckpointSpec, path: Path, actual: str, why: str, source: str
+) -> ChecksumMismatchError:
+    """The one error for bytes that are not the manifest's: never skipped, names the fix."""
+    return ChecksumMismatchError(
+        f"pytest-ckpts: Checksum mismatch for checkpoint '{spec.name}' ({why})\n"
+        f"  file:     {path}\n"
+        f"  source:   {source}\n"
+        f"  expected: {spec.sha256}\n"
+        f"  actual:   {actual}\n"
+        "A checksum mismatch is never skipped. If the new file is intended, record its "
+        f"hash with `pytest-ckpts lock --update {spec.name}`; otherwise the upstream file "
+        "changed or the download is corrupted.",
+        name=spec.name,
+        path=path,
+        expected=spec.sha256,
+        actual=actual,
+    )
