@@ -20,6 +20,7 @@ from .errors import (
     CheckpointsError,
     ChecksumMismatchError,
     ManifestError,
+    ManifestNotFoundError,
     UsageFailure,
 )
 from .manifest import CheckpointSpec, Manifest, load_manifest
@@ -396,16 +397,13 @@ def _version() -> str:
 
 
 def _manifest_text(exc: ManifestError) -> str:
-    """A missing manifest is reported as missing, not as an "invalid manifest"."""
-    text = str(exc)
-    head = "pytest-ckpts: invalid manifest"
-    if exc.path is None and text.startswith(f"{head}: no manifest found"):
-        text = text.replace(f"{head}: ", "pytest-ckpts: ", 1)
-        return text.replace("Create one, or set", "Create one, pass --manifest PATH, or set")
-    missing = f"{head} {exc.path}: file not found."
-    if text.startswith(missing):
-        return text.replace(missing, f"pytest-ckpts: manifest {exc.path} not found.", 1)
-    return text
+    """A manifest named on the command line that is not there: say so in the CLI's words."""
+    if isinstance(exc, ManifestNotFoundError) and exc.path is not None:
+        return (
+            f"pytest-ckpts: manifest {exc.path} not found. Pass --manifest PATH or set "
+            f"{ENV['manifest']} to the right file."
+        )
+    return str(exc)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
