@@ -1,6 +1,6 @@
 """Two tiny but real models for the demo suite: a VAE and a timestep-conditioned denoiser.
 
-They stand in for the multi-GB VAE/LDM checkpoints of seed 004: same kind of code
+They stand in for the multi-GB VAE/LDM checkpoints of a real project: same kind of code
 path (build the module, load a state dict from a verified checkpoint, run a forward
 pass), small enough to train in a second and ship in the repo.
 """
