@@ -353,9 +353,7 @@ def create_archive(
             f"{src}; the next archive would contain this one. Write it elsewhere"
         )
     epoch = _source_epoch()
-    created = (
-        _dt.datetime.fromtimestamp(epoch, tz=_dt.timezone.utc).isoformat().replace("+00:00", "Z")
-    )
+    created = _dt.datetime.fromtimestamp(epoch, tz=_dt.UTC).isoformat().replace("+00:00", "Z")
     try:
         entries = [e if e.is_dir else _hash_file(e) for e in _scan(src)]
     except OSError as exc:
