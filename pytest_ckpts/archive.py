@@ -237,9 +237,7 @@ def create_archive(
             f"{src}; the next archive would contain this one. Write it elsewhere"
         )
     epoch = _source_epoch()
-    created = (
-        _dt.datetime.fromtimestamp(epoch, tz=_dt.timezone.utc).isoformat().replace("+00:00", "Z")
-    )
+    created = _dt.datetime.fromtimestamp(epoch, tz=_dt.UTC).isoformat().replace("+00:00", "Z")
     try:
         entries = _hash_all(_scan(src))
     except OSError as exc:

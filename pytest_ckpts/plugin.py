@@ -172,7 +172,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     session = get_session(config)
     if session.stats.empty:
         return
-    verbose = config.get_verbosity() >= 0
+    verbose = config.getoption("verbose") >= 0  # get_verbosity() needs pytest 8
     lines = summary_lines(session.stats, verbose=verbose)
     if not verbose:
         terminalreporter.write_line(f"checkpoints: {lines[0]}")

@@ -6,6 +6,8 @@ import time, so they are set here, before any test module imports it.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +41,33 @@ _SCRUB = (
     "MLFLOW_SKIP_ARTIFACT_LOGGING",
     "SOURCE_DATE_EPOCH",
 )
+
+
+# Modules that cannot be imported twice in one process. pytester removes from
+# sys.modules whatever a test or an in-process pytest run imported first, so the next
+# import runs their initialisation again: numpy refuses ("cannot load module more than
+# once"), torch re-registers native operators (torch.optim imports torch._dynamo on first
+# use, which registers the ``_inductor_test`` TORCH_LIBRARY: "Only a single TORCH_LIBRARY
+# can be used"), hf_xet panics. Imported before pytester takes its snapshot, they stay.
+_NOT_REIMPORTABLE = ("numpy", "torch", "torch._dynamo", "safetensors.torch", "hf_xet")
+_preloaded = False
+
+
+@pytest.fixture(autouse=True)
+def _keep_native_modules(request: pytest.FixtureRequest) -> None:
+    """Import the installed ``_NOT_REIMPORTABLE`` modules before a test's pytester exists.
+
+    Autouse fixtures are set up before the fixtures a test requests, so this runs before
+    pytester snapshots sys.modules; the results of the suite then do not depend on which
+    test happened to import torch first. Tests without pytester do not pay for it.
+    """
+    global _preloaded
+    if _preloaded or "pytester" not in request.fixturenames:
+        return
+    for name in _NOT_REIMPORTABLE:
+        if importlib.util.find_spec(name.partition(".")[0]) is not None:
+            importlib.import_module(name)
+    _preloaded = True
 
 
 @pytest.fixture(autouse=True)
