@@ -173,6 +173,11 @@ def compose(text: str, *, c_parser: bool = True) -> Document:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "unreadable YAML"
+        if "nesting depth" in problem:  # libyaml >= 0.2.5 has its own depth limit
+            raise YamlProblem(
+                f"lists/mappings are nested more than {MAX_DEPTH} deep; a manifest needs 4",
+                _line(mark),
+            ) from None
         raise YamlProblem(
             f"YAML syntax error: {problem}. Fix the YAML (check indentation and quoting).",
             _line(mark),
