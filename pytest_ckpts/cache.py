@@ -375,6 +375,8 @@ class Cache:
 
                     shutil.rmtree(repo)
         self._prune_pieces(manifest, result, dry_run=dry_run)
+        if not dry_run:
+            self.cleanup_runs()  # records of runs that crashed before removing theirs
         return result
 
     def _prune_pieces(self, manifest: Manifest, result: PruneResult, *, dry_run: bool) -> None:

@@ -62,8 +62,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is not None and not hasattr(config, "workerinput") and session._store:
-        session.store.run_state.remove()  # type: ignore[union-attr]
+    if session is not None and not hasattr(config, "workerinput"):
+        session.end_run()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -309,6 +309,11 @@ class CkptsSession:
         specs = [self.manifest.entries[n] for n in names if n in self.manifest]
         self.prefetcher = Prefetcher(self.store, specs, workers=self.settings.prefetch)
 
+    def end_run(self) -> None:
+        """The process that started the run removes the run's shared record."""
+        if self._store is not None and self._store.run_state is not None:
+            self._store.run_state.remove()
+
     def stop_prefetch(self) -> None:
         if self.prefetcher is not None:
             self.prefetcher.close(self.store.observer)

@@ -464,3 +464,32 @@ def test_dead_hub_with_pinned_revisions_in_a_run(pytester: pytest.Pytester) -> N
     result.assert_outcomes(skipped=4)
     result.stdout.fnmatch_lines(["*hub unreachable*Connect*"])
     assert "hf_path" not in result.stdout.str()
+
+
+def test_run_records_are_removed_after_the_run_and_by_prune(
+    pytester: pytest.Pytester, project: Path
+) -> None:
+    make_manifest(pytester.path, None, FILES, endpoint=dead_endpoint())
+    pytester.makepyfile(
+        test_it="""
+        import pytest
+
+        @pytest.mark.requires_checkpoints("vae")
+        def test_vae(checkpoints):
+            pass
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider", "-n", "2").assert_outcomes(skipped=1)
+    runs = pytester.path / "checkpoints" / ".ckpts" / "runs"
+    assert not [p for p in runs.glob("*") if p.is_file()]  # the run removed its record
+    # a crashed run leaves its record behind: prune removes it once it is a day old
+    runs.mkdir(parents=True, exist_ok=True)
+    old, fresh = runs / "old.json", runs / "fresh.json"
+    old.write_text("{}")
+    fresh.write_text("{}")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    manifest = pytester.path / "checkpoints" / "checkpoints.yaml"
+    assert main(["--manifest", str(manifest), "cache", "prune"]) == 0
+    assert not old.exists()
+    assert fresh.exists()
