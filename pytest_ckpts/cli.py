@@ -76,19 +76,6 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
         out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
-def selected(manifest: Manifest, names: Sequence[str]) -> list[CheckpointSpec]:
-    """The entries named on the command line (all when none), or a usage error."""
-    if not names:
-        return list(manifest.entries.values())
-    specs = []
-    for name in names:
-        try:
-            specs.append(manifest.get(name))
-        except KeyError as exc:
-            raise UsageFailure(f"pytest-ckpts: {exc.args[0]}") from None
-    return specs
-
-
 def _store(args: argparse.Namespace, manifest: Manifest, **kwargs: Any) -> Store:
     settings: Settings = args.settings
     kwargs.setdefault("offline", settings.mode.value == "offline")
@@ -122,7 +109,7 @@ def _state(store: Store, spec: CheckpointSpec) -> dict[str, Any]:
 
 def cmd_list(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     store = _store(args, manifest)
-    states = [_state(store, spec) for spec in selected(manifest, args.names)]
+    states = [_state(store, spec) for spec in manifest.select(args.names)]
     if args.json:
         json.dump({"checkpoints": states}, out, indent=2)
         out.write("\n")
@@ -151,7 +138,7 @@ def cmd_list(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
 
 def cmd_fetch(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     store = _store(args, manifest, progress=not args.quiet, rehash=args.rehash)
-    specs = selected(manifest, args.names)
+    specs = manifest.select(args.names)
 
     def one(spec: CheckpointSpec) -> str:
         try:
@@ -172,7 +159,7 @@ def cmd_verify(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int
     store = _store(args, manifest, offline=True, rehash=True)
     failed = 0
     states: list[dict[str, Any]] = []
-    for spec in selected(manifest, args.names):
+    for spec in manifest.select(args.names):
         state = _state(store, spec)
         state["verified"] = False
         states.append(state)
@@ -213,7 +200,7 @@ def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     if args.cache_command == "key":
         from .cachekey import cache_key
 
-        out.write(cache_key(manifest, selected(manifest, args.names), store.endpoint) + "\n")
+        out.write(cache_key(manifest, manifest.select(args.names), store.endpoint) + "\n")
         return EXIT_OK
     if args.cache_command == "info":
         info = layout.info(manifest)
@@ -424,6 +411,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return EXIT_USAGE
     except UsageFailure as exc:
         sys.stderr.write(f"{cli_words(str(exc))}\n")
+        return EXIT_USAGE
+    except KeyError as exc:  # an unknown NAME (with did-you-mean)
+        sys.stderr.write(f"pytest-ckpts: {exc.args[0]}\n")
         return EXIT_USAGE
     except (CheckpointsError, CacheError) as exc:  # a check failed: mismatch, hub, cache
         sys.stderr.write(f"{cli_words(str(exc))}\n")

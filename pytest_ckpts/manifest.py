@@ -19,7 +19,7 @@ import difflib
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
@@ -137,6 +137,12 @@ class Manifest:
             return self.entries[name]
         except KeyError:
             raise KeyError(self.unknown_name_message(name)) from None
+
+    def select(self, names: Sequence[str]) -> list[CheckpointSpec]:
+        """The entries ``names`` (all of them when empty); ``KeyError`` as :meth:`get`."""
+        if not names:
+            return list(self.entries.values())
+        return [self.get(name) for name in names]
 
     def unknown_name_message(self, name: str) -> str:
         close = difflib.get_close_matches(name, list(self.entries), n=3, cutoff=0.5)

@@ -30,16 +30,15 @@ def _entries(n: int) -> str:
     return f"{n} {'entry' if n == 1 else 'entries'}"
 
 
-def _selected(manifest: Manifest, names: Sequence[str]) -> list[CheckpointSpec]:
-    if not names:
-        return list(manifest.entries.values())
-    out = []
-    for name in names:
-        try:
-            out.append(manifest.get(name))
-        except KeyError as exc:
-            raise UsageFailure(f"pytest-ckpts: {exc.args[0]}") from None
-    return out
+def _local_file(source_dir: Path, spec: CheckpointSpec) -> Path:
+    """``--from DIR``: the local copy of ``spec`` at ``DIR/<hf_path>``, or a usage error."""
+    local = source_dir / spec.hf_path
+    if not local.is_file():
+        raise UsageFailure(
+            f"pytest-ckpts: {local} not found for checkpoint '{spec.name}' "
+            f"(--from {source_dir} must mirror hf_path)"
+        )
+    return local
 
 
 def _apply_edits(
@@ -94,7 +93,7 @@ def lock(
 
     Returns 1 when ``check`` finds something to do, or when a pinned commit is gone.
     """
-    specs = _selected(manifest, names)
+    specs = manifest.select(names)
     todo = [s for s in specs if _needs(s, pin=pin, update=update)]
     if check:
         for spec in todo:
@@ -119,12 +118,7 @@ def lock(
         keys = _needs(spec, pin=pin, update=update)
         values: dict[str, str] = {}
         if source_dir is not None and "revision" not in keys:
-            local = source_dir / spec.hf_path
-            if not local.is_file():
-                raise UsageFailure(
-                    f"pytest-ckpts: {local} not found for checkpoint '{spec.name}' "
-                    f"(--from {source_dir} must mirror hf_path)"
-                )
+            local = _local_file(source_dir, spec)
             sha = calculate_sha256(local)
         else:
             unverified = dataclasses.replace(spec, sha256=None)  # --update: take the hub's bytes
@@ -172,14 +166,9 @@ def lock_tensors(
     from .tensor_index import build_index, index_path
 
     edits: dict[str, dict[str, str]] = {}
-    for spec in _selected(manifest, names):
+    for spec in manifest.select(names):
         if source_dir is not None:
-            local = source_dir / spec.hf_path
-            if not local.is_file():
-                raise UsageFailure(
-                    f"pytest-ckpts: {local} not found for checkpoint '{spec.name}' "
-                    f"(--from {source_dir} must mirror hf_path)"
-                )
+            local = _local_file(source_dir, spec)
             sha = calculate_sha256(local)
             if spec.sha256 is not None and sha != spec.sha256:
                 raise ChecksumMismatchError(
@@ -242,7 +231,7 @@ def upload(
     out: TextIO,
 ) -> int:
     """Push ``source_dir/<hf_path>`` files to the hub in one commit per repo, then lock."""
-    specs = _selected(manifest, names)
+    specs = manifest.select(names)
     client = store.hub
     if not client.has_token():
         raise UsageFailure(
