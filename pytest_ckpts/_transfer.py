@@ -67,8 +67,19 @@ def _cache_error(spec: CheckpointSpec, path: Path, exc: OSError, need: int | Non
     import errno
 
     if exc.errno == errno.ENOSPC:
-        size = f" ({need} bytes needed)" if need else ""
-        why = f"the disk is full{size}; free space or set --ckpts-cache-dir elsewhere"
+        import shutil
+
+        where = path.parent
+        try:
+            free = f", {shutil.disk_usage(where).free} bytes free"
+        except OSError:
+            free = ""
+        size = f" ({need} bytes needed{free})" if need else ""
+        why = (
+            f"the disk is full{size}; free space or set "
+            f"--ckpts-cache-dir / {ENV['cache_dir']} elsewhere"
+        )
+        path = where  # name the cache directory, not the temp file that was removed
     elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         why = (
             "the cache is read-only; a read-only cache can serve what it holds, but "
