@@ -433,3 +433,29 @@ def test_disabled_with_p_no_ckpts(pytester: pytest.Pytester) -> None:
     assert "--ckpts-manifest" not in result.stdout.str()
     result = pytester.runpytest_subprocess("--help")
     result.stdout.fnmatch_lines(["*checkpoints (pytest-ckpts)*", "*--ckpts=MODE*"])
+
+
+def test_optional_hook_impls_keep_working_with_the_plugin_disabled(
+    pytester: pytest.Pytester,
+) -> None:
+    """README "Hooks": a conftest implementing our hooks must not break ``-p no:ckpts``."""
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.hookimpl(optionalhook=True)
+        def pytest_ckpts_downloaded(config, name, path, nbytes, seconds):
+            pass
+        """
+    )
+    pytester.makepyfile(test_it="def test_x(): pass")
+    pytester.runpytest("-p", "no:ckpts").assert_outcomes(passed=1)
+    pytester.makeconftest(
+        """
+        def pytest_ckpts_downloaded(config, name, path, nbytes, seconds):
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:ckpts")
+    assert result.ret != 0  # why the README says optionalhook=True
+    result.stdout.fnmatch_lines(["*unknown hook*pytest_ckpts_downloaded*"])

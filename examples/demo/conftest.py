@@ -40,3 +40,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     hub = config.stash.get(_HUB, None)
     if hub is not None:
         hub.stop()  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_ckpts_downloaded(
+    config: pytest.Config, name: str, path: Path, nbytes: int, seconds: float
+) -> None:
+    """Audit downloads (README "Hooks"); ``optionalhook`` keeps ``-p no:ckpts`` working."""
+    import logging
+
+    logging.getLogger("demo").info("downloaded %s: %d bytes in %.2fs", name, nbytes, seconds)
