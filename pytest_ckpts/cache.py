@@ -120,7 +120,7 @@ class CacheInfo:
     cached: list[str] = field(default_factory=list)  # manifest names with a cached file
     missing: list[str] = field(default_factory=list)
     incomplete: list[Path] = field(default_factory=list)
-    tensor_bytes: int = 0  # verified pieces kept by partial reads (README "Reading a few tensors")
+    tensor_bytes: int = 0  # verified pieces kept by partial reads (README "Reading a few tensors of a huge checkpoint")
     tensor_files: int = 0
 
     @property

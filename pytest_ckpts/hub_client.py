@@ -3,7 +3,7 @@
 huggingface_hub provides the HTTP session, headers, URLs and upload protocol; this
 module owns the *retry loop* because the client's own loops have no cap on the total
 wait (a ``Retry-After: 3600`` sleeps an hour, an unreachable hub costs ~23 s per file;
-docs/ci.md lists what was measured). Every request goes through :meth:`HubClient._send`:
+README "Retries and the retry budget" lists what was measured). Every request goes through :meth:`HubClient._send`:
 
 - transient failures (429, 500, 502, 503, 504, resets, cut bodies, read timeouts) are
   retried with backoff and jitter, honouring ``Retry-After``, within the run's
