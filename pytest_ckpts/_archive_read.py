@@ -16,9 +16,8 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import _tarstream
 from ._tarstream import HeaderSource, TarGzReader
-from .errors import ArchiveError
+from .errors import ArchiveError, DecompressError
 
 #: Name of the manifest member, always first in archives we write.
 MANIFEST_NAME = "MANIFEST.json"
@@ -308,7 +307,7 @@ def walk(path: Path, sink: Path | None, limits: Limits | None = None) -> dict[st
         headers = HeaderSource(reader)
         while (member := headers.next()) is not None:
             walk.member(reader, member)
-    except (tarfile.TarError, EOFError, _tarstream.DecompressError) as exc:
+    except (tarfile.TarError, EOFError, DecompressError) as exc:
         raise ArchiveError(
             f"pytest-ckpts: {where} is not a readable .tar.gz ({exc}); {_REBUILD}"
         ) from None

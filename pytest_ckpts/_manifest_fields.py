@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _yaml
-from ._yaml import YamlProblem, show
-from .errors import ManifestError
+from ._yaml import show
+from .errors import ManifestError, YamlProblem
 from .integrity import SHA256_RE
 
 if TYPE_CHECKING:

@@ -27,6 +27,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import DecompressError
+
 logger = logging.getLogger("pytest_ckpts.archive")
 
 #: Size of the blocks handed between threads (and of file reads when writing).
@@ -41,10 +43,6 @@ _END_OF_ARCHIVE: tuple[type[Exception], ...] = (
 #: Largest PAX / GNU long-name header accepted: they hold names and numbers, so
 #: anything bigger is hostile (``tarfile`` would read it into memory whole).
 MAX_EXTENDED_HEADER = 1024 * 1024
-
-
-class DecompressError(Exception):
-    """The compressed stream is corrupt, truncated or unreadable (the worker's error)."""
 
 
 @functools.cache

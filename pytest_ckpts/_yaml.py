@@ -24,6 +24,8 @@ from __future__ import annotations
 import reprlib
 from typing import TYPE_CHECKING, Any
 
+from .errors import YamlProblem
+
 if TYPE_CHECKING:
     import yaml
 
@@ -53,15 +55,6 @@ _short.maxlevel = 2
 def show(value: object) -> str:
     """A bounded ``repr`` for error messages: a hostile value must not blow up the message."""
     return _short.repr(value)
-
-
-class YamlProblem(Exception):
-    """A YAML-level problem; ``line`` is 1-based or ``None``."""
-
-    def __init__(self, message: str, line: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.line = line
 
 
 def _line(mark: Any) -> int | None:

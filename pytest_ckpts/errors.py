@@ -10,16 +10,37 @@ written against the original downloader keeps catching them.
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 __all__ = [
+    "ArchiveError",
+    "BaselineError",
+    "BaselineMismatch",
+    "BaselineMissing",
     "CacheError",
     "CheckpointDownloadError",
     "CheckpointSkipped",
     "CheckpointsError",
     "CheckpointsWarning",
     "ChecksumMismatchError",
+    "CommitRejected",
+    "DecompressError",
+    "ExperimentError",
+    "ExperimentFileNotFoundError",
+    "ExperimentKeyError",
+    "ExperimentTypeError",
+    "ExperimentValueError",
     "ManifestError",
+    "ManifestNotFoundError",
+    "NoExperimentHashError",
+    "RetrySignal",
+    "TensorIndexError",
+    "UnsafeCheckpointError",
+    "UntrustedPickleError",
+    "UploadArgumentError",
+    "UploadError",
     "UsageFailure",
+    "YamlProblem",
 ]
 
 
@@ -277,3 +298,38 @@ class TensorIndexError(CheckpointsError, ValueError):
     or stale, or names no such tensor: partial reads of that checkpoint are refused until
     ``pytest-ckpts lock --tensors NAME`` writes it again. Never turned into a skip.
     """
+
+
+# --- internal signals: raised and caught inside pytest-ckpts, never shown as they are ---
+
+
+class YamlProblem(CheckpointsError):
+    """A YAML-level problem (``line`` 1-based or None); the manifest turns it into a
+    ``ManifestError`` naming the file."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+class RetrySignal(CheckpointsError):
+    """A transient failure inside one attempt; the hub client's retry loop decides."""
+
+    def __init__(self, failure: Any) -> None:
+        super().__init__(getattr(failure, "text", "transient failure"))
+        self.failure = failure
+
+
+class DecompressError(CheckpointsError):
+    """The compressed stream is corrupt, truncated or unreadable (the archive reader's
+    worker thread); the archive code turns it into an ``ArchiveError``."""
+
+
+class CommitRejected(CheckpointsError):
+    """A commit the local hub refuses: ``status``, ``code`` (X-Error-Code) and message."""
+
+    def __init__(self, status: int, code: str | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code

@@ -35,12 +35,11 @@ from typing import Any
 
 from ._transfer import etag_of, link_snapshot, make_dir, open_for_write, progress_bar, write_chunk
 from .cache import Cache, contained
-from .errors import CacheError, CheckpointDownloadError, UsageFailure
+from .errors import CacheError, CheckpointDownloadError, RetrySignal, UsageFailure
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import (
     TRANSIENT_STATUS,
     Failure,
-    Retry,
     RetryBudget,
     RunState,
     backoff_delay,
@@ -215,7 +214,7 @@ class HubClient:
                 raise self._error(spec, what, Failure("unreachable", None, dead), _OFFLINE_HINT)
             try:
                 return attempt_once()
-            except Retry as retry:
+            except RetrySignal as retry:
                 failure = retry.failure
             except (CacheError, CheckpointDownloadError):
                 raise
@@ -319,7 +318,7 @@ class HubClient:
                 follow_redirects=True,
             )
             if response.status_code in TRANSIENT_STATUS:
-                raise Retry(classify_response(response))
+                raise RetrySignal(classify_response(response))
             if response.status_code >= 400:
                 failure = classify_response(response)
                 raise self._error(None, what, failure, self._probe_hint(failure))
@@ -371,7 +370,7 @@ class HubClient:
         self, spec: CheckpointSpec, commit: str, what: str, byte_range: str | None
     ) -> Iterator[Any]:
         """One streamed GET of ``spec``'s file at ``commit`` (a ``Range`` if given); a
-        transient status raises ``Retry`` for :meth:`_send`, a permanent one the error."""
+        transient status raises ``RetrySignal`` for :meth:`_send`, a permanent one the error."""
         import httpx2
 
         url = (
@@ -387,7 +386,7 @@ class HubClient:
             "GET", url, headers=headers, auth=self._auth(), timeout=timeout, follow_redirects=True
         ) as response:
             if response.status_code in TRANSIENT_STATUS:
-                raise Retry(classify_response(response))
+                raise RetrySignal(classify_response(response))
             if response.status_code >= 400:
                 failure = classify_response(response)
                 raise self._error(spec, what, failure, self._hint(failure))
@@ -520,7 +519,7 @@ def read_range(
                 chunks.append(chunk)
             if got != want:
                 cut = f"body of {got} bytes, not the {want} asked for"
-                raise Retry(Failure("transient", None, cut))
+                raise RetrySignal(Failure("transient", None, cut))
             return Ranged(b"".join(chunks), total, time.perf_counter() - started)
 
     result: Ranged = client._send(spec, what, once)

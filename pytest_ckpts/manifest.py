@@ -44,8 +44,8 @@ from ._manifest_fields import (
     revision_problem,
     str_value,
 )
-from ._yaml import YamlProblem, show
-from .errors import ManifestError, ManifestNotFoundError
+from ._yaml import show
+from .errors import ManifestError, ManifestNotFoundError, YamlProblem
 from .settings import DEFAULT_MANIFEST, ENV, env_value, find_manifest
 
 if TYPE_CHECKING:

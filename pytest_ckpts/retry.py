@@ -26,7 +26,6 @@ from typing import Any
 __all__ = [
     "TRANSIENT_STATUS",
     "Failure",
-    "Retry",
     "RetryBudget",
     "RunState",
     "backoff_delay",
@@ -204,10 +203,3 @@ def classify_response(response: Any) -> Failure:
             text += " (rate-limited: authenticated requests get higher limits; set HF_TOKEN)"
         return Failure("transient", status, text, retry_after)
     return Failure("permanent", status, text)
-
-
-class Retry(Exception):
-    """A transient failure ``HubClient``'s retry loop may retry (raised inside one attempt)."""
-
-    def __init__(self, failure: Failure) -> None:
-        self.failure = failure

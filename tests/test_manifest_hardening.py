@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pytest_ckpts import ManifestError, load_manifest
+from pytest_ckpts.errors import YamlProblem
 
 pytest_plugins = ["pytester"]
 
@@ -487,7 +488,7 @@ def test_pure_python_parser_gives_the_same_graph_and_errors(text: str) -> None:
     def outline(c_parser: bool) -> object:
         try:
             doc = _yaml.compose(text, c_parser=c_parser)
-        except _yaml.YamlProblem as exc:
+        except YamlProblem as exc:
             # libyaml and PyYAML word syntax errors differently; ours must match exactly
             syntax = exc.message.startswith("YAML syntax error")
             return ("error", "YAML syntax error" if syntax else exc.message, exc.line)

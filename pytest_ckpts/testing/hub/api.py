@@ -9,7 +9,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from .content import Blob, CommitRejected, Repo, clean_path, lfs_pointer, wants_lfs
+from ...errors import CommitRejected
+from .content import Blob, Repo, clean_path, lfs_pointer, wants_lfs
 from .wire import WireHandler
 
 TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from ...errors import CommitRejected
+
 __all__ = ["Blob", "Content", "HubContent", "Repo", "lfs_pointer", "wants_lfs"]
 
 CHUNK = 1024 * 1024
@@ -159,15 +161,6 @@ class Repo:
 
 class Readable(Protocol):
     def read(self, size: int, /) -> bytes: ...
-
-
-class CommitRejected(Exception):
-    """A commit over HTTP the hub refuses: ``status``, ``code`` (X-Error-Code) and message."""
-
-    def __init__(self, status: int, code: str | None, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 class HubContent:
