@@ -30,6 +30,7 @@ __all__ = [
     "ExperimentKeyError",
     "ExperimentTypeError",
     "ExperimentValueError",
+    "ExperimentWarning",
     "ManifestError",
     "ManifestNotFoundError",
     "NoExperimentHashError",
@@ -298,6 +299,11 @@ class TensorIndexError(CheckpointsError, ValueError):
     or stale, or names no such tensor: partial reads of that checkpoint are refused until
     ``pytest-ckpts lock --tensors NAME`` writes it again. Never turned into a skip.
     """
+
+
+class ExperimentWarning(CheckpointsWarning, RuntimeWarning):
+    """An experiment file was skipped (e.g. an unpicklable model); a ``RuntimeWarning`` as
+    before, so existing filters keep matching."""
 
 
 # --- internal signals: raised and caught inside pytest-ckpts, never shown as they are ---

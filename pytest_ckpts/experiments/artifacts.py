@@ -17,7 +17,12 @@ from typing import Any
 import yaml
 
 from .._extras import require
-from ..errors import ExperimentFileNotFoundError, ExperimentValueError, UntrustedPickleError
+from ..errors import (
+    ExperimentFileNotFoundError,
+    ExperimentValueError,
+    ExperimentWarning,
+    UntrustedPickleError,
+)
 from ..integrity import atomic_write_text
 from .files import hashed_atomic_write
 from .hashing import tensor_shape
@@ -75,7 +80,7 @@ def write_architecture(
             warnings.warn(
                 f"pytest-ckpts: {pkl.name} not written, the model cannot be pickled "
                 f"({exc}); weights checkpoints are unaffected",
-                RuntimeWarning,
+                ExperimentWarning,
                 stacklevel=3,
             )
     return txt
