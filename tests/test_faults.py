@@ -34,15 +34,17 @@ def test_mlflow_server_throttles_artifact_uploads_with_retry_after(
     mlflow_server: ServerTracking,
 ) -> None:
     faults = mlflow_server.faults
-    faults.log.reset()  # the fixture's own setup calls
-    faults.throttle(1, retry_after=4)
-    faults.fail_next(1, 502, route="api", retry_after=1)
     base = mlflow_server.tracking_uri
     artifact = f"{base}/api/2.0/mlflow-artifacts/artifacts/0/probe/a.txt"
+    existing = f"{base}/api/2.0/mlflow-artifacts/artifacts/0/probe/b.txt"
     api = f"{base}/api/2.0/mlflow/experiments/get?experiment_id=0"
     with httpx2.Client() as client:
-        missing = client.get(artifact).status_code  # not an upload: not throttled
-        assert missing in (404, 500)  # mlflow 3.9 answers a missing artifact with 500
+        assert client.put(existing, content=b"there").status_code == 200
+    faults.log.reset()  # the fixture's own setup calls and the upload above
+    faults.throttle(1, retry_after=4)
+    faults.fail_next(1, 502, route="api", retry_after=1)
+    with httpx2.Client() as client:
+        assert client.get(existing).content == b"there"  # not an upload: not throttled
         throttled = client.put(artifact, content=b"hello")
         assert (throttled.status_code, throttled.headers["Retry-After"]) == (429, "4")
         failed = client.get(api)
@@ -51,7 +53,7 @@ def test_mlflow_server_throttles_artifact_uploads_with_retry_after(
         assert client.get(api).status_code == 200
         assert client.get(artifact).content == b"hello"
     assert [(m, s) for m, _, s in faults.requests] == [
-        ("GET", missing),
+        ("GET", 200),
         ("PUT", 429),
         ("GET", 502),
         ("PUT", 200),
