@@ -23,6 +23,14 @@ pytest_plugins = ["pytester"]
 
 DATA = os.urandom(48 * 1024) + b"ckpt"
 FILES = {name: os.urandom(16 * 1024) + name.encode() for name in ("vae", "ldm")}
+FOUR = {n: DATA + n.encode() for n in ("a", "b", "c", "d")}
+FOUR_TESTS = """
+import pytest
+
+@pytest.mark.parametrize("name", ["a", "b", "c", "d"])
+def test_each(checkpoint, name):
+    checkpoint(name)
+"""
 
 
 # --------------------------------------------------------------------------- retries
@@ -427,17 +435,8 @@ def test_blackholed_hub_costs_one_probe_for_the_whole_xdist_run(
     pytester: pytest.Pytester, hub: LocalHub
 ) -> None:
     """A hub that accepts connections and never answers: one connection, one timeout."""
-    files = {n: DATA + n.encode() for n in ("a", "b", "c", "d")}
-    make_manifest(pytester.path, hub, files, pinned=True)
-    pytester.makepyfile(
-        test_it="""
-        import pytest
-
-        @pytest.mark.parametrize("name", ["a", "b", "c", "d"])
-        def test_each(checkpoint, name):
-            checkpoint(name)
-        """
-    )
+    make_manifest(pytester.path, hub, FOUR, pinned=True)
+    pytester.makepyfile(test_it=FOUR_TESTS)
     hub.blackhole()
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "-rs", timeout=120)
     result.assert_outcomes(skipped=4)
@@ -448,27 +447,16 @@ def test_blackholed_hub_costs_one_probe_for_the_whole_xdist_run(
 
 def test_dead_hub_with_pinned_revisions_in_a_run(pytester: pytest.Pytester) -> None:
     """Pinned commits + port closed: every test skips with the real cause, fast."""
-    files = {n: DATA + n.encode() for n in ("a", "b", "c", "d")}
-    path = make_manifest(pytester.path, None, files, endpoint=LocalHub.dead_endpoint())
+    path = make_manifest(pytester.path, None, FOUR, endpoint=LocalHub.dead_endpoint())
     path.write_text(path.read_text() + '  revision: "' + "c" * 40 + '"\n')
-    pytester.makepyfile(
-        test_it="""
-        import pytest
-
-        @pytest.mark.parametrize("name", ["a", "b", "c", "d"])
-        def test_each(checkpoint, name):
-            checkpoint(name)
-        """
-    )
+    pytester.makepyfile(test_it=FOUR_TESTS)
     result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(skipped=4)
     result.stdout.fnmatch_lines(["*hub unreachable*Connect*"])
     assert "hf_path" not in result.stdout.str()
 
 
-def test_run_records_are_removed_after_the_run_and_by_prune(
-    pytester: pytest.Pytester, project: Path
-) -> None:
+def test_run_records_are_removed_after_the_run_and_by_prune(pytester: pytest.Pytester) -> None:
     make_manifest(pytester.path, None, FILES, endpoint=dead_endpoint())
     pytester.makepyfile(
         test_it="""
