@@ -258,7 +258,9 @@ class Settings:
 
         strict_cli = config.getoption("ckpts_strict")
         strict = bool(strict_cli) if strict_cli is not None else bool(config.getini("ckpts_strict"))
-        sources["strict"] = "--ckpts-strict" if strict_cli else "ini ckpts_strict"
+        sources["strict"] = (
+            "--ckpts-strict" if strict_cli else "ini ckpts_strict" if strict else "default"
+        )
 
         text, sources["retry_budget"] = _pick(
             "retry_budget",
@@ -362,11 +364,6 @@ class Settings:
         if getattr(args, "cache_dir", None):
             changes["cache_dir"] = Path(args.cache_dir).expanduser().absolute()
             sources["cache_dir"] = "--cache-dir"
-        if getattr(args, "retry_budget", None) is not None:
-            changes["retry_budget"] = float(args.retry_budget)
-            sources["retry_budget"] = "--retry-budget"
-        if getattr(args, "rehash", False):
-            changes["rehash"] = True
         return cls(**{**base.__dict__, **changes, "sources": sources})
 
 
