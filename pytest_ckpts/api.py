@@ -59,14 +59,7 @@ def _standalone(name: str) -> tuple[Manifest, Store]:
             f"Cannot load checkpoint: {name}"
         )
     manifest = load_manifest(settings.manifest)
-    store = Store(
-        manifest,
-        cache_dir=settings.cache_dir,
-        offline=settings.mode is Mode.OFFLINE,
-        retry_budget=settings.retry_budget,
-        trust_endpoint=settings.trust_manifest_endpoint,
-    )
-    return manifest, store
+    return manifest, Store.from_settings(manifest, settings)
 
 
 def resolve_checkpoint(name: str, force_download: bool = False) -> Checkpoint:

@@ -77,15 +77,7 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 
 def _store(args: argparse.Namespace, manifest: Manifest, **kwargs: Any) -> Store:
-    settings: Settings = args.settings
-    kwargs.setdefault("offline", settings.mode.value == "offline")
-    return Store(
-        manifest,
-        cache_dir=settings.cache_dir,
-        retry_budget=settings.retry_budget,
-        trust_endpoint=settings.trust_manifest_endpoint,
-        **kwargs,
-    )
+    return Store.from_settings(manifest, args.settings, **kwargs)
 
 
 def _state(store: Store, spec: CheckpointSpec) -> dict[str, Any]:
@@ -200,7 +192,7 @@ def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     if args.cache_command == "key":
         from .cachekey import cache_key
 
-        out.write(cache_key(manifest, manifest.select(args.names), store.endpoint) + "\n")
+        out.write(cache_key(manifest, manifest.select(args.names), store.hub.endpoint) + "\n")
         return EXIT_OK
     if args.cache_command == "info":
         info = layout.info(manifest)

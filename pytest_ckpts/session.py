@@ -120,15 +120,12 @@ class CkptsSession:
 
             assert self.manifest is not None
             cache_dir = self.settings.cache_dir or self.manifest.cache_dir
-            self._store = Store(
+            self._store = Store.from_settings(
                 self.manifest,
+                self.settings,
                 cache_dir=cache_dir,
-                offline=self.settings.mode is Mode.OFFLINE,
-                rehash=self.settings.rehash,
                 observer=_HookObserver(self.config, self.stats),
-                retry_budget=self.settings.retry_budget,
                 run_state=RunState(Cache(cache_dir).runs_dir() / f"{self.run_id}.json"),
-                trust_endpoint=self.settings.trust_manifest_endpoint,
             )
             workerinput = getattr(self.config, "workerinput", None)
             if workerinput and workerinput.get("ckpts_probes"):

@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._transfer import blocked_dir_error
 from .cache import Cache, Stamp
@@ -33,7 +33,7 @@ from .hub_client import DEFAULT_ENDPOINT, Downloaded, HubClient, redact, resolve
 from .integrity import calculate_sha256
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import RetryBudget, RunState
-from .settings import ENV
+from .settings import ENV, Mode, Settings
 
 __all__ = ["DEFAULT_ENDPOINT", "NullObserver", "Observer", "Store", "redact", "resolve_endpoint"]
 
@@ -109,6 +109,19 @@ class Store:
                 progress=self.progress,
             )
 
+    @classmethod
+    def from_settings(cls, manifest: Manifest, settings: Settings, **overrides: Any) -> Store:
+        """The store ``settings`` describe (cache dir, offline mode, rehash, retry budget,
+        token trust); the plugin, the CLI and the library build theirs here."""
+        values: dict[str, Any] = {
+            "cache_dir": settings.cache_dir,
+            "offline": settings.mode is Mode.OFFLINE,
+            "rehash": settings.rehash,
+            "retry_budget": settings.retry_budget,
+            "trust_endpoint": settings.trust_manifest_endpoint,
+        }
+        return cls(manifest, **{**values, **overrides})
+
     # ------------------------------------------------------------------ views
     @property
     def cache(self) -> Path:
@@ -123,10 +136,6 @@ class Store:
     def hub(self) -> HubClient:
         assert self.client is not None
         return self.client
-
-    @property
-    def endpoint(self) -> str:
-        return self.hub.endpoint
 
     def snapshot_path(self, spec: CheckpointSpec, commit: str) -> Path:
         return self.layout.snapshot(spec, commit)
@@ -163,23 +172,17 @@ class Store:
             return self._resolve_offline(spec)
         try:
             commit = self.hub.probe(spec) if not is_pinned(spec.revision) else spec.revision
-        except CheckpointDownloadError as exc:
-            stale = self._stale(spec, exc)
-            if stale is not None:
-                return stale
-            raise
-        path = self.snapshot_path(spec, commit)
-        if not force_download:
-            ready = self._fast_path(spec, path, commit)
-            if ready is not None:
-                return ready
-        try:
+            path = self.snapshot_path(spec, commit)
+            if not force_download:
+                ready = self._fast_path(spec, path, commit)
+                if ready is not None:
+                    return ready
             return self._locked(spec, path, commit, force_download)
         except CheckpointDownloadError as exc:
             stale = self._stale(spec, exc)
-            if stale is not None:
-                return stale
-            raise
+            if stale is None:
+                raise
+            return stale
 
     def _resolve_offline(self, spec: CheckpointSpec) -> Checkpoint:
         commit = self.cached_commit(spec)
@@ -193,10 +196,7 @@ class Store:
         ready = self._fast_path(spec, path, commit)
         if ready is not None:
             return ready
-        ok, actual, stamp = self._hash_and_stamp(spec, path)
-        if not ok:
-            raise self._mismatch(spec, path, actual, "cached copy; offline, not re-downloaded")
-        return self._done(spec, path, commit, stamp, "cached")
+        return self._verify_cached(spec, path, commit, "cached copy; offline, not re-downloaded")
 
     def _stale(self, spec: CheckpointSpec, exc: CheckpointDownloadError) -> Checkpoint | None:
         """The verified copy a branch last resolved to, when the hub cannot be asked."""
@@ -238,7 +238,7 @@ class Store:
             ) from None
         except OSError as exc:  # read-only cache: nobody can write, so no lock is needed
             if path.exists() and not force_download:
-                return self._check_existing(spec, path, commit)
+                return self._verify_cached(spec, path, commit, "cached copy in a read-only cache")
             blocked = blocked_dir_error(lock_path.parent, spec)  # a dangling symlink?
             if blocked is not None:
                 raise blocked from None
@@ -252,10 +252,11 @@ class Store:
         finally:
             lock.release()
 
-    def _check_existing(self, spec: CheckpointSpec, path: Path, commit: str) -> Checkpoint:
+    def _verify_cached(self, spec: CheckpointSpec, path: Path, commit: str, why: str) -> Checkpoint:
+        """Hash a cached copy that cannot be replaced here: hand it out, or the mismatch."""
         ok, actual, stamp = self._hash_and_stamp(spec, path)
         if not ok:
-            raise self._mismatch(spec, path, actual, "cached copy in a read-only cache")
+            raise self._mismatch(spec, path, actual, why)
         return self._done(spec, path, commit, stamp, "cached")
 
     def _resolve_locked(
@@ -317,9 +318,7 @@ class Store:
 
     def _fast_path(self, spec: CheckpointSpec, path: Path, commit: str) -> Checkpoint | None:
         stamp = self._trusted(spec, path)
-        if stamp is None:
-            return None
-        return self._done(spec, path, commit, stamp, "cached")
+        return None if stamp is None else self._done(spec, path, commit, stamp, "cached")
 
     def _hash_and_stamp(
         self, spec: CheckpointSpec, path: Path, streamed: str | None = None
