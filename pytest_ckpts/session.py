@@ -109,6 +109,7 @@ class CkptsSession:
     prefetcher: Prefetcher | None = None
     _store: Store | None = None
     _warned_unverified: bool = False
+    _probes_done: dict[str, dict[str, Any]] | None = None
 
     @property
     def store(self) -> Store:
@@ -141,14 +142,16 @@ class CkptsSession:
         """
         if self.manifest is None or not self.settings.downloads:
             return {}
-        store = self.store
-        for spec in self.manifest.entries.values():
-            if store.needs_network(spec) and store.hub.dead() is None:
-                try:
-                    store.probe(spec)
-                except CheckpointDownloadError:
-                    pass
-        return store.hub.probes_to_json()
+        if self._probes_done is None:  # once per run, not once per worker node
+            store = self.store
+            for spec in self.manifest.entries.values():
+                if store.needs_network(spec) and store.hub.dead() is None:
+                    try:
+                        store.probe(spec)
+                    except CheckpointDownloadError:
+                        pass
+            self._probes_done = store.hub.probes_to_json()
+        return self._probes_done
 
     def spec(self, name: str) -> CheckpointSpec:
         if self.manifest is None:
