@@ -83,6 +83,11 @@ def env_value(name: str, env: Mapping[str, str] | None = None) -> str | None:
     return value if value else None
 
 
+def env_true(name: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether the switch ``name`` is on (``1``/``true``/``yes``/``on``, any case)."""
+    return (env_value(name, env) or "").strip().lower() in _TRUE
+
+
 def parse_mode(value: str, *, source: str) -> Mode:
     """Turn ``value`` into a Mode or raise ValueError naming where it came from."""
     try:
