@@ -108,9 +108,6 @@ def test_lying_range_fetches_no_more_than_header_and_tensor(
         _read(manifest, [name])
     _one_line(info.value, "checkpoints/tensors/llm.json", f"'{name}'", "lock --tensors llm")
     assert _served(hub) <= header + true_size
-    assert not list((manifest.parent / ".ckpts" / "tensors").rglob("*.bin")) or case != (
-        "first-overlaps"
-    )
 
 
 def test_lying_range_against_a_cached_whole_file_reads_nothing_more(
@@ -250,7 +247,9 @@ def test_hostile_header_served_for_a_hostile_index_is_one_line(
         "file_sha256": hashlib.sha256(raw).hexdigest(),
         "format_version": 1,
         "header_sha256": hashlib.sha256(raw[: 8 + n]).hexdigest(),
-        "tensors": {"t": {"begin": 8 + n, "end": 10 + n, "sha256": hashlib.sha256(b"ab").hexdigest()}},
+        "tensors": {
+            "t": {"begin": 8 + n, "end": 10 + n, "sha256": hashlib.sha256(b"ab").hexdigest()}
+        },
     }
     text = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
     (project / "checkpoints" / "tensors").mkdir()
@@ -286,13 +285,17 @@ def test_index_writer_is_byte_for_byte_json_dumps(tmp_path: Path) -> None:
 
 
 def test_corrupted_piece_in_a_read_only_cache(
-    manifest: Path, hub: LocalHub, mounts: Mounts  # noqa: F811
+    manifest: Path,
+    hub: LocalHub,
+    mounts: Mounts,  # noqa: F811
 ) -> None:
     """Online: read that range from the hub again, keep nothing. Offline: one line."""
     _read(manifest, ["ids"])
     row = _rows(manifest)["ids"]
     piece = next(
-        p for p in (manifest.parent / ".ckpts" / "tensors").rglob("*.bin") if p.stem == row["sha256"]
+        p
+        for p in (manifest.parent / ".ckpts" / "tensors").rglob("*.bin")
+        if p.stem == row["sha256"]
     )
     bad = b"x" + piece.read_bytes()[1:]
     piece.write_bytes(bad)
@@ -316,7 +319,9 @@ def test_corrupted_piece_offline_in_a_writable_cache_is_one_line(
     _read(manifest, ["ids"])
     row = _rows(manifest)["ids"]
     piece = next(
-        p for p in (manifest.parent / ".ckpts" / "tensors").rglob("*.bin") if p.stem == row["sha256"]
+        p
+        for p in (manifest.parent / ".ckpts" / "tensors").rglob("*.bin")
+        if p.stem == row["sha256"]
     )
     piece.write_bytes(b"x" + piece.read_bytes()[1:])
     with pytest.raises(ChecksumMismatchError) as info:
