@@ -81,6 +81,25 @@ _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 #: decodes the value of member ``key`` starting at ``text[i]``; returns where it ends
 Member = Callable[[str, str, int], int]
+#: reads one whole member and its separator at ``text[i]`` if it has the usual shape:
+#: (where the next member starts, whether that closed the object), else None
+Fast = Callable[[str, int], "tuple[int, bool] | None"]
+
+_S = r"[ \t\n\r]*"
+_NAME = r'"([^"\\\x00-\x1f]*)"' + _S + ":" + _S  # a name without escapes
+_INT = r"(0|[1-9][0-9]{0,18})"
+_INTS = r"((?:0|[1-9][0-9]{0,18})(?:,(?:0|[1-9][0-9]{0,18}))*)?"
+_SEP = _S + "([,}])" + _S
+#: a tensor as safetensors writes it (other spellings take the general path)
+_FAST_TENSOR = re.compile(
+    _NAME + r'\{"dtype":"([A-Z0-9_]{1,8})","shape":\[' + _INTS + r'\],"data_offsets":\['
+    + _INT + "," + _INT + r"\]\}" + _SEP
+)  # fmt: skip
+#: an index row as ``lock --tensors`` writes it
+_FAST_ROW = re.compile(
+    _NAME + r"\{" + _S + r'"begin":' + _S + _INT + "," + _S + r'"end":' + _S + _INT + ","
+    + _S + r'"sha256":' + _S + r'"([0-9a-f]{64})"' + _S + r"\}" + _SEP
+)  # fmt: skip
 
 
 def _ws(text: str, i: int) -> int:
@@ -89,15 +108,22 @@ def _ws(text: str, i: int) -> int:
     return match.end()
 
 
-def _members(text: str, i: int, member: Member) -> int:
-    """Walk the JSON object at ``text[i]``, calling ``member`` once per member; returns
-    the end of the object. ValueError when it is not JSON (RecursionError: too deep)."""
+def _members(text: str, i: int, member: Member, fast: Fast | None = None) -> int:
+    """Walk the JSON object at ``text[i]``, calling ``member`` once per member (or
+    ``fast``, tried first); returns the end of the object. ValueError when it is not
+    JSON (RecursionError: nested too deeply)."""
     if text[i : i + 1] != "{":
         raise ValueError(f"expected '{{' at char {i}")
     i = _ws(text, i + 1)
     if text[i : i + 1] == "}":
         return i + 1
     while True:
+        done = fast(text, i) if fast is not None else None
+        if done is not None:
+            i, closed = done
+            if closed:
+                return i
+            continue
         if text[i : i + 1] != '"':
             raise ValueError(f"expected a quoted name at char {i}")
         key, i = scanstring(text, i + 1, True)
@@ -112,13 +138,13 @@ def _members(text: str, i: int, member: Member) -> int:
         i = _ws(text, i + 1)
 
 
-def _document(text: str, member: Member) -> bool:
+def _document(text: str, member: Member, fast: Fast | None = None) -> bool:
     """Walk ``text``, one JSON object (whitespace around it allowed), with ``member``;
     False if it does not start as an object."""
     start = _ws(text, 0)
     if text[start : start + 1] != "{":
         return False
-    end = _members(text, start, member)
+    end = _members(text, start, member, fast)
     if _ws(text, end) != len(text):
         raise ValueError(f"extra data after the JSON object at char {end}")
     return True
@@ -180,6 +206,24 @@ def parse_header(header: bytes, where: str, want: Collection[str] = ()) -> Heade
     out = Header(8 + n)
     wanted = set(want)
 
+    def add(key: str, dtype: Any, shape: Any, offsets: Any) -> None:
+        entry = _tensor_entry(dtype, shape, offsets, out.length)
+        if entry is None:
+            raise bad(f"tensor '{key}' has a bad dtype, shape or data_offsets")
+        out.names.append(key)
+        out.begins.append(entry.begin)
+        out.ends.append(entry.end)
+        if key in wanted:
+            out.entries[key] = entry
+
+    def fast(text: str, i: int) -> tuple[int, bool] | None:
+        m = _FAST_TENSOR.match(text, i)
+        if m is None or m[1] == "__metadata__":
+            return None
+        shape = [int(d) for d in m[3].split(",")] if m[3] else []
+        add(m[1], m[2], shape, [int(m[4]), int(m[5])])
+        return m.end(), m[6] == "}"
+
     def member(key: str, text: str, i: int) -> int:
         try:
             info, end = _value(text, i)
@@ -192,18 +236,13 @@ def parse_header(header: bytes, where: str, want: Collection[str] = ()) -> Heade
             ):
                 raise bad("__metadata__ is not a mapping of strings to strings")
             return end
-        entry = _tensor_entry(info, out.length)
-        if entry is None:
+        if not isinstance(info, dict):
             raise bad(f"tensor '{key}' has a bad dtype, shape or data_offsets")
-        out.names.append(key)
-        out.begins.append(entry.begin)
-        out.ends.append(entry.end)
-        if key in wanted:
-            out.entries[key] = entry
+        add(key, info.get("dtype"), info.get("shape"), info.get("data_offsets"))
         return end
 
     try:
-        if not _document(text, member):
+        if not _document(text, member, fast):
             raise bad("the safetensors header is not a JSON object")
     except RecursionError:
         raise bad("the safetensors header is nested too deeply") from None
@@ -224,23 +263,26 @@ def parse_header(header: bytes, where: str, want: Collection[str] = ()) -> Heade
     return out
 
 
-def _tensor_entry(info: Any, base: int) -> TensorEntry | None:
-    """The entry ``info`` describes (offsets made absolute), or None if it is not one."""
-    try:
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        ok = dtype in ITEMSIZE and isinstance(shape, list) and isinstance(offsets, list)
-        ok = ok and len(offsets) == 2 and all(type(d) is int and d >= 0 for d in shape)
-        b, e = offsets if ok else (0, -1)
-        ok = ok and type(b) is int and type(e) is int and 0 <= b <= e <= _MAX_OFFSET - base
-        count = 1
-        for d in shape if ok else ():
-            count *= d
-            if count > _MAX_OFFSET:  # safetensors: ValidationOverflow (and no quadratic time)
-                return None
-        ok = ok and e - b == count * ITEMSIZE[dtype]
-    except (TypeError, KeyError, ValueError):
+def _tensor_entry(dtype: Any, shape: Any, offsets: Any, base: int) -> TensorEntry | None:
+    """The entry these values describe (offsets made absolute), or None if they are not
+    one: a known dtype, a shape of naturals, 0 <= begin <= end, end - begin its size."""
+    if not (isinstance(dtype, str) and dtype in ITEMSIZE and type(shape) is list):
         return None
-    return TensorEntry(dtype, tuple(shape), base + b, base + e) if ok else None
+    if not (type(offsets) is list and len(offsets) == 2):
+        return None
+    b, e = offsets
+    if not (type(b) is int and type(e) is int and 0 <= b <= e <= _MAX_OFFSET - base):
+        return None
+    count = 1
+    for d in shape:
+        if type(d) is not int or d < 0:
+            return None
+        count *= d
+        if count > _MAX_OFFSET:  # safetensors: ValidationOverflow (and no quadratic time)
+            return None
+    if e - b != count * ITEMSIZE[dtype]:
+        return None
+    return TensorEntry(dtype, tuple(shape), base + b, base + e)
 
 
 # --------------------------------------------------------------------------- the index
@@ -375,6 +417,10 @@ def _parse_index(text: str, path: Path, label: str, name: str, fix: str) -> Tens
 
     def row(tname: str, text: str, i: int) -> int:
         t, end = _value(text, i)
+        add(tname, t)
+        return end
+
+    def add(tname: str, t: Any) -> None:
         ok = isinstance(t, dict) and isinstance(t.get("sha256"), str)
         ok = ok and bool(SHA256_RE.match(t["sha256"]))
         ok = ok and all(type(t.get(k)) is int for k in ("begin", "end"))
@@ -388,14 +434,20 @@ def _parse_index(text: str, path: Path, label: str, name: str, fix: str) -> Tens
         begins.append(t["begin"])
         ends.append(t["end"])
         shas.extend(bytes.fromhex(t["sha256"]))
-        return end
+
+    def fast(text: str, i: int) -> tuple[int, bool] | None:
+        m = _FAST_ROW.match(text, i)
+        if m is None:
+            return None
+        add(m[1], {"begin": int(m[2]), "end": int(m[3]), "sha256": m[4]})
+        return m.end(), m[5] == "}"
 
     def member(key: str, text: str, i: int) -> int:
         if key in top:
             raise bad(f"has '{key}' twice")
         if key == "tensors":
             top[key] = text[i : i + 1] == "{"
-            return _members(text, i, row) if top[key] else _value(text, i)[1]
+            return _members(text, i, row, fast) if top[key] else _value(text, i)[1]
         top[key], end = _value(text, i)
         return end
 

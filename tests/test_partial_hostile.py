@@ -334,26 +334,36 @@ def test_corrupted_piece_offline_in_a_writable_cache_is_one_line(
 
 MEMORY_SCRIPT = textwrap.dedent(
     """
-    import io, json, resource, sys
-    import huggingface_hub, filelock, yaml, torch  # their memory is not the header's
+    import io, json, sys
+    import huggingface_hub, filelock, yaml  # their memory is not the header's
     from pytest_ckpts import load_manifest
     from pytest_ckpts.cli import main
     from pytest_ckpts.partial import PartialReader
     from pytest_ckpts.store import Store
     import pytest_ckpts.hub_client, pytest_ckpts.publish
 
-    def peak():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
     manifest, what = sys.argv[1], sys.argv[2]
+    if what == "read":  # torch, the HTTP client and its first request: not the header's
+        import torch
+        m = load_manifest(manifest)
+        store = Store(m)
+        store.probe(m.get("llm"))
+    with open("/proc/self/clear_refs", "w") as f:  # peak RSS := current RSS (Linux >= 4.0)
+        f.write("5")
+
+    def peak():
+        # VmHWM, not getrusage's ru_maxrss: after exec that also counts the pre-exec
+        # (forked pytest) image, which is larger than anything measured here
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
     before = peak()
     if what == "lock":
         out = io.StringIO()
         code = main(["--manifest", manifest, "lock", "--tensors", "--from", sys.argv[3], "llm"], out=out)
         assert code == 0, out.getvalue()
     else:
-        m = load_manifest(manifest)
-        got = PartialReader(Store(m)).read(m.get("llm"), ["x"])
+        got = PartialReader(store).read(m.get("llm"), ["x"])
         assert got.tensors["x"].tolist() == [7], got.tensors
     print(json.dumps({"grew": peak() - before}))
     """
@@ -372,13 +382,14 @@ def _many_tensors_file(count: int) -> bytes:
     return _file(header, (7).to_bytes(8, "little") + bytes(count))
 
 
+@pytest.mark.slow
 def test_big_header_costs_a_few_times_its_size(project: Path, hub: LocalHub) -> None:
     """Lock and a read of one 8-byte tensor stay within a few times the header size."""
     from partial_files import write_manifest
 
-    raw = _many_tensors_file(200_000)
+    raw = _many_tensors_file(100_000)  # main f51f74f: lock 30x, read 22x the header
     header = int.from_bytes(raw[:8], "little")
-    assert header > 12_000_000
+    assert header > 6_000_000
     src = project / "src"
     (src / HF_PATH).parent.mkdir(parents=True)
     (src / HF_PATH).write_bytes(raw)
