@@ -205,6 +205,12 @@ HOSTILE = {
 }
 
 
+def _load_all(safe_open: Any, path: Path) -> None:
+    with safe_open(str(path), framework="pt") as f:
+        for k in f.keys():  # noqa: SIM118 - a safe_open handle, not a dict
+            f.get_tensor(k)
+
+
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_lock_tensors_refuses_what_safetensors_refuses_in_one_line(
     project: Path, capsys: pytest.CaptureFixture[str], case: str
@@ -219,12 +225,8 @@ def test_lock_tensors_refuses_what_safetensors_refuses_in_one_line(
     (src / HF_PATH).parent.mkdir(parents=True)
     (src / HF_PATH).write_bytes(raw)
     if case != "duplicate-name":  # safetensors keeps the last of two equal keys
-        with (
-            pytest.raises(Exception),  # noqa: B017 - safetensors' own error types
-            safe_open(str(src / HF_PATH), framework="pt") as f,
-        ):
-            for k in f.keys():  # noqa: SIM118 - a safe_open handle, not a dict
-                f.get_tensor(k)
+        with pytest.raises(Exception):  # noqa: B017 - safetensors' own error types
+            _load_all(safe_open, src / HF_PATH)
     path = write_manifest(project, "http://127.0.0.1:9", raw)
     code, _out = cli("--manifest", str(path), "lock", "--tensors", "--from", str(src), "llm")
     err = capsys.readouterr().err
