@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import CacheError, CheckpointDownloadError, ChecksumMismatchError, TensorIndexError
+from .errors import CacheError, ChecksumMismatchError, TensorIndexError
 from .integrity import atomic_write_bytes
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .tensor_index import Piece, TensorIndex, relative_label
@@ -282,26 +282,10 @@ def _piece_locks(
     store: Store, spec: CheckpointSpec, commit: str, pieces: list[Piece]
 ) -> Iterator[None]:
     """One lock per piece, taken in one global order (no two processes deadlock)."""
-    from filelock import FileLock, Timeout
-
     paths = sorted({store.layout.piece_lock_path(spec, commit, p.sha256) for p in pieces})
     with ExitStack() as stack:
         for lock_path in paths:
-            try:
-                lock_path.parent.mkdir(parents=True, exist_ok=True)
-                lock = FileLock(str(lock_path), timeout=store.lock_timeout)
-                lock.acquire()
-            except Timeout:
-                raise CheckpointDownloadError(
-                    f"pytest-ckpts: timed out after {store.lock_timeout:.0f}s waiting "
-                    f"for another process to read tensors of '{spec.name}' (lock "
-                    f"{lock_path}). If no other process is running, delete the lock file.",
-                    name=spec.name,
-                ) from None
-            except OSError as exc:  # read-only cache: nothing is written, no lock needed
-                logger.debug("pytest-ckpts: no lock %s: %s", lock_path, exc)
-                continue
-            stack.callback(lock.release)
+            stack.enter_context(store.cache_lock(lock_path, spec, f"read tensors of '{spec.name}'"))
         yield
 
 

@@ -167,13 +167,12 @@ class PartialReader:
                 out.source = "downloaded" if hub.nbytes else "cached"
                 out.size = hub.known_size or hub.size or out.size
         except CheckpointDownloadError as exc:
-            if is_pinned(spec.revision) or not exc.hub_down:
+            if not store.may_serve_stale(spec, exc):
                 raise
             commit = cached_commit(store, spec, [index.header, *wanted])
             if commit is None:
                 raise
-            cause = str(exc).splitlines()[0].removeprefix("pytest-ckpts: ")
-            reason = f"stale: tensors read at commit {commit[:12]}; hub failed: {cause}"
+            reason = store.stale_reason(f"tensors read at commit {commit[:12]}", exc)
             logger.warning("pytest-ckpts: using stale tensors of '%s' (%s)", spec.name, reason)
             out.source, out.commit, out.reason = "stale", commit, reason
             return self._from_cache(spec, index, commit, names, wanted, out, "the hub is down")
