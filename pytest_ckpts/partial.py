@@ -4,12 +4,15 @@ few tensors of a huge checkpoint").
 Every byte handed out is checked against the entry's tensor index
 (:mod:`pytest_ckpts.tensor_index`, written by ``pytest-ckpts lock --tensors NAME``).
 
-A read: the header range (checked against ``header_sha256``: a mismatch means the hub
-serves another file, the index is stale), then the requested tensors' ranges, adjacent
-ones merged into one request, each checked against its sha256. Verified ranges
-("pieces") are kept in the cache under their sha256 (:meth:`Cache.piece_path`), fetched
-once across processes under a per-piece lock, and re-hashed when read back. A verified
-whole file in the cache is read instead of the hub. HTTP goes through
+A read, in two steps: the header range alone (checked against ``header_sha256``: a
+mismatch means the hub serves another file, the index is stale), parsed as safetensors
+checks it, and every range of the index compared with it; only then the requested
+tensors' ranges (now the header's own), adjacent ones merged into one request, each
+checked against its sha256. So a lying index costs at most the header. Where the bytes
+come from (a verified whole file, kept pieces, the hub) is :mod:`pytest_ckpts._pieces`.
+Verified ranges ("pieces") are kept in the cache under their sha256
+(:meth:`Cache.piece_path`), fetched once across processes under a per-piece lock, and
+re-hashed when read back. HTTP goes through
 :meth:`HubClient.read_range` and so follows the run's retry policy; offline means
 cached pieces only; a branch whose hub is down falls back to pieces cached at an
 earlier commit (reported ``stale``), as :mod:`pytest_ckpts.store` does for files.
