@@ -200,6 +200,11 @@ class PartialReader:
         """The verified header, checked against every range of the index; then the
         tensors (whose ranges are now the header's own)."""
         index = source.index
+        size = source.size
+        if size is not None and index.header.end > size:
+            why = f"the index puts the first tensor at byte {index.header.end}, past its end"
+            where = f"{size} bytes, {source.where(index.header)}"
+            raise not_this_file(self.store.manifest, source.spec, index, where, why)
         raw = source.get([index.header])[index.header.sha256]
         header = self._check_header(source, names, raw)
         del raw

@@ -130,6 +130,25 @@ def test_lying_range_against_a_cached_whole_file_reads_nothing_more(
     assert hub.stats.request_count == 0
 
 
+def test_index_past_the_end_of_a_cached_whole_file_is_refused_before_reading(
+    manifest: Path, hub: LocalHub, data: bytes
+) -> None:
+    m = load_manifest(manifest)
+    Store(m).resolve(m.get("llm"))
+
+    def shift(doc: Doc) -> None:  # every range moved past the end: a header of len(data)+
+        for row in doc["tensors"].values():
+            row["begin"] += len(data)
+            row["end"] += len(data)
+
+    _rewrite_index(manifest, shift)
+    hub.stats.reset()
+    with pytest.raises(TensorIndexError) as info:
+        _read(manifest, ["ids"])
+    _one_line(info.value, "past its end", "lock --tensors llm")
+    assert hub.stats.request_count == 0
+
+
 def test_tensor_that_shrinks_the_header_is_a_one_line_index_error(
     manifest: Path, hub: LocalHub, data: bytes
 ) -> None:
