@@ -12,9 +12,10 @@ A header is checked as safetensors itself checks it (``read_metadata`` and
 ``__metadata__`` of strings, each tensor's size that of its dtype and shape, the
 tensors laid end to end from byte ``8 + N`` (no overlap, no hole) to the end of the file.
 
-Memory stays within a few times the header's size, whatever it holds: headers and
-indexes are walked one member at a time (never one Python dict per tensor), and a
-tensor is kept as its name and two offsets in arrays; an index is written as a stream.
+Headers are checked in :mod:`pytest_ckpts._st_header`. Memory stays within a few times
+the header's size: an index in the layout ``lock`` writes is read from its bytes, any
+other JSON a member at a time, a row kept as its name, two offsets in arrays and 32
+bytes of digest; an index is written as a stream.
 """
 
 from __future__ import annotations
@@ -26,12 +27,23 @@ import itertools
 import json
 import re
 from array import array
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from json.decoder import scanstring  # type: ignore[attr-defined]  # C or pure, always there
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ._st_header import (
+    FAST_ROW,
+    ITEMSIZE,
+    MAX_HEADER,
+    MAX_OFFSET,
+    Header,
+    TensorEntry,
+    document,
+    members,
+    parse_header,
+    value,
+)
 from .errors import TensorIndexError
 from .integrity import SHA256_RE
 from .manifest import CheckpointSpec, Manifest
@@ -54,15 +66,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-#: safetensors' own limit (``MAX_HEADER_SIZE`` in safetensors/src/tensor.rs, 0.3 to 0.8)
-MAX_HEADER = 100_000_000
-#: offsets are u64 in safetensors and signed 64-bit here
-_MAX_OFFSET = 2**63 - 1
-
-ITEMSIZE = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
-    "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,216 +76,6 @@ class Piece:
     sha256: str
     begin: int
     end: int
-
-
-# --------------------------------------------------------------------------- JSON, a member at a time
-
-_WS = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
-#: decodes the value of member ``key`` starting at ``text[i]``; returns where it ends
-Member = Callable[[str, str, int], int]
-#: reads one whole member and its separator at ``text[i]`` if it has the usual shape:
-#: (where the next member starts, whether that closed the object), else None
-Fast = Callable[[str, int], "tuple[int, bool] | None"]
-
-_S = r"[ \t\n\r]*"
-_NAME = r'"([^"\\\x00-\x1f]*)"' + _S + ":" + _S  # a name without escapes
-_INT = r"(0|[1-9][0-9]{0,18})"
-_INTS = r"((?:0|[1-9][0-9]{0,18})(?:,(?:0|[1-9][0-9]{0,18}))*)?"
-_SEP = _S + "([,}])" + _S
-#: a tensor as safetensors writes it (other spellings take the general path)
-_FAST_TENSOR = re.compile(
-    _NAME + r'\{"dtype":"([A-Z0-9_]{1,8})","shape":\[' + _INTS + r'\],"data_offsets":\['
-    + _INT + "," + _INT + r"\]\}" + _SEP
-)  # fmt: skip
-#: an index row as ``lock --tensors`` writes it
-_FAST_ROW = re.compile(
-    _NAME + r"\{" + _S + r'"begin":' + _S + _INT + "," + _S + r'"end":' + _S + _INT + ","
-    + _S + r'"sha256":' + _S + r'"([0-9a-f]{64})"' + _S + r"\}" + _SEP
-)  # fmt: skip
-
-
-def _ws(text: str, i: int) -> int:
-    match = _WS.match(text, i)
-    assert match is not None  # the pattern matches the empty string
-    return match.end()
-
-
-def _members(text: str, i: int, member: Member, fast: Fast | None = None) -> int:
-    """Walk the JSON object at ``text[i]``, calling ``member`` once per member (or
-    ``fast``, tried first); returns the end of the object. ValueError when it is not
-    JSON (RecursionError: nested too deeply)."""
-    if text[i : i + 1] != "{":
-        raise ValueError(f"expected '{{' at char {i}")
-    i = _ws(text, i + 1)
-    if text[i : i + 1] == "}":
-        return i + 1
-    while True:
-        done = fast(text, i) if fast is not None else None
-        if done is not None:
-            i, closed = done
-            if closed:
-                return i
-            continue
-        if text[i : i + 1] != '"':
-            raise ValueError(f"expected a quoted name at char {i}")
-        key, i = scanstring(text, i + 1, True)
-        i = _ws(text, i)
-        if text[i : i + 1] != ":":
-            raise ValueError(f"expected ':' at char {i}")
-        i = _ws(text, member(key, text, _ws(text, i + 1)))
-        if text[i : i + 1] == "}":
-            return i + 1
-        if text[i : i + 1] != ",":
-            raise ValueError(f"expected ',' or '}}' at char {i}")
-        i = _ws(text, i + 1)
-
-
-def _document(text: str, member: Member, fast: Fast | None = None) -> bool:
-    """Walk ``text``, one JSON object (whitespace around it allowed), with ``member``;
-    False if it does not start as an object."""
-    start = _ws(text, 0)
-    if text[start : start + 1] != "{":
-        return False
-    end = _members(text, start, member, fast)
-    if _ws(text, end) != len(text):
-        raise ValueError(f"extra data after the JSON object at char {end}")
-    return True
-
-
-def _value(text: str, i: int) -> tuple[Any, int]:
-    value, end = _DECODER.raw_decode(text, i)
-    return value, end
-
-
-# --------------------------------------------------------------------------- headers
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int  # absolute
-    end: int
-
-
-@dataclass(eq=False)
-class Header:
-    """A checked safetensors header: each tensor's name and absolute ``[begin, end)``
-    (in header order), dtype and shape of the tensors asked for (``entries``)."""
-
-    length: int  # 8 + N: where the tensor data begins
-    names: list[str] = field(default_factory=list)
-    begins: array[int] = field(default_factory=lambda: array("q"))
-    ends: array[int] = field(default_factory=lambda: array("q"))
-    entries: dict[str, TensorEntry] = field(default_factory=dict)
-    data_end: int = 0  # where the last tensor ends: the size of the file
-
-    def file_order(self) -> list[int]:
-        """Positions sorted by ``(begin, end)``, as safetensors orders them."""
-        order = sorted(range(len(self.names)), key=self.ends.__getitem__)
-        order.sort(key=self.begins.__getitem__)
-        return order
-
-
-def parse_header(header: bytes, where: str, want: Collection[str] = ()) -> Header:
-    """Check ``header`` (the length field and the JSON) as safetensors does; keep the
-    dtype and shape of the tensors in ``want``. A one-line TensorIndexError if bad."""
-
-    def bad(why: str) -> TensorIndexError:
-        return TensorIndexError(f"{where}: {why}")
-
-    if len(header) < 8:
-        raise bad("shorter than the 8-byte safetensors header length")
-    n = int.from_bytes(header[:8], "little")
-    if n > MAX_HEADER:
-        raise bad(f"a safetensors header of {n} bytes is over safetensors' limit ({MAX_HEADER})")
-    if len(header) != 8 + n:
-        raise bad(f"its length field says {n} bytes of header, the range holds {len(header) - 8}")
-    try:
-        text = str(memoryview(header)[8:], "utf-8")
-    except UnicodeDecodeError:
-        raise bad("the safetensors header is not UTF-8") from None
-    out = Header(8 + n)
-    wanted = set(want)
-
-    def add(key: str, dtype: Any, shape: Any, offsets: Any) -> None:
-        entry = _tensor_entry(dtype, shape, offsets, out.length)
-        if entry is None:
-            raise bad(f"tensor '{key}' has a bad dtype, shape or data_offsets")
-        out.names.append(key)
-        out.begins.append(entry.begin)
-        out.ends.append(entry.end)
-        if key in wanted:
-            out.entries[key] = entry
-
-    def fast(text: str, i: int) -> tuple[int, bool] | None:
-        m = _FAST_TENSOR.match(text, i)
-        if m is None or m[1] == "__metadata__":
-            return None
-        shape = [int(d) for d in m[3].split(",")] if m[3] else []
-        add(m[1], m[2], shape, [int(m[4]), int(m[5])])
-        return m.end(), m[6] == "}"
-
-    def member(key: str, text: str, i: int) -> int:
-        try:
-            info, end = _value(text, i)
-        except RecursionError:
-            what = "__metadata__" if key == "__metadata__" else f"tensor '{key}'"
-            raise bad(f"{what} is nested too deeply (safetensors refuses it)") from None
-        if key == "__metadata__":
-            if info is not None and not (
-                isinstance(info, dict) and all(isinstance(v, str) for v in info.values())
-            ):
-                raise bad("__metadata__ is not a mapping of strings to strings")
-            return end
-        if not isinstance(info, dict):
-            raise bad(f"tensor '{key}' has a bad dtype, shape or data_offsets")
-        add(key, info.get("dtype"), info.get("shape"), info.get("data_offsets"))
-        return end
-
-    try:
-        if not _document(text, member, fast):
-            raise bad("the safetensors header is not a JSON object")
-    except RecursionError:
-        raise bad("the safetensors header is nested too deeply") from None
-    except TensorIndexError:
-        raise
-    except ValueError as exc:
-        raise bad(f"the safetensors header is not JSON ({exc})") from None
-    start = out.length
-    for i in out.file_order():
-        if out.begins[i] != start:
-            where_ = "overlaps the tensor before it" if out.begins[i] < start else "leaves a hole"
-            raise bad(
-                f"tensor '{out.names[i]}' {where_} (data_offsets [{out.begins[i] - out.length}, "
-                f"{out.ends[i] - out.length}]); safetensors refuses such files"
-            )
-        start = out.ends[i]
-    out.data_end = start
-    return out
-
-
-def _tensor_entry(dtype: Any, shape: Any, offsets: Any, base: int) -> TensorEntry | None:
-    """The entry these values describe (offsets made absolute), or None if they are not
-    one: a known dtype, a shape of naturals, 0 <= begin <= end, end - begin its size."""
-    if not (isinstance(dtype, str) and dtype in ITEMSIZE and type(shape) is list):
-        return None
-    if not (type(offsets) is list and len(offsets) == 2):
-        return None
-    b, e = offsets
-    if not (type(b) is int and type(e) is int and 0 <= b <= e <= _MAX_OFFSET - base):
-        return None
-    count = 1
-    for d in shape:
-        if type(d) is not int or d < 0:
-            return None
-        count *= d
-        if count > _MAX_OFFSET:  # safetensors: ValidationOverflow (and no quadratic time)
-            return None
-    if e - b != count * ITEMSIZE[dtype]:
-        return None
-    return TensorEntry(dtype, tuple(shape), base + b, base + e)
 
 
 # --------------------------------------------------------------------------- the index
@@ -392,12 +185,9 @@ def load_index(manifest: Manifest, spec: CheckpointSpec) -> TensorIndex:
             f"{actual}, the manifest's tensor_index is {recorded}: the file was edited or "
             f"the manifest is out of date; {fix}"
         )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = ""  # refused below as "not JSON"
+    box = [raw]  # _parse_index drops the bytes once decoded (a copy less at the peak)
     del raw
-    index = _parse_index(text, path, label, spec.name, fix)
+    index = _parse_index(box, path, label, spec.name, fix)
     if spec.sha256 is not None and index.file_sha256 != spec.sha256:
         raise TensorIndexError(
             f"pytest-ckpts: tensor index {label} was made from a file with sha256 "
@@ -407,59 +197,91 @@ def load_index(manifest: Manifest, spec: CheckpointSpec) -> TensorIndex:
     return index
 
 
-def _parse_index(text: str, path: Path, label: str, name: str, fix: str) -> TensorIndex:
-    def bad(why: str) -> TensorIndexError:
-        return TensorIndexError(f"pytest-ckpts: tensor index {label} of '{name}' {why}; {fix}")
+class _Rows:
+    """An index's rows as they are read: names (sorted, once each), offsets, digests."""
 
-    top: dict[str, Any] = {}
-    names: list[str] = []
-    begins, ends, shas = array("q"), array("q"), bytearray()
+    def __init__(self, bad: Callable[[str], TensorIndexError]) -> None:
+        self.bad = bad
+        self.names: list[str] = []
+        self.begins: array[int] = array("q")
+        self.ends: array[int] = array("q")
+        self.shas = bytearray()
 
-    def row(tname: str, text: str, i: int) -> int:
-        t, end = _value(text, i)
-        add(tname, t)
-        return end
-
-    def add(tname: str, t: Any) -> None:
+    def add(self, tname: str, t: Any) -> None:
         ok = isinstance(t, dict) and isinstance(t.get("sha256"), str)
         ok = ok and bool(SHA256_RE.match(t["sha256"]))
         ok = ok and all(type(t.get(k)) is int for k in ("begin", "end"))
-        if not ok or not 8 <= t["begin"] <= t["end"] <= _MAX_OFFSET:
-            raise bad(f"has a bad entry for tensor '{tname}' (sha256, 8 <= begin <= end)")
-        if names and tname <= names[-1]:
-            raise bad(
+        if not ok or not 8 <= t["begin"] <= t["end"] <= MAX_OFFSET:
+            raise self.bad(f"has a bad entry for tensor '{tname}' (sha256, 8 <= begin <= end)")
+        if self.names and tname <= self.names[-1]:
+            raise self.bad(
                 f"names tensor '{tname}' twice or out of order (lock writes each once, sorted)"
             )
-        names.append(tname)
-        begins.append(t["begin"])
-        ends.append(t["end"])
-        shas.extend(bytes.fromhex(t["sha256"]))
+        self.names.append(tname)
+        self.begins.append(t["begin"])
+        self.ends.append(t["end"])
+        self.shas.extend(bytes.fromhex(t["sha256"]))
 
-    def fast(text: str, i: int) -> tuple[int, bool] | None:
-        m = _FAST_ROW.match(text, i)
+
+_B_INT = rb"(0|[1-9][0-9]{0,18})"
+#: the layout ``lock --tensors`` writes, matched on the bytes (no decoded copy)
+_CANON_HEAD = re.compile(
+    rb'\{\n "file_sha256": "([0-9a-f]{64})",\n "format_version": ' + _B_INT
+    + rb',\n "header_sha256": "([0-9a-f]{64})",\n "tensors": \{'
+)  # fmt: skip
+_CANON_ROW = re.compile(
+    rb'\n  "((?:[^"\\\x00-\x1f]|\\["\\/bfnrtu])*)": \{\n   "begin": ' + _B_INT
+    + rb',\n   "end": ' + _B_INT + rb',\n   "sha256": "([0-9a-f]{64})"\n  \}(,?)'
+)  # fmt: skip
+
+
+def _canonical(raw: bytes, rows: _Rows) -> dict[str, Any] | None:
+    """The top-level fields of an index in the exact layout ``lock`` writes, its rows
+    added to ``rows``; None (rows untouched or to be discarded) for any other layout."""
+    head = _CANON_HEAD.match(raw)
+    if head is None:
+        return None
+    pos = head.end()
+    if raw[pos:] == b"}\n}\n":  # no tensors
+        pos = len(raw)
+    while pos < len(raw):
+        m = _CANON_ROW.match(raw, pos)
         if m is None:
             return None
-        add(m[1], {"begin": int(m[2]), "end": int(m[3]), "sha256": m[4]})
-        return m.end(), m[5] == "}"
+        name = m[1].decode("utf-8") if b"\\" not in m[1] else json.loads(b'"' + m[1] + b'"')
+        rows.add(name, {"begin": int(m[2]), "end": int(m[3]), "sha256": m[4].decode()})
+        pos = m.end()
+        if not m[5]:
+            if raw[pos:] != b"\n }\n}\n":
+                return None
+            break
+    return {
+        "file_sha256": head[1].decode(),
+        "format_version": int(head[2]),
+        "header_sha256": head[3].decode(),
+        "tensors": True,
+    }
 
-    def member(key: str, text: str, i: int) -> int:
-        if key in top:
-            raise bad(f"has '{key}' twice")
-        if key == "tensors":
-            top[key] = text[i : i + 1] == "{"
-            return _members(text, i, row, fast) if top[key] else _value(text, i)[1]
-        top[key], end = _value(text, i)
-        return end
 
-    try:
-        if not _document(text, member):
-            raise bad("is not a JSON object")
-    except RecursionError:
-        raise bad("is nested too deeply") from None
-    except TensorIndexError:
-        raise
-    except ValueError as exc:
-        raise bad(f"is not JSON ({exc})") from None
+def _parse_index(box: list[bytes], path: Path, label: str, name: str, fix: str) -> TensorIndex:
+    """The index whose bytes ``box`` holds (taken out of it: freed once decoded)."""
+
+    def bad(why: str) -> TensorIndexError:
+        return TensorIndexError(f"pytest-ckpts: tensor index {label} of '{name}' {why}; {fix}")
+
+    raw = box.pop()
+    rows = _Rows(bad)
+    top = _canonical(raw, rows)
+    if top is None:
+        rows = _Rows(bad)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""  # refused below as "not JSON"
+        del raw
+        top = _walk_index(text, rows, bad)
+    else:
+        del raw
     if top.get("format_version") != FORMAT_VERSION:
         raise bad(f"is not format_version {FORMAT_VERSION}")
     sums = (top.get("file_sha256"), top.get("header_sha256"))
@@ -467,15 +289,53 @@ def _parse_index(text: str, path: Path, label: str, name: str, fix: str) -> Tens
         raise bad("lacks file_sha256 / header_sha256 (64 hex digits)")
     if top.get("tensors") is not True:
         raise bad("has no 'tensors' mapping")
-    header_end = min(begins, default=8)
+    header_end = min(rows.begins, default=8)
     if header_end - 8 > MAX_HEADER:
         raise bad(
             f"puts the first tensor at byte {header_end}: a safetensors header is at most "
             f"{MAX_HEADER} bytes"
         )
     return TensorIndex(
-        path, str(sums[0]), str(sums[1]), names, begins, ends, bytes(shas), header_end
-    )
+        path, str(sums[0]), str(sums[1]), rows.names, rows.begins, rows.ends, bytes(rows.shas),
+        header_end,
+    )  # fmt: skip
+
+
+def _walk_index(text: str, rows: _Rows, bad: Callable[[str], TensorIndexError]) -> dict[str, Any]:
+    """Any other JSON layout of an index, a member at a time."""
+    top: dict[str, Any] = {}
+
+    def row(tname: str, text: str, i: int) -> int:
+        t, end = value(text, i)
+        rows.add(tname, t)
+        return end
+
+    def fast(text: str, i: int) -> tuple[int, bool] | None:
+        m = FAST_ROW.match(text, i)
+        if m is None:
+            return None
+        rows.add(m[1], {"begin": int(m[2]), "end": int(m[3]), "sha256": m[4]})
+        return m.end(), m[5] == "}"
+
+    def member(key: str, text: str, i: int) -> int:
+        if key in top:
+            raise bad(f"has '{key}' twice")
+        if key == "tensors":
+            top[key] = text[i : i + 1] == "{"
+            return members(text, i, row, fast) if top[key] else value(text, i)[1]
+        top[key], end = value(text, i)
+        return end
+
+    try:
+        if not document(text, member):
+            raise bad("is not a JSON object")
+    except RecursionError:
+        raise bad("is nested too deeply") from None
+    except TensorIndexError:
+        raise
+    except ValueError as exc:
+        raise bad(f"is not JSON ({exc})") from None
+    return top
 
 
 # --------------------------------------------------------------------------- building
