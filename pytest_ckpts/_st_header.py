@@ -223,10 +223,11 @@ def parse_header(header: bytes, where: str, want: Collection[str] = ()) -> Heade
     start = out.length
     for i in out.file_order():
         if out.begins[i] != start:
-            where_ = "overlaps the tensor before it" if out.begins[i] < start else "leaves a hole"
+            how = "overlaps the data before it" if out.begins[i] < start else "leaves a hole"
             raise bad(
-                f"tensor '{out.names[i]}' {where_} (data_offsets [{out.begins[i] - out.length}, "
-                f"{out.ends[i] - out.length}]); safetensors refuses such files"
+                f"tensor '{out.names[i]}' {how} (data_offsets [{out.begins[i] - out.length}, "
+                f"{out.ends[i] - out.length}], the data before ends at {start - out.length}); "
+                "safetensors refuses such files"
             )
         start = out.ends[i]
     out.data_end = start
