@@ -11,10 +11,11 @@ offsets in arrays, so memory stays within a few times the header's size.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from array import array
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from json.decoder import scanstring  # type: ignore[attr-defined]  # C or pure, always there
 from typing import Any
@@ -148,8 +149,12 @@ class Header:
     entries: dict[str, TensorEntry] = field(default_factory=dict)
     data_end: int = 0  # where the last tensor ends: the size of the file
 
-    def file_order(self) -> list[int]:
-        """Positions sorted by ``(begin, end)``, as safetensors orders them."""
+    def file_order(self) -> Sequence[int]:
+        """Positions sorted by ``(begin, end)``, as safetensors orders them. Headers that
+        safetensors wrote are in that order already: then no list is built."""
+        pairs = zip(self.begins, self.ends, strict=True)
+        if all(a <= b for a, b in itertools.pairwise(pairs)):
+            return range(len(self.names))
         order = sorted(range(len(self.names)), key=self.ends.__getitem__)
         order.sort(key=self.begins.__getitem__)
         return order

@@ -261,6 +261,27 @@ def test_lock_tensors_refuses_what_safetensors_refuses_in_one_line(
     _one_line(info.value, str(src / HF_PATH))
 
 
+def test_header_listing_tensors_out_of_file_order_is_valid(tmp_path: Path) -> None:
+    """safetensors sorts by offsets when it reads: a header in another order is fine."""
+    from safetensors import safe_open
+
+    from pytest_ckpts.tensor_index import build_index
+
+    header = (
+        b'{"c":{"dtype":"U8","shape":[2],"data_offsets":[4,6]},'
+        b'"e":{"dtype":"U8","shape":[0],"data_offsets":[2,2]},'
+        b'"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},'
+        b'"b":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}'
+    )
+    raw = _file(header, b"abcdef")
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(raw)
+    with safe_open(str(path), framework="pt") as f:
+        assert bytes(f.get_tensor("c").tolist()) == b"ef"
+    doc = json.loads(build_index(path, hashlib.sha256(raw).hexdigest()))
+    assert [doc["tensors"][n]["begin"] - 8 - len(header) for n in "abce"] == [0, 2, 4, 2]
+
+
 def test_hostile_header_served_for_a_hostile_index_is_one_line(
     project: Path, hub: LocalHub
 ) -> None:
