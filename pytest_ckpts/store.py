@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -370,6 +372,46 @@ class Store:
         self, spec: CheckpointSpec, path: Path, actual: str, why: str
     ) -> ChecksumMismatchError:
         return mismatch_error(spec, path, actual, why, self.describe(spec))
+
+    # ------------------------------------------------------------------ shared with partial reads
+    def may_serve_stale(self, spec: CheckpointSpec, exc: CheckpointDownloadError) -> bool:
+        """Whether ``exc`` may be answered from an older verified copy: a branch whose hub
+        is down, rate-limited or out of retry budget; never a pinned commit."""
+        return not is_pinned(spec.revision) and exc.hub_down
+
+    @staticmethod
+    def stale_reason(used: str, exc: CheckpointDownloadError) -> str:
+        """How a stale copy is reported: what was ``used`` and why the hub failed."""
+        cause = str(exc).splitlines()[0].removeprefix("pytest-ckpts: ")
+        return f"stale: {used}; hub failed: {cause}"
+
+    @contextmanager
+    def cache_lock(self, lock_path: Path, spec: CheckpointSpec, doing: str) -> Iterator[bool]:
+        """Hold the cross-process lock ``lock_path`` while ``doing`` (for the timeout
+        message); yields False, holding nothing, where the cache is read-only (nothing
+        will be written there, so nothing needs one)."""
+        from filelock import FileLock, Timeout
+
+        lock: Any = None
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(lock_path), timeout=self.lock_timeout)
+            lock.acquire()
+        except Timeout:
+            raise CheckpointDownloadError(
+                f"pytest-ckpts: timed out after {self.lock_timeout:.0f}s waiting for another "
+                f"process to {doing} (lock {lock_path}). If no other process is running, "
+                "delete the lock file.",
+                name=spec.name,
+            ) from None
+        except OSError as exc:  # read-only cache
+            logger.debug("pytest-ckpts: no lock %s: %s", lock_path, exc)
+            lock = None
+        try:
+            yield lock is not None
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def mismatch_error(
