@@ -297,7 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fetch", help="download and verify checkpoints (all by default)")
     p.add_argument("names", nargs="*", metavar="NAME")
-    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="download again even if cached (the hub failing: exit 1, the cached copy is kept)",
+    )
     p.add_argument("--rehash", action="store_true", help="re-hash cached files")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument(
