@@ -69,7 +69,9 @@ def _running() -> Backend | None:
     current = os.environ.get("PYTEST_CURRENT_TEST")
     nodeid = current.rsplit(" (", 1)[0] if current else None
     for backend in reversed(_BACKENDS):
-        if nodeid is None or backend.current_test == nodeid:
+        # no test phase under way, a run still collecting (its process may have inherited
+        # the variable), or the test this run is running
+        if nodeid is None or backend.current_test in (None, nodeid):
             return backend
     return None  # a nested run without the plugin: as outside pytest
 

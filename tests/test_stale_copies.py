@@ -190,3 +190,48 @@ def test_force_download_with_the_hub_down_exits_1_keeping_the_cached_copy(
         assert path is not None
         assert path.read_bytes() == FILES["vae"]
         shutil.rmtree(project / "checkpoints" / "models--acme--ckpts")
+
+
+def test_spent_retry_budget_serves_the_restored_copy_with_one_probe_series(
+    pytester: pytest.Pytester, hub: LocalHub, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The hub answers, but only 503: once the budget is spent the endpoint is given up
+    for the whole run (controller and workers), and every restored file is ``stale``."""
+    make_manifest(pytester.path, hub, FILES)
+    pytester.makepyfile(test_it=TESTS.replace('== "stale"', "is not None"))
+    pytester.runpytest_subprocess(*RUN).assert_outcomes(passed=3)
+    cache = pytester.path / "checkpoints"
+    _tar_round_trip(cache, cache, tmp_path_factory.mktemp("scratch"))
+    pytester.makepyfile(test_it=TESTS)
+    hub.stats.reset()
+    hub.faults.fail_next(10_000, 503, path_contains="/api/models/")
+    report = pytester.path / "report.json"
+    result = pytester.runpytest_subprocess(
+        *RUN, "--ckpts-retry-budget=0.5", f"--ckpts-report={report}", "-n", "2"
+    )
+    result.assert_outcomes(passed=3)
+    rows = _rows(report)
+    assert {r["status"] for r in rows.values()} == {"stale"}
+    assert all("HTTP 503" in str(r["reason"]) for r in rows.values()), rows
+    probes = hub.stats.count(path_contains="/api/models/")
+    assert 1 <= probes <= 4, probes  # one series of retries for the run, not one per file
+    assert hub.stats.count(method="GET", path_contains="weights/") == 0
+
+
+def test_restored_pinned_copy_needs_no_hub_and_is_cached(
+    pytester: pytest.Pytester, hub: LocalHub, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A pinned commit is immutable: its restored copy is re-hashed and served as
+    ``cached`` whether or not the hub answers (README "Stale copies")."""
+    make_manifest(pytester.path, hub, FILES, pinned=True)
+    pytester.makepyfile(test_it=TESTS.replace('== "stale"', "is not None"))
+    pytester.runpytest_subprocess(*RUN).assert_outcomes(passed=3)
+    cache = pytester.path / "checkpoints"
+    _tar_round_trip(cache, cache, tmp_path_factory.mktemp("scratch"))
+    hub.stop()
+    report = pytester.path / "report.json"
+    result = pytester.runpytest_subprocess(
+        *RUN, "--ckpts=require", f"--ckpts-report={report}", "-n", "2"
+    )
+    result.assert_outcomes(passed=3)
+    assert {r["status"] for r in _rows(report).values()} == {"cached"}
