@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -235,3 +236,30 @@ def test_restored_pinned_copy_needs_no_hub_and_is_cached(
     )
     result.assert_outcomes(passed=3)
     assert {r["status"] for r in _rows(report).values()} == {"cached"}
+
+
+def test_read_only_restored_copy_with_the_hub_down_is_stale(
+    pytester: pytest.Pytester, filled: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A restored cache mounted read-only (no stamp can be written, no lock taken): each
+    file is still re-hashed once per process and served ``stale``."""
+    from test_hardening_mounts import Mounts
+
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: a read-only cache needs a real mount")
+    cache = tmp_path_factory.mktemp("ro") / "cache"
+    _copy("tar", filled, cache, tmp_path_factory.mktemp("scratch"))
+    helper = Mounts()
+    try:
+        helper.read_only(cache)
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"mounting is not permitted here: {(exc.stderr or '').strip()}")
+    try:
+        report = pytester.path / "report.json"
+        result = pytester.runpytest_subprocess(
+            *RUN, f"--ckpts-cache-dir={cache}", f"--ckpts-report={report}", "-n", "2"
+        )
+        result.assert_outcomes(passed=3)
+        assert {r["status"] for r in _rows(report).values()} == {"stale"}
+    finally:
+        helper.unmount_all()
