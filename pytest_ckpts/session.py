@@ -238,6 +238,8 @@ class CkptsSession:
             spec = self.spec(name)
         except KeyError as exc:
             _fail(f"pytest-ckpts: {exc.args[0]}")
+        except pytest.UsageError as exc:  # no manifest: this test fails, not the whole run
+            _fail(str(exc))
         if self.settings.mode is Mode.SKIP:
             reason = f"checkpoint '{name}': downloads disabled ({self.mode_source})"
             self.stats.record(name, "skipped", reason=reason)

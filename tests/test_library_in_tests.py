@@ -179,11 +179,16 @@ def test_run_without_manifest_never_raises_a_usage_error(
             def test_no_manifest_anywhere():
                 with pytest.raises(ManifestError, match="looked for checkpoints"):
                     get_checkpoint("vae")
+
+            def test_fixture_without_manifest(checkpoint):
+                checkpoint("vae")
             """
         )
     )
     result = pytester.runpytest_inprocess(*RUN)
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*checkpoint 'vae' requested but no manifest was found*"])
+    result.stdout.no_fnmatch_line("*UsageError*")
 
 
 def test_require_set_by_the_test_makes_a_hub_failure_an_error(
