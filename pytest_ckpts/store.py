@@ -201,18 +201,24 @@ class Store:
         return self._verify_cached(spec, path, commit, "cached copy; offline, not re-downloaded")
 
     def _stale(self, spec: CheckpointSpec, exc: CheckpointDownloadError) -> Checkpoint | None:
-        """The verified copy a branch last resolved to, when the hub cannot be asked."""
-        if is_pinned(spec.revision) or not exc.hub_down:
+        """The cached copy to use when the hub cannot be asked (down, or the budget spent).
+
+        A branch falls back to the commit it last resolved to, a pinned entry to its
+        commit's snapshot. A copy no stamp vouches for (a cache restored by a copy: new
+        inodes and ctimes) is hashed once here: served when it matches, a mismatch when
+        it does not (README "Stale copies": never a skip).
+        """
+        if not exc.hub_down:
             return None
         commit = self.cached_commit(spec)
         if commit is None:
             return None
         path = self.snapshot_path(spec, commit)
-        stamp = self._trusted(spec, path) if path.exists() else None
-        if stamp is None:
+        if not path.exists():
             return None
+        cause = _cause(exc)
+        stamp = self._trusted(spec, path) or self._verified_copy(spec, path, cause)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp.verified_at))
-        cause = str(exc).splitlines()[0].removeprefix("pytest-ckpts: ")
         self.stale_reasons[spec.name] = (
             f"stale: commit {commit[:12]} verified {when}; hub failed: {cause}"
         )
@@ -220,6 +226,39 @@ class Store:
             "pytest-ckpts: using stale copy of '%s' (%s)", spec.name, self.stale_reasons[spec.name]
         )
         return self._done(spec, path, commit, stamp, "stale")
+
+    def _verified_copy(self, spec: CheckpointSpec, path: Path, cause: str) -> Stamp:
+        """Hash a cached copy once (under the file's lock when the cache is writable, so
+        xdist workers hash it once between them) and stamp it, or raise the mismatch."""
+        from filelock import FileLock, Timeout
+
+        lock_path = self.layout.lock_path(spec)
+        lock = FileLock(str(lock_path), timeout=self.lock_timeout)
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            held = True
+        except (OSError, Timeout):  # read-only cache: nobody else can stamp it either
+            held = False
+        try:
+            stamp = self._trusted(spec, path)  # another process hashed it meanwhile
+            if stamp is not None:
+                return stamp
+            self._raise_known_mismatch(spec)
+            ok, actual, stamp = self._hash_and_stamp(spec, path)
+            if not ok:
+                assert self.run_state is not None
+                self.run_state.mark_mismatch(self._mismatch_key(spec), f"{path}\0{actual}")
+                raise self._mismatch(
+                    spec,
+                    path,
+                    actual,
+                    f"cached copy; not downloaded again, the hub failed: {cause}",
+                )
+            return stamp
+        finally:
+            if held:
+                lock.release()
 
     def _locked(
         self, spec: CheckpointSpec, path: Path, commit: str, force_download: bool
@@ -264,6 +303,7 @@ class Store:
     def _resolve_locked(
         self, spec: CheckpointSpec, path: Path, commit: str, force_download: bool
     ) -> Checkpoint:
+        corrupted: str | None = None  # the sha256 of a cached copy that failed the check
         if not force_download:
             # another process (an xdist worker) may have found a mismatch while we waited
             self._raise_known_mismatch(spec)
@@ -275,6 +315,7 @@ class Store:
                 if ok:
                     self.layout.write_ref(spec, commit)
                     return self._done(spec, path, commit, stamp, "cached")
+                corrupted = actual
                 logger.warning(
                     "pytest-ckpts: cached copy of '%s' is corrupted (sha256 %s, expected %s); "
                     "downloading it again",
@@ -282,9 +323,17 @@ class Store:
                     actual,
                     spec.sha256,
                 )
-        if is_pinned(spec.revision):
-            self.hub.probe(spec)  # one short request decides "is the hub there" for the run
-        got = self.hub.download(spec, commit, self.layout)
+        try:
+            if is_pinned(spec.revision):
+                self.hub.probe(spec)  # one short request decides "is the hub there" for the run
+            got = self.hub.download(spec, commit, self.layout)
+        except CheckpointDownloadError as exc:
+            if corrupted is None:
+                raise
+            # the copy found here is the answer: a mismatch is never a skip (README "Run modes")
+            raise self._mismatch(
+                spec, path, corrupted, f"cached copy; downloading it again failed: {_cause(exc)}"
+            ) from None
         ok, actual, stamp = self._landed(spec, got)
         if not ok and got.resumed:  # the part before the cut may be the bad part: once more
             self.layout.discard(spec, got.path)
@@ -412,6 +461,11 @@ class Store:
         finally:
             if lock is not None:
                 lock.release()
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of a hub error, for messages that quote it."""
+    return str(exc).splitlines()[0].removeprefix("pytest-ckpts: ")
 
 
 def mismatch_error(
