@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
+from ._text import plural
 from .errors import (
     CacheError,
     CheckpointsError,
@@ -53,10 +54,6 @@ def cli_words(text: str) -> str:
     for pytest_words, cli in _CLI_WORDS:
         text = text.replace(pytest_words, cli)
     return text
-
-
-def _plural(n: int, word: str, plural: str | None = None) -> str:
-    return f"{n} {word if n == 1 else (plural or word + 's')}"
 
 
 def _size(nbytes: int | None) -> str:
@@ -209,11 +206,11 @@ def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
         if info.tensor_files:
             out.write(
                 f"tensor pieces (partial reads): {_size(info.tensor_bytes)} in "
-                f"{_plural(info.tensor_files, 'file')}\n"
+                f"{plural(info.tensor_files, 'file')}\n"
             )
         out.write(
             f"cache: {layout.root}\ntotal: {_size(info.total)} in "
-            f"{_plural(len(info.repos), 'repo')}; {len(info.cached)}/{len(manifest)} "
+            f"{plural(len(info.repos), 'repo')}; {len(info.cached)}/{len(manifest)} "
             "manifest entries cached\n"
         )
         return EXIT_OK
@@ -223,7 +220,7 @@ def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
         out.write(f"{verb} {blob}\n")
     out.write(
         f"{'would free' if args.dry_run else 'freed'} {_size(result.freed)} "
-        f"({_plural(result.removed_links, 'snapshot file')})\n"
+        f"({plural(result.removed_links, 'snapshot file')})\n"
     )
     return EXIT_OK
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
+from ._text import plural
 from .errors import CheckpointDownloadError, UsageFailure
 from .integrity import atomic_write_bytes, atomic_write_stream, calculate_sha256
 from .manifest import CheckpointSpec, Manifest
@@ -26,10 +28,6 @@ if TYPE_CHECKING:
     from .tensor_index import IndexBuild
 
 __all__ = ["lock", "lock_tensors", "upload"]
-
-
-def _entries(n: int) -> str:
-    return f"{n} {'entry' if n == 1 else 'entries'}"
 
 
 def _local_file(source_dir: Path, spec: CheckpointSpec) -> Path:
@@ -67,7 +65,7 @@ def _apply_edits(
     for name, values in edits.items():
         for key_name, value in values.items():
             out.write(f"set {name}.{key_name} = {value}\n")
-    out.write(f"locked {_entries(len(edits))} in {manifest.path}\n")
+    out.write(f"locked {plural(len(edits), 'entry', 'entries')} in {manifest.path}\n")
     return 0
 
 
@@ -90,23 +88,33 @@ def lock(
     store: Store,
     out: TextIO,
     update: bool = False,
+    as_json: bool = False,
 ) -> int:
     """Fill in missing sha256 (``update``: replace the named ones; ``pin``: pin commits).
 
     Returns 1 when ``check`` finds something to do, or when a pinned commit is gone.
+    ``as_json``: ``check`` prints ``{"checkpoints": [...]}`` (see :func:`_check_states`).
     """
     specs = manifest.select(names)
     todo = [s for s in specs if _needs(s, pin=pin, update=update)]
     if check:
+        stale = _stale_indexes(manifest, specs)
+        if as_json:
+            json.dump(
+                {"checkpoints": _check_states(specs, stale, pin=pin, update=update)}, out, indent=2
+            )
+            out.write("\n")
+            return 1 if todo or stale else 0
         for spec in todo:
             out.write(f"would set {spec.name}: {', '.join(_needs(spec, pin=pin, update=update))}\n")
-        stale = _stale_indexes(manifest, specs)
-        for line in stale.values():
-            out.write(line + "\n")
+        for spec, reason in stale.items():
+            out.write(f"would set {spec.name}: tensor_index ({reason})\n")
+        n = len(set(todo) | set(stale))
         out.write(
             "manifest is locked\n"
-            if not todo and not stale
-            else f"{_entries(len(set(todo) | set(stale)))} need `pytest-ckpts lock`\n"
+            if not n
+            else f"{plural(n, 'entry', 'entries')} {'needs' if n == 1 else 'need'} "
+            "`pytest-ckpts lock`\n"
         )
         return 1 if todo or stale else 0
     if pin:
@@ -135,8 +143,36 @@ def lock(
     return _apply_edits(manifest, edits, store, out)
 
 
+def _check_states(
+    specs: list[CheckpointSpec],
+    stale: dict[CheckpointSpec, str],
+    *,
+    pin: bool,
+    update: bool,
+) -> list[dict[str, Any]]:
+    """One entry of ``lock --check --json`` per checkpoint: what lock would set, and why
+    for a tensor index (the shape of ``list --json``: name, sha256, revision first)."""
+    states = []
+    for spec in specs:
+        needs = _needs(spec, pin=pin, update=update)
+        if spec in stale:
+            needs.append("tensor_index")
+        states.append(
+            {
+                "name": spec.name,
+                "sha256": spec.sha256,
+                "revision": spec.revision,
+                "locked": not needs,
+                "needs": needs,
+                "reason": stale.get(spec),
+            }
+        )
+    return states
+
+
 def _stale_indexes(manifest: Manifest, specs: list[CheckpointSpec]) -> dict[CheckpointSpec, str]:
-    """Entries whose tensor index is missing, edited or made from another file (no network)."""
+    """Entries whose tensor index is missing, edited or made from another file, with why
+    (no network)."""
     from .errors import TensorIndexError
     from .tensor_index import load_index
 
@@ -147,7 +183,7 @@ def _stale_indexes(manifest: Manifest, specs: list[CheckpointSpec]) -> dict[Chec
                 load_index(manifest, spec)
             except TensorIndexError as exc:
                 reason = str(exc).removeprefix("pytest-ckpts: ")
-                stale[spec] = f"would set {spec.name}: tensor_index ({reason})"
+                stale[spec] = reason
     return stale
 
 
@@ -193,7 +229,7 @@ def lock_tensors(
             ) from None
         target = index_path(manifest, spec.name)
         values = {"tensor_index": _write_index(target, built)}
-        out.write(f"indexed {spec.name}: {built.count} tensors -> {target}\n")
+        out.write(f"indexed {spec.name}: {plural(built.count, 'tensor')} -> {target}\n")
         if spec.sha256 is None:
             values["sha256"] = sha
         changed = {k: v for k, v in values.items() if getattr(spec, k) != v}

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._text import plural
 from .session import CkptsSession
 from .stats import Stats
 
@@ -39,7 +40,7 @@ def header_line(session: CkptsSession) -> str | None:
     extra = f", {unverified} unverified" if unverified else ""
     return (
         f"ckpts: mode={session.settings.mode} ({session.mode_source}), "
-        f"manifest={session.manifest_label} ({len(session.manifest)} entries{extra}), "
+        f"manifest={session.manifest_label} ({plural(len(session.manifest), 'entry', 'entries')}{extra}), "
         f"cache={cache_label}"
     )
 
@@ -61,7 +62,7 @@ def summary_lines(stats: Stats, *, verbose: bool) -> list[str]:
         parts.append(f"{len(stale)} stale")
     parts.append(f"{len(skipped)} skipped")
     if failed:
-        parts.append(f"{len(failed)} errors")
+        parts.append(plural(len(failed), "error"))
     if stats.hashed_bytes:
         parts.append(f"{_size(stats.hashed_bytes)} verified in {stats.hash_seconds:.1f}s")
     lines = [", ".join(parts)]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from ..._text import plural
 from .server import LocalHub
 
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 and not any(part.startswith(".") for part in p.relative_to(directory).parts)
             }
             commit = hub.add_files(repo_id, files, repo_type=repo_type)
-            print(f"{repo_id}: {len(files)} files at commit {commit}", flush=True)
+            print(f"{repo_id}: {plural(len(files), 'file')} at commit {commit}", flush=True)
         print(f"endpoint: {hub.endpoint}", flush=True)
         print(f"export HF_ENDPOINT={hub.endpoint}", flush=True)
         while True:
