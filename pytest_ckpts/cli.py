@@ -25,7 +25,7 @@ from .errors import (
     UsageFailure,
 )
 from .manifest import CheckpointSpec, Manifest, load_manifest
-from .settings import ENV, Settings, count_option
+from .settings import ENV, Settings, count_option, env_true
 from .store import Store
 
 __all__ = ["main"]
@@ -93,6 +93,22 @@ def _state(store: Store, spec: CheckpointSpec) -> dict[str, Any]:
     }
 
 
+def _json(data: dict[str, Any], out: TextIO) -> None:
+    """Every ``--json`` output: one indented object and a newline."""
+    json.dump(data, out, indent=2)
+    out.write("\n")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal (tqdm's ``\\r`` and escapes fill CI logs), and not
+    with ``-q`` or ``HF_HUB_DISABLE_PROGRESS_BARS`` (read now, as huggingface_hub reads it)."""
+    if getattr(args, "quiet", False) or getattr(args, "json", False):
+        return False
+    if env_true("HF_HUB_DISABLE_PROGRESS_BARS"):
+        return False
+    return sys.stderr.isatty()  # where tqdm draws
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -100,8 +116,7 @@ def cmd_list(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     store = _store(args, manifest)
     states = [_state(store, spec) for spec in manifest.select(args.names)]
     if args.json:
-        json.dump({"checkpoints": states}, out, indent=2)
-        out.write("\n")
+        _json({"checkpoints": states}, out)
         return EXIT_OK
     rows = [["NAME", "SIZE", "CACHED", "VERIFIED", "DESCRIPTION"]]
     for st in states:
@@ -126,28 +141,56 @@ def cmd_list(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
-    store = _store(args, manifest, progress=not args.quiet, rehash=args.rehash)
+    store = _store(args, manifest, progress=_progress(args), rehash=args.rehash)
     specs = manifest.select(args.names)
 
-    def one(spec: CheckpointSpec) -> str:
+    def one(spec: CheckpointSpec) -> tuple[str, dict[str, Any]]:
+        """The text line and the ``--json`` entry of one checkpoint."""
         try:
             ckpt = store.resolve(spec, force_download=args.force)
         except (CheckpointsError, OSError) as exc:
-            return f"FAILED      {spec.name}: {cli_words(str(exc).removeprefix('pytest-ckpts: '))}"
+            return _failed(store, spec, cli_words(str(exc).removeprefix("pytest-ckpts: ")))
         if args.force and ckpt.source == "stale":  # --force asked for a new download
             why = store.stale_reasons.get(spec.name, "").partition("hub failed: ")[2]
-            return (
-                f"FAILED      {spec.name}: not downloaded again, the cached copy is kept "
-                f"({ckpt.path}): {cli_words(why or 'the hub failed')}"
+            return _failed(
+                store,
+                spec,
+                f"not downloaded again, the cached copy is kept ({ckpt.path}): "
+                f"{cli_words(why or 'the hub failed')}",
             )
         note = "" if ckpt.verified else "  (unverified: no sha256 in the manifest)"
-        return f"{ckpt.source:<10}  {spec.name}  {_size(ckpt.size)}  {ckpt.path}{note}"
+        line = f"{ckpt.source:<10}  {spec.name}  {_size(ckpt.size)}  {ckpt.path}{note}"
+        state = {
+            "name": spec.name,
+            "status": ckpt.source,
+            "cached": True,
+            "verified": ckpt.verified,
+            "sha256": ckpt.sha256,
+            "size": ckpt.size,
+            "path": str(ckpt.path),
+            "revision": ckpt.revision,
+            "description": spec.description,
+        }
+        return line, state
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        lines = list(pool.map(one, specs))  # results in manifest order, whatever finishes first
-    for line in lines:
-        out.write(line + "\n")
-    return EXIT_FAILED if any(line.startswith("FAILED") for line in lines) else EXIT_OK
+        results = list(pool.map(one, specs))  # results in manifest order, whatever finishes first
+    failed = any(state["status"] == "failed" for _, state in results)
+    if args.json:
+        _json({"checkpoints": [state for _, state in results]}, out)
+    else:
+        for line, _ in results:
+            out.write(line + "\n")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _failed(store: Store, spec: CheckpointSpec, error: str) -> tuple[str, dict[str, Any]]:
+    """The ``fetch`` line and ``--json`` entry of a checkpoint that failed (with what is
+    cached of it)."""
+    state = _state(store, spec)
+    state["status"] = "failed"
+    state["error"] = error
+    return f"FAILED      {spec.name}: {error}", state
 
 
 def cmd_verify(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
@@ -184,8 +227,7 @@ def cmd_verify(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int
             note = "" if ckpt.verified else " (no sha256 in the manifest: hashed, not verified)"
             out.write(f"{label:<10}  {spec.name}: sha256 {ckpt.sha256}{note}\n")
     if args.json:
-        json.dump({"checkpoints": states}, out, indent=2)
-        out.write("\n")
+        _json({"checkpoints": states}, out)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -199,6 +241,19 @@ def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
         return EXIT_OK
     if args.cache_command == "info":
         info = layout.info(manifest)
+        if args.json:
+            _json(
+                {
+                    "cache": str(layout.root),
+                    "total": info.total,
+                    "repos": info.repos,
+                    "incomplete": [str(f) for f in info.incomplete],
+                    "tensor_pieces": {"files": info.tensor_files, "bytes": info.tensor_bytes},
+                    "checkpoints": [_state(store, spec) for spec in manifest.select([])],
+                },
+                out,
+            )
+            return EXIT_OK
         for repo, size in info.repos.items():
             out.write(f"{repo}: {_size(size)}\n")
         for f in info.incomplete:
@@ -233,7 +288,7 @@ def cmd_lock(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
             manifest,
             names=args.names,
             source_dir=Path(args.source) if args.source else None,
-            store=_store(args, manifest, progress=True),
+            store=_store(args, manifest, progress=_progress(args)),
             out=out,
         )
     return lock(
@@ -243,8 +298,9 @@ def cmd_lock(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
         check=args.check,
         update=args.update,
         source_dir=Path(args.source) if args.source else None,
-        store=_store(args, manifest, progress=True),
+        store=_store(args, manifest, progress=_progress(args)),
         out=out,
+        as_json=args.json,
     )
 
 
@@ -273,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"--manifest, else {ENV['manifest']}, else the first checkpoints/checkpoints.yaml "
         "found walking up from the current directory.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--manifest", metavar="PATH", help="checkpoint manifest to use")
     parser.add_argument(
         "--cache-dir",
@@ -300,7 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="download again even if cached (the hub failing: exit 1, the cached copy is kept)",
     )
     p.add_argument("--rehash", action="store_true", help="re-hash cached files")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bars (they are drawn only on a terminal; "
+        "HF_HUB_DISABLE_PROGRESS_BARS=1 also turns them off)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON for scripts: {checkpoints: [...]} with status and error (no progress bars)",
+    )
     p.add_argument(
         "-j",
         "--jobs",
@@ -344,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write checkpoints/tensors/<NAME>.json (sha256 and offsets of every tensor of a "
         ".safetensors) and record it as tensor_index, for partial reads (names required)",
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="with --check: JSON for scripts: {checkpoints: [{name, locked, needs, ...}]}",
+    )
     p.set_defaults(func=cmd_lock)
 
     p = sub.add_parser("upload", help="push local files to the hub repo at hf_path, then lock")
@@ -361,7 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="cache info | prune | key")
     csub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
-    csub.add_parser("info", help="cache size and what is cached")
+    ip = csub.add_parser("info", help="cache size and what is cached")
+    ip.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON for scripts: {cache, total, repos, incomplete, tensor_pieces, checkpoints}",
+    )
     kp = csub.add_parser(
         "key",
         help="one-line digest of what the cache will hold (for actions/cache keys; no network)",
@@ -399,6 +476,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "lock" and args.update and not args.names:
         parser.error("lock --update needs the NAMEs whose sha256 to replace")
+    if args.command == "lock" and args.json and not args.check:
+        parser.error("lock --json goes with --check (lock itself prints what it changed)")
     if args.command == "lock" and args.tensors and not args.names:
         parser.error("lock --tensors needs the NAMEs of the .safetensors entries to index")
     try:

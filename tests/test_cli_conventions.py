@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -75,3 +76,145 @@ def test_local_hub_says_1_file(tmp_path: Path) -> None:
         assert proc.stdout is not None
         proc.stdout.close()
     assert f"{REPO}: 1 file at commit" in first
+
+
+# --------------------------------------------------------------------------- --json, -V
+
+
+@pytest.fixture
+def one_entry(project: Path, hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(project)
+    return make_manifest(project, hub, ONE)
+
+
+def test_version_short_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    for flag in ("-V", "--version"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([flag])
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out.startswith("pytest-ckpts ")
+
+
+def test_fetch_json_downloaded_cached_and_failed(
+    one_entry: Path, project: Path, hub: LocalHub
+) -> None:
+    code, out = cli("fetch", "--json")
+    assert code == 0, out
+    (entry,) = json.loads(out)["checkpoints"]
+    assert entry["name"] == "vae"
+    assert entry["status"] == "downloaded"
+    assert entry["cached"] is True
+    assert entry["verified"] is True
+    assert entry["size"] == len(ONE["vae"])
+    assert Path(entry["path"]).read_bytes() == ONE["vae"]
+    listed = json.loads(cli("list", "--json")[1])["checkpoints"][0]
+    assert set(listed) <= set(entry)  # the shape of list --json, plus status/error
+    code, out = cli("fetch", "--json")
+    assert json.loads(out)["checkpoints"][0]["status"] == "cached"
+    make_manifest(project, None, {"gone": b"x"}, endpoint=hub.endpoint)
+    code, out = cli("fetch", "--json")
+    assert code == 1
+    (entry,) = json.loads(out)["checkpoints"]
+    assert entry["status"] == "failed"
+    assert entry["cached"] is False
+    assert "gone" in entry["error"]
+    assert "404" in entry["error"]
+
+
+def test_cache_info_json(one_entry: Path) -> None:
+    assert cli("fetch", "-q")[0] == 0
+    code, out = cli("cache", "info", "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["total"] == len(ONE["vae"])
+    assert list(info["repos"].values()) == [len(ONE["vae"])]
+    assert info["incomplete"] == []
+    assert info["tensor_pieces"] == {"files": 0, "bytes": 0}
+    assert [(c["name"], c["cached"]) for c in info["checkpoints"]] == [("vae", True)]
+    assert Path(info["cache"]) == one_entry.parent
+
+
+def test_lock_check_json(project: Path, hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project)
+    make_manifest(project, hub, ONE, sha={"vae": None})
+    code, out = cli("lock", "--check", "--json")
+    assert code == 1
+    (entry,) = json.loads(out)["checkpoints"]
+    assert entry["name"] == "vae"
+    assert entry["locked"] is False
+    assert entry["needs"] == ["sha256"]
+    assert cli("lock")[0] == 0
+    code, out = cli("lock", "--check", "--json")
+    assert code == 0
+    assert json.loads(out)["checkpoints"][0]["locked"] is True
+    with pytest.raises(SystemExit) as exit_info:
+        main(["lock", "--json"])
+    assert exit_info.value.code == 2
+
+
+# --------------------------------------------------------------------------- progress bars
+
+BIG = {"big": os.urandom(3 * 1024 * 1024) + b"big"}
+
+
+def _fetch_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without the progress-bar switch conftest sets."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    return {**env, **extra}
+
+
+def _fetch(project: Path, *args: str, env: dict[str, str], stderr: int) -> tuple[int, bytes]:
+    proc = subprocess.run(
+        ["pytest-ckpts", "fetch", "--force", *args],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        timeout=120,
+    )
+    return proc.returncode, proc.stdout
+
+
+def test_no_progress_bar_escapes_in_a_ci_log(project: Path, hub: LocalHub) -> None:
+    """stdout and stderr are pipes (a CI log): no carriage returns, no escape sequences."""
+    make_manifest(project, hub, BIG)
+    proc = subprocess.run(
+        ["pytest-ckpts", "fetch"],
+        cwd=project,
+        env=_fetch_env(),
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert b"downloaded" in proc.stdout
+    for stream in (proc.stdout, proc.stderr):
+        assert b"\r" not in stream
+        assert b"\x1b" not in stream
+
+
+def _on_a_terminal(project: Path, *args: str, **env: str) -> bytes:
+    """``fetch --force`` with stderr on a pseudo-terminal; what the terminal received."""
+    leader, follower = os.openpty()
+    try:
+        code, _ = _fetch(project, *args, env=_fetch_env(**env), stderr=follower)
+        os.close(follower)
+        assert code == 0
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+        return seen
+    finally:
+        os.close(leader)
+
+
+def test_progress_bar_on_a_terminal_unless_quiet(project: Path, hub: LocalHub) -> None:
+    make_manifest(project, hub, BIG)
+    assert b"\r" in _on_a_terminal(project)  # a terminal gets the bar
+    assert b"\r" not in _on_a_terminal(project, "-q")
+    assert b"\r" not in _on_a_terminal(project, HF_HUB_DISABLE_PROGRESS_BARS="1")
