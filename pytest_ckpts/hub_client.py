@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._hf_state import hf_constants, user_agent
 from ._transfer import etag_of, link_snapshot, make_dir, open_for_write, progress_bar, write_chunk
 from .cache import Cache, contained
 from .errors import CacheError, CheckpointDownloadError, RetrySignal, UsageFailure
@@ -74,17 +75,6 @@ def resolve_endpoint(manifest: Manifest) -> str:
 def redact(text: str, token: str | None) -> str:
     """Remove the token from text that may reach a terminal or a log."""
     return text.replace(token, "***") if token else text
-
-
-def disable_telemetry() -> None:
-    """Switch off huggingface_hub's telemetry call (its constant, not the environment).
-
-    With telemetry on, the client's first call per day sends a request to the public hub
-    whatever endpoint it is given; a test run must reach only the configured endpoint.
-    """
-    from huggingface_hub import constants
-
-    constants.HF_HUB_DISABLE_TELEMETRY = True
 
 
 def _auth_class() -> type[Any]:
@@ -268,14 +258,11 @@ class HubClient:
     def _session(self) -> Any:
         from huggingface_hub.utils import get_session  # type: ignore[attr-defined]
 
-        disable_telemetry()
         return get_session()
 
     def _headers(self) -> dict[str, str]:
-        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
-
-        headers: dict[str, str] = build_hf_headers(token=False, library_name="pytest-ckpts")
-        return headers
+        """Headers of a probe or a file GET (the token goes through :meth:`_auth`)."""
+        return {"user-agent": user_agent()}
 
     # ------------------------------------------------------------------ probe
     def probe(self, spec: CheckpointSpec) -> str:
@@ -537,29 +524,36 @@ def create_commit(
 ) -> str:
     """Upload ``files`` (path in repo -> local file) in one commit; its id.
 
-    huggingface_hub's upload protocol does the work. Uploads go through Xet whenever
-    ``hf_xet`` is installed; only the public hub is known to run it, so other
-    endpoints get the plain LFS protocol (the client's own switch, for this call).
+    huggingface_hub's upload protocol does the work. Its 2.4.0 upload path reads two
+    constants at call time and has no argument for either, so they are set for this
+    call only and restored (:func:`~pytest_ckpts._hf_state.hf_constants`):
+
+    - ``HF_HUB_DISABLE_XET``: ``_commit_api._upload_files`` uses Xet whenever
+      ``utils.is_xet_available()`` (``hf_xet`` installed and the constant false); only
+      the public hub is known to run it, so other endpoints get the plain LFS protocol.
+    - ``HF_HUB_DISABLE_TELEMETRY``: ``HfApi._build_hf_headers`` and
+      ``lfs.post_lfs_batch_info`` call ``build_hf_headers``, which would ask the public
+      hub for its agent list (see :func:`~pytest_ckpts._hf_state.user_agent`).
     """
     import httpx2
-    from huggingface_hub import CommitOperationAdd, HfApi, constants
+    from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub import errors as hf_errors
 
-    disable_telemetry()
     api = HfApi(endpoint=client.endpoint, token=client._token())
     ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in files.items()]
-    saved_xet = constants.HF_HUB_DISABLE_XET
+    scoped: dict[str, Any] = {"HF_HUB_DISABLE_TELEMETRY": True}
     if client.endpoint != DEFAULT_ENDPOINT:
-        constants.HF_HUB_DISABLE_XET = True
+        scoped["HF_HUB_DISABLE_XET"] = True
     where = f"repo '{repo}' ({repo_type}) at {client.endpoint}"
     try:
-        info: Any = api.create_commit(
-            repo_id=repo,
-            repo_type=repo_type,
-            revision=branch,
-            operations=ops,
-            commit_message=message,
-        )
+        with hf_constants(**scoped):
+            info: Any = api.create_commit(
+                repo_id=repo,
+                repo_type=repo_type,
+                revision=branch,
+                operations=ops,
+                commit_message=message,
+            )
     except hf_errors.RepositoryNotFoundError as exc:
         raise UsageFailure(
             client.redact(
@@ -581,6 +575,4 @@ def create_commit(
                 "manifest was changed; re-run when the hub is reachable."
             )
         ) from None
-    finally:
-        constants.HF_HUB_DISABLE_XET = saved_xet
     return str(getattr(info, "oid", "") or "")

@@ -6,11 +6,10 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_manifest
+from conftest import make_manifest
 
 from pytest_ckpts.cli import main
 from pytest_ckpts.report import summary_lines
@@ -57,25 +56,6 @@ def test_lock_check_says_1_entry_needs(
     code, out = cli("lock", "--check")
     assert code == 1
     assert "1 entry needs `pytest-ckpts lock`" in out
-
-
-def test_local_hub_says_1_file(tmp_path: Path) -> None:
-    (tmp_path / "repo").mkdir()
-    (tmp_path / "repo" / "w.bin").write_bytes(b"x")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest_ckpts.testing.hub", "--repo", f"{REPO}={tmp_path / 'repo'}"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        assert proc.stdout is not None
-        proc.stdout.close()
-    assert f"{REPO}: 1 file at commit" in first
 
 
 # --------------------------------------------------------------------------- --json, -V

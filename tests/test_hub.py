@@ -499,7 +499,7 @@ def test_serve_directory_from_the_command_line(
     served_dir: tuple[subprocess.Popen[str], list[str]], tmp_path: Path
 ) -> None:
     proc, lines = served_dir
-    assert lines[0].startswith("org/served: 1 files at commit ")  # dot-dirs skipped
+    assert lines[0].startswith("org/served: 1 file at commit ")  # dot-dirs skipped
     commit = lines[0].split()[-1]
     endpoint = lines[1].split()[-1]
     assert lines[2].strip() == f"export HF_ENDPOINT={endpoint}"

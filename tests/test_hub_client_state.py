@@ -1,0 +1,84 @@
+"""hub_client leaves huggingface_hub's process-wide state as it found it (issue 18), and
+the run still sends nothing to any host but the configured endpoint (SPEC §11)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import REPO
+
+from pytest_ckpts.testing import LocalHub
+
+OLD = os.urandom(200_000) + b"old"
+NEW = os.urandom(150_000) + b"new"
+
+SCRIPT = textwrap.dedent(
+    """
+    import io, json, sys
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _detect_agent, _telemetry
+    from pytest_ckpts.cli import main
+
+    def flags():
+        return [constants.HF_HUB_DISABLE_TELEMETRY, constants.HF_HUB_DISABLE_XET]
+
+    before = flags()
+    out = io.StringIO()
+    codes = [main(["fetch", "-q", "old"], out=out), main(["upload", "new", "--from", sys.argv[1]], out=out)]
+    print(json.dumps({
+        "codes": codes,
+        "out": out.getvalue(),
+        "before": before,
+        "after": flags(),
+        # detect_agent() (which fetches <HF_ENDPOINT at import>/api/agent-harnesses) never ran
+        "agent_registry_loaded": _detect_agent._registry is not None,
+        "telemetry_thread": _telemetry._TELEMETRY_THREAD is not None,
+    }))
+    """
+)
+
+
+def test_fetch_and_upload_restore_hf_constants_and_send_no_telemetry(
+    hub: LocalHub, project: Path, tmp_path: Path
+) -> None:
+    commit = hub.add_files(REPO, {"weights/old.ckpt": OLD})
+    (project / "checkpoints" / "checkpoints.yaml").write_text(
+        "checkpoints:\n"
+        "  old:\n    hf_path: weights/old.ckpt\n    sha256: <to_be_calculated>\n"
+        "  new:\n    hf_path: weights/new.ckpt\n    sha256: <to_be_calculated>\n"
+        f"config:\n  hf_repo: {REPO}\n  endpoint: {hub.endpoint}\n"
+    )
+    src = tmp_path / "src"
+    (src / "weights").mkdir(parents=True)
+    (src / "weights" / "new.ckpt").write_bytes(NEW)
+    env = {k: v for k, v in os.environ.items() if "TELEMETRY" not in k and "XET" not in k}
+    env.update(
+        # read at import: a telemetry call would land on the local hub and be counted
+        HF_ENDPOINT=hub.endpoint,
+        HF_HOME=str(tmp_path / "hf_home"),  # no cached harness registry: it would be fetched
+        HF_TOKEN="hf_writer",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(src)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["codes"] == [0, 0], result["out"]
+    assert hub.file_bytes(REPO, "weights/new.ckpt") == NEW  # through LFS, not Xet
+    assert hub.commit_sha(REPO) != commit
+    assert result["before"] == [False, False]
+    assert result["after"] == result["before"]
+    assert result["agent_registry_loaded"] is False
+    assert result["telemetry_thread"] is False
+    assert hub.stats.count("GET", "/api/agent-harnesses") == 0
+    assert hub.stats.count(path_contains="/api/telemetry") == 0
