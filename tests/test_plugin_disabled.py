@@ -1,0 +1,89 @@
+"""A suite that uses the marker and ini keys also runs with ``-p no:ckpts`` (issue 18):
+the README's recipe, extracted from the README and run as written."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+INI = """\
+[pytest]
+ckpts_baselines_dir = tests/baselines
+ckpts_mode = offline
+ckpts_strict = true
+"""
+
+TESTS = """\
+import pytest
+
+@pytest.mark.requires_checkpoints("vae")
+def test_needs_a_checkpoint(checkpoints):
+    pass
+
+def test_plain():
+    pass
+"""
+
+
+# On the command line: pytest 9.0.3 here ignores --strict-markers given in an ini addopts
+STRICT = ("--strict-markers", "--strict-config", "-p", "no:cacheprovider", "-p", "no:randomly")
+
+
+def _recipe() -> str:
+    """The README's conftest for ``-p no:ckpts`` runs."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    (recipe,) = [b for b in blocks if "-p no:ckpts" in b and "pytest_addoption" in b]
+    return textwrap.dedent(recipe)
+
+
+def test_without_the_recipe_strict_runs_stop(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_it=TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:ckpts", *STRICT)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*Unknown config option: ckpts_baselines_dir*"])
+    result = pytester.runpytest_subprocess("-p", "no:ckpts", *STRICT[:1])
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*'requires_checkpoints' not found in `markers`*"])
+
+
+def test_readme_recipe_runs_with_the_plugin_disabled(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makeconftest(_recipe())
+    pytester.makepyfile(test_it=TESTS)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:ckpts", *STRICT, "-m", "not requires_checkpoints", "-W", "error"
+    )
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=1, deselected=1)
+
+
+def test_readme_recipe_marker_registered_without_the_plugin(pytester: pytest.Pytester) -> None:
+    """--strict-markers alone: the marker the recipe registers is known."""
+    pytester.makeconftest(_recipe())
+    pytester.makepyfile(test_it=TESTS.replace("(checkpoints)", "()"))
+    result = pytester.runpytest_subprocess("-p", "no:ckpts", *STRICT[:1], *STRICT[2:])
+    result.assert_outcomes(passed=2)
+
+
+def test_readme_recipe_changes_nothing_with_the_plugin(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makeconftest(_recipe())
+    pytester.makepyfile(test_it=TESTS)
+    manifest = pytester.path / "checkpoints" / "checkpoints.yaml"
+    manifest.parent.mkdir()
+    manifest.write_text(
+        "checkpoints:\n  vae:\n    hf_path: w/vae.ckpt\n    sha256: " + "a" * 64 + "\n"
+        "config:\n  hf_repo: acme/ckpts\n"
+    )
+    result = pytester.runpytest_subprocess(*STRICT, "-rs", "-W", "error")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["ckpts: mode=offline (ini ckpts_mode)*"])  # the plugin's ini
+    result.assert_outcomes(passed=1, skipped=1)
