@@ -6,6 +6,7 @@ library has no per-call switch, its constants set for one call and restored unde
 from __future__ import annotations
 
 import functools
+import importlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,22 +49,35 @@ _HF_CONSTANTS_LOCK = threading.Lock()
 
 
 @contextmanager
-def hf_constants(**values: Any) -> Iterator[None]:
-    """Set ``huggingface_hub.constants`` for one call and restore them, under a lock.
+def hf_constants(*, progress_bars: bool = True, **values: Any) -> Iterator[None]:
+    """Set ``huggingface_hub.constants`` for one call and restore them, under a lock;
+    ``progress_bars=False``: its progress bars off for the call too.
 
     Only for what huggingface_hub 2.4.0 offers no per-call switch for (see
     :func:`pytest_ckpts.hub_client.create_commit`). Two uploads of this process never
     interleave their changes; another thread of the process that reads these constants
-    meanwhile sees them set (telemetry off, Xet off: the quieter choice).
+    meanwhile sees them set (telemetry off, Xet off, bars off: the quieter choice).
     """
     from huggingface_hub import constants
 
+    # The bars' switch is the module dict ``progress_bar_states`` behind
+    # ``disable_progress_bars()``, whose context manager re-enables them all on exit
+    # instead of restoring what was there: saved and restored here as a whole.
+    bars: dict[str, bool] = importlib.import_module(
+        "huggingface_hub.utils.tqdm"
+    ).progress_bar_states
     with _HF_CONSTANTS_LOCK:
         saved = {name: getattr(constants, name) for name in values}
+        saved_bars = dict(bars)
         try:
             for name, value in values.items():
                 setattr(constants, name, value)
+            if not progress_bars:
+                bars.clear()
+                bars["_global"] = False
             yield
         finally:
             for name, value in saved.items():
                 setattr(constants, name, value)
+            bars.clear()
+            bars.update(saved_bars)

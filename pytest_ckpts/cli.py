@@ -313,7 +313,7 @@ def cmd_upload(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int
         source_dir=Path(args.source),
         pin=args.pin,
         message=args.message,
-        store=_store(args, manifest),
+        store=_store(args, manifest, progress=_progress(args)),
         out=out,
     )
 

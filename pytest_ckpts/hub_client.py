@@ -531,6 +531,7 @@ def create_commit(
     - ``HF_HUB_DISABLE_XET``: ``_commit_api._upload_files`` uses Xet whenever
       ``utils.is_xet_available()`` (``hf_xet`` installed and the constant false); only
       the public hub is known to run it, so other endpoints get the plain LFS protocol.
+    - its progress bars (drawn on any stream, pipes included) only if ``client.progress``.
     - ``HF_HUB_DISABLE_TELEMETRY``: ``HfApi._build_hf_headers`` and
       ``lfs.post_lfs_batch_info`` call ``build_hf_headers``, which would ask the public
       hub for its agent list (see :func:`~pytest_ckpts._hf_state.user_agent`).
@@ -546,7 +547,7 @@ def create_commit(
         scoped["HF_HUB_DISABLE_XET"] = True
     where = f"repo '{repo}' ({repo_type}) at {client.endpoint}"
     try:
-        with hf_constants(**scoped):
+        with hf_constants(progress_bars=client.progress, **scoped):
             info: Any = api.create_commit(
                 repo_id=repo,
                 repo_type=repo_type,

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import make_manifest
+from conftest import REPO, make_manifest
 
 from pytest_ckpts.cli import main
 from pytest_ckpts.report import summary_lines
@@ -198,3 +198,28 @@ def test_progress_bar_on_a_terminal_unless_quiet(project: Path, hub: LocalHub) -
     assert b"\r" in _on_a_terminal(project)  # a terminal gets the bar
     assert b"\r" not in _on_a_terminal(project, "-q")
     assert b"\r" not in _on_a_terminal(project, HF_HUB_DISABLE_PROGRESS_BARS="1")
+
+
+def test_no_upload_progress_bars_in_a_ci_log(project: Path, hub: LocalHub) -> None:
+    """huggingface_hub draws its own upload bars on any stream: off unless on a terminal."""
+    hub.create_repo(REPO)
+    (project / "checkpoints" / "checkpoints.yaml").write_text(
+        "checkpoints:\n  a:\n    hf_path: w/a.ckpt\n  b:\n    hf_path: w/b.ckpt\n"
+        f"config:\n  hf_repo: {REPO}\n"
+    )
+    src = project / "src"
+    (src / "w").mkdir(parents=True)
+    for name in "ab":
+        (src / "w" / f"{name}.ckpt").write_bytes(os.urandom(1_000_000))
+    proc = subprocess.run(
+        ["pytest-ckpts", "upload", "--from", str(src)],
+        cwd=project,
+        env=_fetch_env(HF_ENDPOINT=hub.endpoint, HF_TOKEN="hf_writer"),
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert b"locked 2 entries" in proc.stdout
+    for stream in (proc.stdout, proc.stderr):
+        assert b"\r" not in stream
+        assert b"\x1b" not in stream

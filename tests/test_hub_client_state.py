@@ -21,11 +21,14 @@ SCRIPT = textwrap.dedent(
     """
     import io, json, sys
     from huggingface_hub import constants
-    from huggingface_hub.utils import _detect_agent, _telemetry
+    from huggingface_hub.utils import _detect_agent, _telemetry, disable_progress_bars
+    from huggingface_hub.utils.tqdm import progress_bar_states
     from pytest_ckpts.cli import main
 
     def flags():
-        return [constants.HF_HUB_DISABLE_TELEMETRY, constants.HF_HUB_DISABLE_XET]
+        return [constants.HF_HUB_DISABLE_TELEMETRY, constants.HF_HUB_DISABLE_XET, dict(progress_bar_states)]
+
+    disable_progress_bars("some.group")  # a caller's own setting, to be kept as it is
 
     before = flags()
     out = io.StringIO()
@@ -76,7 +79,7 @@ def test_fetch_and_upload_restore_hf_constants_and_send_no_telemetry(
     assert result["codes"] == [0, 0], result["out"]
     assert hub.file_bytes(REPO, "weights/new.ckpt") == NEW  # through LFS, not Xet
     assert hub.commit_sha(REPO) != commit
-    assert result["before"] == [False, False]
+    assert result["before"] == [False, False, {"some.group": False}]
     assert result["after"] == result["before"]
     assert result["agent_registry_loaded"] is False
     assert result["telemetry_thread"] is False
