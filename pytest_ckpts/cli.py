@@ -270,6 +270,25 @@ def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
         )
         return EXIT_OK
     result = layout.prune(manifest, dry_run=args.dry_run)
+    if args.json:
+        _json(
+            {
+                "cache": str(layout.root),
+                "dry_run": args.dry_run,
+                "removed": [
+                    str(f)
+                    for f in [
+                        *result.removed_blobs,
+                        *result.removed_incomplete,
+                        *result.removed_tensors,
+                    ]
+                ],
+                "snapshot_files": result.removed_links,
+                "freed": result.freed,
+            },
+            out,
+        )
+        return EXIT_OK
     verb = "would remove" if args.dry_run else "removed"
     for blob in [*result.removed_blobs, *result.removed_incomplete, *result.removed_tensors]:
         out.write(f"{verb} {blob}\n")
@@ -446,6 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     kp.add_argument("names", nargs="*", metavar="NAME")
     pp = csub.add_parser("prune", help="remove cached files the manifest no longer names")
     pp.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    pp.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON for scripts: {cache, dry_run, removed, snapshot_files, freed}",
+    )
     p.set_defaults(func=cmd_cache)
     return parser
 

@@ -114,6 +114,22 @@ def test_cache_info_json(one_entry: Path) -> None:
     assert Path(info["cache"]) == one_entry.parent
 
 
+def test_cache_prune_json(one_entry: Path, project: Path, hub: LocalHub) -> None:
+    assert cli("fetch", "-q")[0] == 0
+    make_manifest(project, None, {}, endpoint=hub.endpoint)  # vae is no longer named
+    code, out = cli("cache", "prune", "--dry-run", "--json")
+    assert code == 0
+    would = json.loads(out)
+    assert would["dry_run"] is True
+    assert len(would["removed"]) == 1
+    assert would["freed"] == len(ONE["vae"])
+    assert would["snapshot_files"] == 1
+    assert Path(would["removed"][0]).is_file()
+    done = json.loads(cli("cache", "prune", "--json")[1])
+    assert done["removed"] == would["removed"]
+    assert not Path(done["removed"][0]).exists()
+
+
 def test_lock_check_json(project: Path, hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(project)
     make_manifest(project, hub, ONE, sha={"vae": None})
