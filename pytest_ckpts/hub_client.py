@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._redact import redact as _scrub
+from ._redact import redact_url, secrets_of, split_userinfo
 from ._transfer import etag_of, link_snapshot, make_dir, open_for_write, progress_bar, write_chunk
 from .cache import Cache, contained
 from .errors import CacheError, CheckpointDownloadError, RetrySignal, UsageFailure
@@ -72,8 +74,9 @@ def resolve_endpoint(manifest: Manifest) -> str:
 
 
 def redact(text: str, token: str | None) -> str:
-    """Remove the token from text that may reach a terminal or a log."""
-    return text.replace(token, "***") if token else text
+    """Remove the token, URL userinfo and credential-shaped strings from text that may
+    reach a terminal or a log (README "Tokens")."""
+    return _scrub(text, secrets_of(env_value("HF_ENDPOINT"), token))
 
 
 def disable_telemetry() -> None:
@@ -171,17 +174,59 @@ class HubClient:
         return self._token() is not None
 
     def _auth(self) -> Any:
+        """Bearer token, else the endpoint's userinfo as Basic auth (what httpx would do
+        with the URL), so URLs built here never carry the userinfo."""
         token = self._token()
-        return _auth_class()(token) if token else None
+        if token:
+            return _auth_class()(token)
+        _, user, password = split_userinfo(self.endpoint)
+        if user is None and password is None:
+            return None
+        import httpx2
+
+        return httpx2.BasicAuth(user or "", password or "")
+
+    @property
+    def base_url(self) -> str:
+        """The endpoint without its userinfo: requests are built on it."""
+        return split_userinfo(self.endpoint)[0]
+
+    @property
+    def shown(self) -> str:
+        """The endpoint as it may be printed (userinfo masked)."""
+        return redact_url(self.endpoint)
+
+    def __repr__(self) -> str:
+        return f"HubClient(endpoint={self.shown!r}, trust_endpoint={self.trust_endpoint!r})"
+
+    def _secrets(self) -> tuple[str, ...]:
+        machine = env_value("HF_ENDPOINT")
+        return secrets_of(self.endpoint, self._token()) + secrets_of(machine)
 
     def redact(self, text: str) -> str:
-        return redact(text, self._token())
+        return _scrub(text, self._secrets())
+
+    def _heard(self, failure: Failure) -> Failure:
+        """Text a server sent, scrubbed where it is received: before any exception or
+        record holds it (a hostile hub may echo the Authorization header)."""
+        failure.text = self.redact(failure.text)
+        return failure
+
+    def _listen(self, response: Any) -> Any:
+        """Scrub the status line's reason phrase as the answer arrives: the response's
+        ``repr`` shows it, and ``pytest -l`` prints the locals holding the response."""
+        extensions = getattr(response, "extensions", None)
+        raw = extensions.get("reason_phrase") if isinstance(extensions, dict) else None
+        if isinstance(raw, bytes) and raw:
+            clean = self.redact(raw.decode("ascii", errors="ignore"))
+            extensions["reason_phrase"] = clean.encode("ascii", errors="ignore")
+        return response
 
     # ------------------------------------------------------------------ the loop
     def describe(self, spec: CheckpointSpec, revision: str | None = None) -> str:
         return (
             f"repo '{spec.repo}' ({spec.repo_type}), path '{spec.hf_path}', "
-            f"revision '{revision or spec.revision}', endpoint {self.endpoint}"
+            f"revision '{revision or spec.revision}', endpoint {self.shown}"
         )
 
     def _error(
@@ -196,7 +241,7 @@ class HubClient:
 
     def dead(self) -> str | None:
         """Why this endpoint must not be asked again in this run, if so."""
-        return self.run_state.failure(self.endpoint)
+        return self.run_state.failure(self.shown)
 
     def _send(
         self,
@@ -219,10 +264,10 @@ class HubClient:
             except (CacheError, CheckpointDownloadError):
                 raise
             except Exception as exc:
-                failure = classify_exception(exc, probing=probing)
+                failure = self._heard(classify_exception(exc, probing=probing))
             if failure.kind == "unreachable":
-                failure.text = f"hub unreachable at {self.endpoint}: {failure.text}"
-                self.run_state.mark_failed(self.endpoint, failure.text)
+                failure.text = f"hub unreachable at {self.shown}: {failure.text}"
+                self.run_state.mark_failed(self.shown, failure.text)
                 raise self._error(spec, what, failure, _OFFLINE_HINT) from None
             if failure.kind != "transient":
                 raise self._error(spec, what, failure, self._hint(failure)) from None
@@ -244,8 +289,8 @@ class HubClient:
                     )
                 if self.budget.left < 1.0:
                     self.run_state.mark_failed(
-                        self.endpoint,
-                        f"hub at {self.endpoint} kept failing ({failure.text}) and the retry "
+                        self.shown,
+                        f"hub at {self.shown} kept failing ({failure.text}) and the retry "
                         "budget is spent",
                     )
                 raise self._error(spec, what, failure, hint) from None
@@ -304,10 +349,10 @@ class HubClient:
         import httpx2
 
         url = (
-            f"{self.endpoint}/api/{spec.repo_type}s/{spec.repo}/revision/"
+            f"{self.base_url}/api/{spec.repo_type}s/{spec.repo}/revision/"
             f"{urllib.parse.quote(spec.revision, safe='')}"
         )
-        what = f"cannot resolve revision '{spec.revision}' of repo '{spec.repo}' ({spec.repo_type}) at {self.endpoint}"
+        what = f"cannot resolve revision '{spec.revision}' of repo '{spec.repo}' ({spec.repo_type}) at {self.shown}"
 
         def once() -> Any:
             response = self._session().get(
@@ -317,10 +362,11 @@ class HubClient:
                 timeout=httpx2.Timeout(self.probe_timeout),
                 follow_redirects=True,
             )
+            self._listen(response)
             if response.status_code in TRANSIENT_STATUS:
-                raise RetrySignal(classify_response(response))
+                raise RetrySignal(self._heard(classify_response(response)))
             if response.status_code >= 400:
-                failure = classify_response(response)
+                failure = self._heard(classify_response(response))
                 raise self._error(None, what, failure, self._probe_hint(failure))
             try:
                 body = response.json()
@@ -374,7 +420,7 @@ class HubClient:
         import httpx2
 
         url = (
-            f"{self.endpoint}/{'datasets/' if spec.repo_type == 'dataset' else ''}{spec.repo}"
+            f"{self.base_url}/{'datasets/' if spec.repo_type == 'dataset' else ''}{spec.repo}"
             f"/resolve/{commit}/{urllib.parse.quote(spec.hf_path)}"
         )
         headers = self._headers()
@@ -385,10 +431,11 @@ class HubClient:
         with self._session().stream(
             "GET", url, headers=headers, auth=self._auth(), timeout=timeout, follow_redirects=True
         ) as response:
+            self._listen(response)
             if response.status_code in TRANSIENT_STATUS:
-                raise RetrySignal(classify_response(response))
+                raise RetrySignal(self._heard(classify_response(response)))
             if response.status_code >= 400:
-                failure = classify_response(response)
+                failure = self._heard(classify_response(response))
                 raise self._error(spec, what, failure, self._hint(failure))
             yield response
 
@@ -504,7 +551,9 @@ def read_range(
         with client._get_file(spec, commit, what, f"bytes={begin}-{end - 1}") as response:
             total = _content_range(response, begin, end)
             if total is None:
-                got_range = response.headers.get("Content-Range") or "no Content-Range"
+                got_range = client.redact(
+                    response.headers.get("Content-Range") or "no Content-Range"
+                )
                 text = f"HTTP {response.status_code} ({got_range}) for bytes={begin}-{end - 1}"
                 hint = "partial reads need a hub that serves byte ranges"
                 failure = Failure("permanent", int(response.status_code), text)
@@ -551,7 +600,7 @@ def create_commit(
     saved_xet = constants.HF_HUB_DISABLE_XET
     if client.endpoint != DEFAULT_ENDPOINT:
         constants.HF_HUB_DISABLE_XET = True
-    where = f"repo '{repo}' ({repo_type}) at {client.endpoint}"
+    where = f"repo '{repo}' ({repo_type}) at {client.shown}"
     try:
         info: Any = api.create_commit(
             repo_id=repo,
