@@ -153,6 +153,8 @@ class HubClient:
     progress: bool = False
     sleep: Callable[[float], None] = time.sleep
     _probes: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    #: body bytes received per checkpoint name by :meth:`download`, finished or not (reports)
+    received: dict[str, int] = field(default_factory=dict, repr=False)
     _probe_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -216,7 +218,9 @@ class HubClient:
         """Scrub the status line's reason phrase as the answer arrives: the response's
         ``repr`` shows it, and ``pytest -l`` prints the locals holding the response."""
         extensions = getattr(response, "extensions", None)
-        raw = extensions.get("reason_phrase") if isinstance(extensions, dict) else None
+        if not isinstance(extensions, dict):
+            return response
+        raw = extensions.get("reason_phrase")
         if isinstance(raw, bytes) and raw:
             clean = self.redact(raw.decode("ascii", errors="ignore"))
             extensions["reason_phrase"] = clean.encode("ascii", errors="ignore")
@@ -402,6 +406,14 @@ class HubClient:
             return "check hf_repo/repo and revision in the manifest"
         return ""
 
+    def known_commit(self, spec: CheckpointSpec) -> str | None:
+        """The commit ``spec``'s revision resolved to in this run, if it was asked."""
+        if is_pinned(spec.revision):
+            return spec.revision
+        known = self._probes.get("\0".join((spec.repo_type, spec.repo, spec.revision)), {})
+        commit = known.get("commit")
+        return commit if isinstance(commit, str) else None
+
     def probes_to_json(self) -> dict[str, dict[str, Any]]:
         """Probe answers (commits and failures) for xdist workers (``workerinput``)."""
         return dict(self._probes)
@@ -448,7 +460,13 @@ class HubClient:
         on_bytes: Callable[[int], None] | None = None,
     ) -> Downloaded:
         """Stream ``spec`` at ``commit`` into ``cache`` (see :func:`download`)."""
-        return download(self, spec, commit, cache, on_bytes)
+
+        def counted(n: int) -> None:  # one thread per name at a time: the file lock
+            self.received[spec.name] = self.received.get(spec.name, 0) + n
+            if on_bytes is not None:
+                on_bytes(n)
+
+        return download(self, spec, commit, cache, counted)
 
     def read_range(
         self, spec: CheckpointSpec, commit: str, begin: int, end: int, *, what: str = ""

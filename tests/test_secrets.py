@@ -82,7 +82,8 @@ def test_redact_scrubs_known_secrets_and_credential_shapes() -> None:
     )
     out = redact(text, secrets)
     _assert_clean("redact()", out)
-    assert "Bearer ***" in out and "http://***@h/x" in out
+    assert "Bearer ***" in out
+    assert "http://***@h/x" in out
     # shapes alone, without knowing the secrets
     assert redact(f"Bearer {TOKEN}") == "Bearer ***"
     assert redact(f"echo {TOKEN} end") == "echo hf_*** end"
@@ -167,7 +168,9 @@ def test_cli_fetch_prints_no_secret(
     err = capsys.readouterr()
     text = out.getvalue() + err.out + err.err
     assert code == 1
-    assert "good" in text and "FAILED" in text and "Bearer ***" in text
+    assert "good" in text
+    assert "FAILED" in text
+    assert "Bearer ***" in text
     _assert_clean("pytest-ckpts fetch", text)
     # the probe answering with the credentials, too
     token_hub.faults.clear()
