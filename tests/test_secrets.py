@@ -182,3 +182,28 @@ def test_cli_fetch_prints_no_secret(
     assert "Bearer ***" in text
     _assert_clean("pytest-ckpts fetch (probe)", text)
     assert REPO in text
+
+
+def test_manifest_endpoint_userinfo_is_sent_as_basic_auth_and_never_shown(
+    pytester: pytest.Pytester, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An untrusted manifest endpoint gets no token; its own userinfo still authenticates
+    (Basic, as the URL asks), and a hub echoing it back is scrubbed everywhere."""
+    endpoint = _with_userinfo(hub.endpoint)
+    make_manifest(pytester.path, hub, {"good": GOOD, "bad": BAD}, endpoint=endpoint)
+    hub.faults.fail_next(100, 403, path_contains="weights/bad.ckpt", echo_auth=True)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # not sent: the manifest's endpoint is not trusted
+    pytester.makepyfile(test_it=TESTS)
+    report, junit = pytester.path / "report.json", pytester.path / "junit.xml"
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "-l", "-rA", f"--ckpts-report={report}", f"--junitxml={junit}"
+    )
+    result.assert_outcomes(passed=1, skipped=1, failed=1)
+    out = result.stdout.str() + result.stderr.str()
+    assert "you sent Authorization: Basic ***" in out
+    for where, text in {
+        "terminal": out,
+        "junit": junit.read_text(),
+        "report": report.read_text(),
+    }.items():
+        _assert_clean(where, text)
