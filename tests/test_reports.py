@@ -155,9 +155,12 @@ def test_a_download_cut_by_a_test_timeout_is_a_failed_row_with_the_bytes_receive
     assert "error      big: interrupted" in result.stdout.str()
 
 
+@pytest.mark.parametrize("xdist", [["-p", "no:xdist"], ["-n", "2"]], ids=["serial", "xdist"])
 def test_timeout_while_waiting_for_a_prefetch_is_a_failed_row(
-    pytester: pytest.Pytester, hub: LocalHub
+    pytester: pytest.Pytester, hub: LocalHub, xdist: list[str]
 ) -> None:
+    """Under -n 2 both workers prefetch: the one whose test timed out must not be
+    outvoted by the other's ``cached`` (the file its own prefetch found finished)."""
     pytest.importorskip("pytest_timeout")
     big = os.urandom(1024 * 1024)
     make_manifest(pytester.path, hub, {"big": big})
@@ -172,7 +175,9 @@ def test_timeout_while_waiting_for_a_prefetch_is_a_failed_row(
         """
     )
     report = pytester.path / "report.json"
-    result = pytester.runpytest("-p", "no:cacheprovider", "--timeout=1", f"--ckpts-report={report}")
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--timeout=1", *xdist, f"--ckpts-report={report}"
+    )  # fmt: skip
     result.assert_outcomes(errors=1)
     row = _rows(report)["big"]
     assert row["status"] == "failed"
