@@ -92,7 +92,7 @@ class Stats:
         for name, nbytes in received.items():
             rec = self.records.get(name)
             if rec is None or rec["status"] is None:
-                reason = "the download did not finish (the test or the run was interrupted)"
+                reason = "the download stopped before it finished (the test or the run ended)"
                 self.record(name, "failed", nbytes=nbytes, reason=reason)
             elif nbytes > rec["bytes"]:
                 rec["bytes"] = nbytes
