@@ -15,7 +15,7 @@ README "Retries and the retry budget" lists what was measured). Every request go
 
 The token goes only to the public hub or to ``HF_ENDPOINT`` (set by the machine), unless
 the user trusts the manifest's own ``config.endpoint`` (README "Tokens"). It is held by a
-:class:`_BearerAuth` whose ``repr`` hides it, so ``pytest -l`` never shows it.
+:class:`_BearerAuth` whose ``repr`` hides it, so ``pytest -l`` never shows it (``_hub_auth``).
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._hub_auth import DEFAULT_ENDPOINT, EndpointAuth
 from ._redact import redact as _scrub
-from ._redact import redact_url, secrets_of, split_userinfo
+from ._redact import secrets_of
 from ._transfer import etag_of, link_snapshot, make_dir, open_for_write, progress_bar, write_chunk
 from .cache import Cache, contained
 from .errors import CacheError, CheckpointDownloadError, RetrySignal, UsageFailure
@@ -61,7 +62,6 @@ __all__ = [
 
 logger = logging.getLogger("pytest_ckpts")
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 _OFFLINE_HINT = (
     "remembered for this run; use --ckpts=offline (CLI: --offline) to run from the cache, "
     "or check HF_ENDPOINT / config.endpoint"
@@ -88,25 +88,6 @@ def disable_telemetry() -> None:
     from huggingface_hub import constants
 
     constants.HF_HUB_DISABLE_TELEMETRY = True
-
-
-def _auth_class() -> type[Any]:
-    import httpx2
-
-    class _BearerAuth(httpx2.Auth):
-        """Adds the token to the first request only (redirects to a CDN drop it)."""
-
-        def __init__(self, token: str) -> None:
-            self._token = token
-
-        def __repr__(self) -> str:
-            return "<token ***>"
-
-        def auth_flow(self, request: Any) -> Generator[Any, Any, None]:
-            request.headers["Authorization"] = f"Bearer {self._token}"
-            yield request
-
-    return _BearerAuth
 
 
 @dataclass(frozen=True)
@@ -140,8 +121,8 @@ def _content_range(response: Any, begin: int, end: int) -> int | None:
     return total if last == end or last == total < end else None
 
 
-@dataclass
-class HubClient:
+@dataclass(repr=False)  # EndpointAuth's repr: the endpoint without its userinfo
+class HubClient(EndpointAuth):
     """One endpoint's client for a run: probes, downloads and uploads with one policy."""
 
     endpoint: str
@@ -160,71 +141,6 @@ class HubClient:
     @classmethod
     def for_manifest(cls, manifest: Manifest, **kwargs: Any) -> HubClient:
         return cls(endpoint=resolve_endpoint(manifest), **kwargs)
-
-    # ------------------------------------------------------------------ auth
-    def _token(self) -> str | None:
-        """The user's token, if this endpoint may see it (README "Tokens")."""
-        from huggingface_hub import get_token
-
-        endpoint = self.endpoint.rstrip("/")
-        machine = (env_value("HF_ENDPOINT") or "").rstrip("/")
-        if self.trust_endpoint or endpoint in (DEFAULT_ENDPOINT, machine):
-            return get_token()
-        return None
-
-    def has_token(self) -> bool:
-        return self._token() is not None
-
-    def _auth(self) -> Any:
-        """Bearer token, else the endpoint's userinfo as Basic auth (what httpx would do
-        with the URL), so URLs built here never carry the userinfo."""
-        token = self._token()
-        if token:
-            return _auth_class()(token)
-        _, user, password = split_userinfo(self.endpoint)
-        if user is None and password is None:
-            return None
-        import httpx2
-
-        return httpx2.BasicAuth(user or "", password or "")
-
-    @property
-    def base_url(self) -> str:
-        """The endpoint without its userinfo: requests are built on it."""
-        return split_userinfo(self.endpoint)[0]
-
-    @property
-    def shown(self) -> str:
-        """The endpoint as it may be printed (userinfo masked)."""
-        return redact_url(self.endpoint)
-
-    def __repr__(self) -> str:
-        return f"HubClient(endpoint={self.shown!r}, trust_endpoint={self.trust_endpoint!r})"
-
-    def _secrets(self) -> tuple[str, ...]:
-        machine = env_value("HF_ENDPOINT")
-        return secrets_of(self.endpoint, self._token()) + secrets_of(machine)
-
-    def redact(self, text: str) -> str:
-        return _scrub(text, self._secrets())
-
-    def _heard(self, failure: Failure) -> Failure:
-        """Text a server sent, scrubbed where it is received: before any exception or
-        record holds it (a hostile hub may echo the Authorization header)."""
-        failure.text = self.redact(failure.text)
-        return failure
-
-    def _listen(self, response: Any) -> Any:
-        """Scrub the status line's reason phrase as the answer arrives: the response's
-        ``repr`` shows it, and ``pytest -l`` prints the locals holding the response."""
-        extensions = getattr(response, "extensions", None)
-        if not isinstance(extensions, dict):
-            return response
-        raw = extensions.get("reason_phrase")
-        if isinstance(raw, bytes) and raw:
-            clean = self.redact(raw.decode("ascii", errors="ignore"))
-            extensions["reason_phrase"] = clean.encode("ascii", errors="ignore")
-        return response
 
     # ------------------------------------------------------------------ the loop
     def describe(self, spec: CheckpointSpec, revision: str | None = None) -> str:
