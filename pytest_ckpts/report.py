@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +219,7 @@ def _append(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _attempt(write: Any) -> str | None:
+def _attempt(write: Callable[[], None]) -> str | None:
     """Run ``write``; why it failed, in a few words, or None."""
     try:
         write()
