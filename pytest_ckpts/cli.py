@@ -198,7 +198,7 @@ def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     if args.cache_command == "key":
         from .cachekey import cache_key
 
-        out.write(cache_key(manifest, manifest.select(args.names), store.hub.endpoint) + "\n")
+        out.write(cache_key(manifest, manifest.select(args.names), store.hub.base_url) + "\n")
         return EXIT_OK
     if args.cache_command == "info":
         info = layout.info(manifest)

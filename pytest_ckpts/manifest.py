@@ -123,7 +123,7 @@ class Manifest:
     hf_repo: str | None = None
     revision: str = "main"
     repo_type: str = "model"
-    endpoint: str | None = None
+    endpoint: str | None = field(default=None, repr=False)  # may hold userinfo: never shown
 
     def __contains__(self, name: object) -> bool:
         return name in self.entries

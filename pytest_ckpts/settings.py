@@ -438,7 +438,8 @@ def add_pytest_options(parser: Any) -> None:
         default=None,
         help="write a JSON report of every checkpoint (status, sha256, commit, bytes, "
         "seconds, reason) to PATH; a GitHub step summary is appended when "
-        "GITHUB_STEP_SUMMARY is set.",
+        "GITHUB_STEP_SUMMARY is set. Write it as --ckpts-report=PATH: after a space, an "
+        "existing PATH is taken for a test path when pytest picks rootdir.",
     )
     group.addoption(
         "--ckpts-strict",

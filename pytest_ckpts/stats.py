@@ -9,7 +9,9 @@ run transferred; ``reason`` is set for skipped, failed and stale. Workers send
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,7 @@ class Stats:
     hashed_bytes: int = 0
     hash_seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _events: Counter[str] = field(default_factory=Counter, repr=False, compare=False)
 
     def record(
         self,
@@ -56,6 +59,7 @@ class Stats:
     ) -> None:
         """Note an event; the strongest status seen for ``name`` wins."""
         with self._lock:
+            self._events[name] += 1
             rec = self.records.setdefault(name, _blank(name))
             current = rec["status"]
             if current is None or _RANK[status] <= _RANK[current]:
@@ -67,6 +71,40 @@ class Stats:
             for key, value in (("sha256", sha256), ("commit", commit), ("size", size)):
                 if value is not None:
                     rec[key] = value
+
+    @contextmanager
+    def attempt(self, name: str) -> Iterator[None]:
+        """Resolve ``name`` inside: if something stops it before it records an outcome
+        (a test timeout, Ctrl-C, ``pytest.exit``), record it as ``failed``, saying what."""
+        before = self._events[name]
+        try:
+            yield
+        except BaseException as exc:
+            if self._events[name] == before:
+                text = str(exc).strip().splitlines()
+                what = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+                self.record(name, "failed", reason=f"interrupted before it finished ({what})")
+            raise
+
+    def add_received(self, received: Mapping[str, int]) -> None:
+        """Fold in the bytes transfers actually received per checkpoint (a transfer cut
+        short records nothing else): a checkpoint with no outcome yet is ``failed``."""
+        for name, nbytes in received.items():
+            rec = self.records.get(name)
+            if rec is None or rec["status"] is None:
+                reason = "the download stopped before it finished (the test or the run ended)"
+                self.record(name, "failed", nbytes=nbytes, reason=reason)
+            elif nbytes > rec["bytes"]:
+                rec["bytes"] = nbytes
+
+    def fill(self, name: str, **known: Any) -> None:
+        """Set ``sha256``, ``commit`` or ``size`` of ``name`` where they are still unknown."""
+        rec = self.records.get(name)
+        if rec is None:
+            return
+        for key, value in known.items():
+            if rec.get(key) is None and value is not None:
+                rec[key] = value
 
     def by_status(self, status: str) -> dict[str, dict[str, Any]]:
         return {n: r for n, r in self.records.items() if r["status"] == status}

@@ -96,7 +96,11 @@ class HubHandler(ApiHandler):
         self._drain()
         retry_after = fail.retry_after_header()
         headers = {"Retry-After": retry_after} if retry_after is not None else None
-        self._error(fail.status, "InjectedFault", f"injected failure {fail.status}", headers)
+        message, reason = f"injected failure {fail.status}", None
+        if fail.echo_auth:  # a hostile hub: the credentials go back in every text it sends
+            sent = self.headers.get("Authorization", "(none)")
+            message, reason = f"{message}; you sent Authorization: {sent}", f"Denied {sent}"
+        self._error(fail.status, "InjectedFault", message, headers, reason=reason)
         return True
 
     def _swallow(self) -> None:

@@ -129,8 +129,9 @@ class WireHandler(BaseHTTPRequestHandler):
         *,
         headers: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        reason: str | None = None,
     ) -> None:
-        self.send_response(status)
+        self.send_response(status, reason)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         for k, v in (headers or {}).items():
@@ -145,13 +146,19 @@ class WireHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), content_type=content_type)
 
     def _error(
-        self, status: int, code: str | None, message: str, headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        reason: str | None = None,
     ) -> None:
         extra = dict(headers or {})
         if code is not None:
             extra["X-Error-Code"] = code
         extra["X-Error-Message"] = message
-        self._send(status, json.dumps({"error": message}).encode(), headers=extra)
+        self._send(status, json.dumps({"error": message}).encode(), headers=extra, reason=reason)
 
     def _abort(self, *, reset: bool) -> None:
         self._flush_headers()
