@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .session import CkptsSession
-from .stats import Stats
+from .stats import Stats, is_mirror
 
 __all__ = ["header_line", "markdown_table", "summary_lines", "write_reports"]
 
@@ -53,8 +53,10 @@ def summary_lines(stats: Stats, *, verbose: bool) -> list[str]:
     failed = stats.by_status("failed")
     down_bytes = sum(r["bytes"] for r in downloaded.values())
     down_secs = sum(r["seconds"] for r in downloaded.values())
+    mirrored = sum(1 for r in downloaded.values() if is_mirror(r.get("source")))
+    from_mirrors = f", {mirrored} from mirrors" if mirrored else ""
     parts = [
-        f"{len(downloaded)} downloaded ({_size(down_bytes)} in {down_secs:.1f}s)",
+        f"{len(downloaded)} downloaded ({_size(down_bytes)} in {down_secs:.1f}s{from_mirrors})",
         f"{len(cached)} cached",
     ]
     if stale:
@@ -68,7 +70,8 @@ def summary_lines(stats: Stats, *, verbose: bool) -> list[str]:
     if not verbose:
         return lines
     for name, r in sorted(downloaded.items()):
-        lines.append(f"downloaded {name}: {_size(r['bytes'])} in {r['seconds']:.2f}s")
+        where = f" from {r['source']}" if is_mirror(r.get("source")) else ""
+        lines.append(f"downloaded {name}: {_size(r['bytes'])} in {r['seconds']:.2f}s{where}")
     for name in sorted(cached):
         lines.append(f"cached     {name}")
     for name, r in sorted(stale.items()):
@@ -85,14 +88,15 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     out = [
         "### Checkpoints (pytest-ckpts)",
         "",
-        "| name | status | bytes | seconds | commit | reason |",
-        "|---|---|---:|---:|---|---|",
+        "| name | status | source | bytes | seconds | commit | reason |",
+        "|---|---|---|---:|---:|---|---|",
     ]
     for r in rows:
         reason = str(r["reason"] or "").replace("|", "\\|").replace("\n", " ")
         commit = (r["commit"] or "")[:12]
         out.append(
-            f"| {r['name']} | {r['status']} | {r['bytes']} | {r['seconds']:.2f} | "
+            f"| {r['name']} | {r['status']} | {str(r.get('source') or '').replace('|', '/')} "
+            f"| {r['bytes']} | {r['seconds']:.2f} | "
             f"{commit} | {reason} |"
         )
     return "\n".join(out) + "\n\n"

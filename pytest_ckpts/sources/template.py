@@ -89,6 +89,8 @@ class Mirror:
                 )
             if folder:
                 filled[key] = value
+            elif key == "revision":  # one component: refs/pr/3 -> refs%2Fpr%2F3
+                filled[key] = urllib.parse.quote(value, safe="")
             else:
                 filled[key] = "/".join(urllib.parse.quote(p, safe="") for p in parts)
         result = self.template.format_map(filled)
