@@ -264,7 +264,7 @@ def _parse_mirrors(ctx: Ctx, node: yaml.Node) -> tuple[str, ...]:
         return ()
     if not isinstance(node, yaml.SequenceNode):
         raise ctx.error(
-            "must be a list of mirror URLs, e.g. mirrors: [\"s3://bucket/ckpts/{sha256}\"]",
+            'must be a list of mirror URLs, e.g. mirrors: ["s3://bucket/ckpts/{sha256}"]',
             key="mirrors",
             node=node,
         )

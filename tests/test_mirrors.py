@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from conftest import REPO, make_manifest
@@ -82,10 +83,13 @@ def test_bad_templates_name_the_source(text: str, problem: str) -> None:
 def test_credentials_are_redacted() -> None:
     text = "see https://user:hunter2@host/x?X-Amz-Signature=abc&k=v and s3://AKIA:sec@b/k"
     shown = redact_url(text)
-    assert "hunter2" not in shown and "abc" not in shown and "sec@" not in shown
+    assert "hunter2" not in shown
+    assert "abc" not in shown
+    assert "sec@" not in shown
     assert "https://***@host/x?X-Amz-Signature=***&k=***" in shown
     m = parse_mirror("https://user:hunter2@host/c", source="t")
-    assert "hunter2" not in m.label and "hunter2" not in repr(m)
+    assert "hunter2" not in m.label
+    assert "hunter2" not in repr(m)
 
 
 # --------------------------------------------------------------------------- settings
@@ -112,14 +116,14 @@ def test_settings_precedence_higher_source_replaces_the_list(
     assert Store.from_settings(manifest, off).mirrors == ()
 
     class Args:
-        mirror = ["/srv/cli"]
+        mirror: ClassVar[list[str]] = ["/srv/cli"]
 
     monkeypatch.setenv("PYTEST_CKPTS_MIRRORS", "/srv/e1")
     cli = Settings.from_args(Args())
     assert (cli.mirrors, cli.source("mirrors")) == (("/srv/cli",), "--mirror")
     Args.mirror = [""]
     assert Settings.from_args(Args()).mirrors == ()
-    with pytest.raises(ValueError, match="env PYTEST_CKPTS_MIRRORS.*unknown placeholder"):
+    with pytest.raises(ValueError, match=r"env PYTEST_CKPTS_MIRRORS.*unknown placeholder"):
         Settings.from_env({"PYTEST_CKPTS_MIRRORS": "/srv/{nope}"})
 
 
@@ -152,7 +156,8 @@ def test_pinned_entry_found_on_a_folder_mirror_asks_the_hub_nothing(
     found = try_to_load_from_cache(
         REPO, "weights/a.ckpt", cache_dir=project / "checkpoints", revision=ckpt.revision
     )
-    assert found is not None and Path(found) == ckpt.path
+    assert found is not None
+    assert Path(found) == ckpt.path
     assert ckpt.path.resolve().name == hashlib.sha256(A).hexdigest()
     # stamped: the next run trusts it without hashing or asking anyone
     again = Store(load_manifest(manifest.path), mirrors=(str(tmp_path / "mirror"),))
@@ -177,7 +182,8 @@ def test_tampered_object_is_discarded_with_one_warning_and_the_next_source_serve
     assert (b.mirror, b.source, b.path.read_bytes()) == (None, "downloaded", B)  # the hub
     assert hub.stats.bodies_served == 1
     warnings = [r.getMessage() for r in caplog.records if "served bytes" in r.getMessage()]
-    assert len(warnings) == 1 and f"file://{tmp_path}/bad" in warnings[0]
+    assert len(warnings) == 1
+    assert f"file://{tmp_path}/bad" in warnings[0]
     assert not list((project / "checkpoints").rglob("*.incomplete"))
 
 
@@ -210,10 +216,14 @@ def test_mirror_that_is_down_is_remembered_for_the_run(
         gone.mkdir()  # mounted now: the run already decided
         fill_folder(gone, {"b": B})
         b = store.resolve(manifest.get("b"))
-    assert b.mirror is None and hub.stats.bodies_served == 2
+    assert b.mirror is None
+    assert hub.stats.bodies_served == 2
     down = [r.getMessage() for r in caplog.records]
-    assert len(down) == 1 and "not mounted" in down[0] and "not asked again" in down[0]
-    assert store.mirror_set is not None and store.mirror_set.dead(store.mirror_set.mirrors[0])
+    assert len(down) == 1
+    assert "not mounted" in down[0]
+    assert "not asked again" in down[0]
+    assert store.mirror_set is not None
+    assert store.mirror_set.dead(store.mirror_set.mirrors[0])
 
 
 def test_hub_down_pinned_and_branch_entries_come_from_the_mirror(
@@ -235,9 +245,7 @@ def test_hub_down_pinned_and_branch_entries_come_from_the_mirror(
     with LocalHub(port=int(endpoint.rsplit(":", 1)[1])) as back:
         back.add_files(REPO, {"weights/a.ckpt": A})
         real = back.commit_sha(REPO)
-        now = Store(load_manifest(path), mirrors=(str(tmp_path / "m"),)).resolve(
-            manifest.get("a")
-        )
+        now = Store(load_manifest(path), mirrors=(str(tmp_path / "m"),)).resolve(manifest.get("a"))
         assert (now.revision, now.source, back.stats.bodies_served) == (real, "cached", 0)
     assert commit  # the first hub's commit differs from the restarted hub's: both fine
 
