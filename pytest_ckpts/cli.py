@@ -282,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="never touch the network: only what is cached (like pytest's --ckpts=offline)",
     )
+    parser.add_argument(
+        "--mirror",
+        metavar="URL",
+        action="append",
+        default=None,
+        help=f"fetch from this mirror before the hub (repeatable; replaces {ENV['mirrors']} "
+        'and config.mirrors; --mirror "" turns mirrors off)',
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="name, size, cached, verified, description")
@@ -363,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp = csub.add_parser("prune", help="remove cached files the manifest no longer names")
     pp.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     p.set_defaults(func=cmd_cache)
+    from .cli_mirror import add_mirror_parser
+
+    add_mirror_parser(sub)
     return parser
 
 

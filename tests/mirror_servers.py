@@ -94,6 +94,7 @@ class StaticServer:
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        self._server.handle_error = lambda *args: None  # a client that gave up: not news
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from ..errors import MirrorUnavailable, UsageFailure
 from ..retry import TRANSIENT_STATUS, parse_retry_after
-from .template import Mirror
+from .template import Mirror, redact_url
 
 __all__ = ["CHUNK", "Backend", "backend_for"]
 
@@ -248,7 +248,6 @@ class FsspecBackend:
                 "read_timeout": read_timeout,
                 "retries": {"max_attempts": 1},
             }
-            options["retries"] = 1
         try:
             import fsspec
 
@@ -279,9 +278,10 @@ class FsspecBackend:
             return MirrorUnavailable("refused", f"{text}: access denied (403)")
         if names & set(_UNREACHABLE_NAMES) or isinstance(exc, ConnectionRefusedError):
             return MirrorUnavailable("unreachable", f"{text}: {type(exc).__name__} (unreachable)")
+        detail = f"{type(exc).__name__}: {redact_url(str(exc).splitlines()[0][:200])}".rstrip(": ")
         if isinstance(exc, (OSError, TimeoutError)) or "Timeout" in type(exc).__name__:
-            return MirrorUnavailable("transient", f"{text}: {type(exc).__name__}")
-        return MirrorUnavailable("refused", f"{text}: {type(exc).__name__}")
+            return MirrorUnavailable("transient", f"{text}: {detail}")
+        return MirrorUnavailable("refused", f"{text}: {detail}")
 
     @contextmanager
     def stream(self, url: str) -> Iterator[Iterator[bytes]]:
