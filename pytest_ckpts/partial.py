@@ -233,8 +233,8 @@ class PartialReader:
         got: dict[str, bytes] = {}
         missing = self._load_cached(spec, commit, pieces, got)
         if missing:
-            if is_pinned(spec.revision):  # one short probe per run says "is the hub there"
-                self.store.probe(spec)
+            if is_pinned(spec.revision) and self.store.mirror_set is None:
+                self.store.probe(spec)  # one short probe per run says "is the hub there"
             with self._locks(spec, commit, missing):
                 missing = self._load_cached(spec, commit, missing, got)  # others' work
                 for group in self._groups(missing):
@@ -294,14 +294,19 @@ class PartialReader:
     ) -> None:
         begin, end = group[0].begin, max(p.end for p in group)
         body = b""
-        if end > begin:  # else only empty tensors: nothing to ask for
+        where = f"bytes {begin}-{end - 1} from {self.store.describe(spec, commit)}"
+        mirrored = self._from_mirror(spec, group, begin, end) if end > begin else None
+        if mirrored is not None:
+            body, where = mirrored
+            out.nbytes += len(body)
+            out.requests += 1
+        elif end > begin:  # else only empty tensors: nothing to ask for
             ranged = self.store.hub.read_range(spec, commit, begin, end)
             body = ranged.data
             out.nbytes += len(body)
             out.requests += 1
             out.size = ranged.size
             self._write_size(spec, commit, ranged.size)
-        where = f"bytes {begin}-{end - 1} from {self.store.describe(spec, commit)}"
         for p in sorted(group, key=lambda p: p.label != ""):  # the header first
             data = _verified(
                 self.store.manifest, spec, index, p, body[p.begin - begin : p.end - begin], where
@@ -312,6 +317,31 @@ class PartialReader:
                 atomic_write_bytes(path, data)
             except OSError as exc:  # read-only cache: the bytes are verified all the same
                 logger.debug("pytest-ckpts: cannot keep piece %s: %s", path, exc)
+
+    def _from_mirror(
+        self, spec: CheckpointSpec, group: list[Piece], begin: int, end: int
+    ) -> tuple[bytes, str] | None:
+        """Bytes ``[begin, end)`` from the first mirror that has the file and serves the
+        index's bytes (README "Mirrors"); None: ask the hub."""
+        mirrors = self.store.mirror_set
+        found = mirrors.read_range(spec, begin, end) if mirrors is not None else None
+        if found is None:
+            return None
+        body, mirror = found
+        if any(
+            hashlib.sha256(body[p.begin - begin : p.end - begin]).hexdigest() != p.sha256
+            for p in group
+        ):
+            logger.warning(
+                "pytest-ckpts: mirror %s served bytes %d-%d of '%s' that do not match its "
+                "tensor index; reading them from the hub",
+                mirror.label,
+                begin,
+                end - 1,
+                spec.name,
+            )
+            return None
+        return body, f"bytes {begin}-{end - 1} from mirror {mirror.label}"
 
     @contextmanager
     def _locks(self, spec: CheckpointSpec, commit: str, pieces: list[Piece]) -> Iterator[None]:
