@@ -18,7 +18,7 @@ import errno
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,11 +57,19 @@ class Backend(Protocol):
     def size(self, url: str) -> int | None:
         """Bytes of the object, None when it does not exist."""
 
+    def download(self, url: str, dest: Path, advance: Callable[[int], None]) -> None:
+        """Copy the object into ``dest`` (created), calling ``advance(n)`` after each ``n``
+        bytes written in order; local write failures (disk full) stay ``OSError``."""
+
     def put(self, local: Path, url: str) -> None:
         """Store ``local`` at ``url`` atomically (readers see all of it or nothing)."""
 
     def read_range(self, url: str, begin: int, end: int) -> bytes:
         """Bytes ``[begin, end)``."""
+
+
+#: Errors of the local disk, not of a mirror: they become the cache's error.
+LOCAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _os_failure(mirror: Mirror, exc: OSError, *, root_exists: bool) -> MirrorUnavailable:
@@ -107,6 +115,33 @@ class FolderBackend:
             yield chunks()
         finally:
             f.close()
+
+    def download(self, url: str, dest: Path, advance: Callable[[int], None]) -> None:
+        """In-kernel copy (``copy_file_range``) in large steps; the caller hashes ``dest``
+        behind it, so copying and hashing overlap."""
+        try:
+            src = open(url, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise self._fail(exc) from None
+        with src, open(dest, "wb") as out:
+            kernel = hasattr(os, "copy_file_range")
+            while True:
+                try:
+                    if kernel:
+                        n = os.copy_file_range(src.fileno(), out.fileno(), 4 * CHUNK)
+                    else:  # pragma: no cover - not Linux
+                        chunk = src.read(CHUNK)
+                        n = out.write(chunk)
+                except OSError as exc:
+                    if exc.errno in LOCAL_ERRNOS:
+                        raise
+                    if kernel and exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL):
+                        kernel = False  # another file system: plain reads and writes
+                        continue
+                    raise self._fail(exc) from None
+                if not n:
+                    return
+                advance(n)
 
     def size(self, url: str) -> int | None:
         try:
@@ -201,6 +236,12 @@ class HttpBackend:
                     )
 
             yield chunks()
+
+    def download(self, url: str, dest: Path, advance: Callable[[int], None]) -> None:
+        with self.stream(url) as chunks, open(dest, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+                advance(len(chunk))
 
     def size(self, url: str) -> int | None:
         try:
@@ -304,6 +345,24 @@ class FsspecBackend:
                 f.close()
             except Exception:
                 pass
+
+    def download(self, url: str, dest: Path, advance: Callable[[int], None]) -> None:
+        """One streamed GET (s3fs: sequential, so ``advance`` follows the file's end)."""
+        from fsspec.callbacks import Callback
+
+        class Follow(Callback):  # type: ignore[misc]
+            def relative_update(self, inc: int = 1) -> None:
+                advance(inc)
+
+        options = {"max_concurrency": 1} if self.mirror.protocol in ("s3", "s3a") else {}
+        try:
+            self.fs.get_file(self._path(url), str(dest), callback=Follow(), **options)
+        except OSError as exc:
+            if exc.errno in LOCAL_ERRNOS:
+                raise
+            raise self._fail(exc) from None
+        except Exception as exc:
+            raise self._fail(exc) from None
 
     def size(self, url: str) -> int | None:
         try:

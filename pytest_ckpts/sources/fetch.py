@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._transfer import open_for_write
+from .._transfer import _cache_error as cache_error
 from ..errors import CacheError, MirrorUnavailable
 from ..retry import RetryBudget, RunState, backoff_delay
 from .backends import Backend, backend_for
@@ -87,6 +87,66 @@ def hash_into(chunks: Iterable[bytes], f: Any, path: Path, spec: CheckpointSpec)
         pending.put(None)
         worker.join()
     return digest.hexdigest(), nbytes
+
+
+class FileHasher:
+    """Hashes a file while another thread writes it: ``advance(n)`` says ``n`` more bytes
+    are in place (in order); :meth:`finish` returns (sha256, bytes).
+
+    It reads back what is in the file (from the page cache), so the hash is of the bytes
+    that will be renamed into the cache, whatever wrote them: an in-kernel copy, s3fs,
+    an HTTP stream. Copying and hashing overlap: the cost is the slower of the two.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._ready = 0
+        self._done = False
+        self._failed: BaseException | None = None
+        self._digest = hashlib.sha256()
+        self._read = 0
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="pytest-ckpts-hash", daemon=True)
+        self._thread.start()
+
+    def advance(self, n: int) -> None:
+        with self._cond:
+            self._ready += n
+            self._cond.notify()
+
+    def _run(self) -> None:
+        buffer = memoryview(bytearray(1 << 22))
+        f = None
+        try:
+            while True:
+                with self._cond:
+                    while self._ready <= self._read and not self._done:
+                        self._cond.wait()
+                    target = self._ready
+                    if target <= self._read:
+                        return
+                if f is None:
+                    f = open(self._path, "rb")  # noqa: SIM115 - closed below
+                while self._read < target:
+                    n = f.readinto(buffer[: min(len(buffer), target - self._read)])
+                    if not n:
+                        raise OSError(f"{self._path} is shorter than what was written")
+                    self._digest.update(buffer[:n])
+                    self._read += n
+        except BaseException as exc:  # reported by finish()
+            self._failed = exc
+        finally:
+            if f is not None:
+                f.close()
+
+    def finish(self) -> tuple[str, int]:
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+        self._thread.join()
+        if self._failed is not None:
+            raise self._failed
+        return self._digest.hexdigest(), self._read
 
 
 @dataclass
@@ -192,8 +252,18 @@ class MirrorSet:
             started = time.perf_counter()
 
             def copy(backend: Backend, url: str = url) -> tuple[str, int]:
-                with backend.stream(url) as chunks, open_for_write(tmp, "wb", spec) as f:
-                    return hash_into(chunks, f, tmp, spec)
+                hasher = FileHasher(tmp)
+                try:
+                    backend.download(url, tmp, hasher.advance)
+                except OSError as exc:
+                    hasher.finish()
+                    if isinstance(exc, CacheError):
+                        raise
+                    raise cache_error(spec, tmp, exc, None) from None
+                except BaseException:
+                    hasher.finish()
+                    raise
+                return hasher.finish()
 
             try:
                 actual, nbytes = self.attempt(mirror, copy)
