@@ -258,7 +258,7 @@ def _parse_mirrors(ctx: Ctx, node: yaml.Node) -> tuple[str, ...]:
     """``config.mirrors``: a list of mirror URL templates (README "Mirrors")."""
     import yaml
 
-    from .sources.template import parse_mirror
+    from .sources.template import SecretText, parse_mirror
 
     if is_null(node):
         return ()
@@ -277,7 +277,7 @@ def _parse_mirrors(ctx: Ctx, node: yaml.Node) -> tuple[str, ...]:
             raise ctx.error(
                 str(exc).removeprefix("pytest-ckpts: "), key="mirrors", node=item
             ) from None
-        found.append(text.strip())
+        found.append(SecretText(text.strip()))
     return tuple(found)
 
 

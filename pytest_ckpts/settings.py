@@ -193,7 +193,7 @@ def resolve_mirrors(
     """Mirror templates and their source: command line > env > (None: the manifest's
     ``config.mirrors``). A higher source replaces the lower list; an empty value (the
     variable set to "", ``--ckpts-mirror ""``) turns mirrors off (README "Mirrors")."""
-    from .sources.template import parse_mirror
+    from .sources.template import SecretText, parse_mirror
 
     raw = (os.environ if env is None else env).get(ENV["mirrors"])
     if cli is not None:
@@ -204,7 +204,7 @@ def resolve_mirrors(
         return None, "manifest config.mirrors"
     for text in texts:
         parse_mirror(text, source=source)  # ValueError naming the source
-    return tuple(texts), source.removeprefix("env ")
+    return tuple(SecretText(t) for t in texts), source.removeprefix("env ")
 
 
 def _flag(text: str, source: str) -> bool:

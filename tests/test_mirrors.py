@@ -260,3 +260,17 @@ def test_mismatch_everywhere_is_still_a_checksum_error(
     (tmp_path / "m" / ("0" * 64)).write_bytes(b"not it")
     with pytest.raises(ChecksumMismatchError):
         Store(manifest, mirrors=(str(tmp_path / "m"),)).resolve(manifest.get("a"))
+
+
+def test_credentials_in_mirror_urls_stay_out_of_every_repr(project: Path) -> None:
+    path = make_manifest(
+        project, None, {"a": A}, extra_config='  mirrors: ["https://u:hunter2@h.example/c"]'
+    )
+    manifest = load_manifest(path)
+    settings = Settings.from_env({"PYTEST_CKPTS_MIRRORS": "https://k:hunter3@b.example/c"})
+    store = Store.from_settings(manifest, settings)
+    assert store.mirror_set is not None
+    url = store.mirror_set.mirrors[0].url(manifest.get("a"))
+    assert str(url).startswith("https://k:hunter3@")  # the real value is used
+    for obj in (manifest, settings, store, store.mirror_set, url, manifest.mirrors):
+        assert "hunter" not in repr(obj)

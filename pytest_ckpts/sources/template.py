@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..manifest import CheckpointSpec
 
-__all__ = ["DEFAULT_LAYOUT", "PLACEHOLDERS", "Mirror", "parse_mirror", "redact_url"]
+__all__ = ["DEFAULT_LAYOUT", "PLACEHOLDERS", "Mirror", "SecretText", "parse_mirror", "redact_url"]
 
 PLACEHOLDERS = ("sha256", "name", "repo", "revision", "path", "filename")
 DEFAULT_LAYOUT = "{sha256}"
@@ -40,6 +40,16 @@ def redact_url(text: str) -> str:
     """``text`` with userinfo (``user:password@``) and query values of any URL hidden."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
     return _QUERY_VALUE.sub(lambda m: f"{m['key']}***", text)
+
+
+class SecretText(str):
+    """A string that may hold credentials: its ``repr`` (what ``pytest -l`` tracebacks,
+    dataclass reprs and logs of objects show) is redacted; ``str()`` is the real value."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(redact_url(str(self)))
 
 
 @dataclass(frozen=True)
@@ -102,7 +112,7 @@ class Mirror:
                     f"pytest-ckpts: checkpoint '{spec.name}' would leave mirror {self.label}"
                 )
             return where
-        return result
+        return SecretText(result)
 
 
 def _local_path(text: str) -> str:
@@ -142,4 +152,4 @@ def parse_mirror(text: str, *, source: str) -> Mirror:
                 "(scheme://host/prefix/{sha256})"
             )
     kind = "folder" if protocol == "file" else "http" if protocol in ("http", "https") else "fsspec"
-    return Mirror(template=template, kind=kind, protocol=protocol)
+    return Mirror(template=SecretText(template), kind=kind, protocol=protocol)
