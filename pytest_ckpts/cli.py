@@ -138,6 +138,7 @@ def cmd_fetch(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
         except (CheckpointsError, OSError) as exc:
             return f"FAILED      {spec.name}: {cli_words(str(exc).removeprefix('pytest-ckpts: '))}"
         note = "" if ckpt.verified else "  (unverified: no sha256 in the manifest)"
+        note += f"  (from mirror {ckpt.mirror})" if ckpt.mirror else ""
         return f"{ckpt.source:<10}  {spec.name}  {_size(ckpt.size)}  {ckpt.path}{note}"
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:

@@ -11,7 +11,7 @@ fast path (stamp) → lock → look again → mirrors → download → verify �
   mismatch is remembered for the run (README "Run modes": never downloaded again).
 - Mirrors (README "Mirrors"): an entry with a sha256 is streamed from the first mirror
   holding the right bytes before the hub is asked (a pinned entry: no hub request at
-  all); see :meth:`Store._mirrored` and :mod:`pytest_ckpts.sources`.
+  all); the step lives in :mod:`pytest_ckpts.sources.step`.
 - Stale-while-error: when a branch cannot be resolved because the hub is down,
   rate-limited or the retry budget is spent, the verified copy of the commit the
   branch last resolved to is used, and reported as ``stale``.
@@ -23,11 +23,10 @@ This module knows nothing of pytest.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ._transfer import blocked_dir_error
 from .cache import Cache, Stamp
@@ -38,9 +37,7 @@ from .integrity import calculate_sha256
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import RetryBudget, RunState
 from .settings import ENV, Mode, Settings
-
-if TYPE_CHECKING:
-    from .sources.fetch import MirrorSet
+from .sources.step import MirrorSupport, from_mirrors, may_mirror, unresolved
 
 __all__ = ["DEFAULT_ENDPOINT", "NullObserver", "Observer", "Store", "redact", "resolve_endpoint"]
 
@@ -78,7 +75,7 @@ class NullObserver:
 
 
 @dataclass
-class Store:
+class Store(MirrorSupport):
     """Resolves manifest entries to verified files in ``cache_dir``.
 
     ``offline=True`` never touches the network: a missing file raises
@@ -98,12 +95,9 @@ class Store:
     retry_budget: float = 60.0
     run_state: RunState | None = None
     trust_endpoint: bool = False
-    #: mirror URL templates tried before the hub (README "Mirrors")
-    mirrors: tuple[str, ...] = ()
     #: why each stale checkpoint was used (name -> reason), for summaries and reports
     stale_reasons: dict[str, str] = field(default_factory=dict, repr=False)
     _memory: dict[str, Stamp] = field(default_factory=dict, repr=False)
-    _mirror_set: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.cache_dir is None:
@@ -169,11 +163,8 @@ class Store:
         return self.hub.probe(spec)
 
     def needs_network(self, spec: CheckpointSpec) -> bool:
-        """True unless a pinned entry is cached and trusted (a warm pinned run asks nothing)
-        or may come from a mirror (the hub is asked only when the mirrors cannot serve it)."""
-        if is_pinned(spec.revision) and self.mirrors and spec.sha256 is not None:
-            return False
-        return not (is_pinned(spec.revision) and self.is_trusted(spec))
+        """True unless a pinned entry is cached and trusted, or may come from a mirror."""
+        return not (is_pinned(spec.revision) and (self.is_trusted(spec) or may_mirror(self, spec)))
 
     # ------------------------------------------------------------------ resolve
     def resolve(self, spec: CheckpointSpec, *, force_download: bool = False) -> Checkpoint:
@@ -193,9 +184,7 @@ class Store:
                     return ready
             return self._locked(spec, path, commit, force_download)
         except CheckpointDownloadError as exc:
-            stale = self._stale(spec, exc)
-            if stale is None and exc.hub_down:  # a branch the hub cannot resolve: mirrors
-                stale = self._locked_mirror(spec)
+            stale = self._stale(spec, exc) or unresolved(self, spec, exc)
             if stale is None:
                 raise
             return stale
@@ -296,11 +285,8 @@ class Store:
                     actual,
                     spec.sha256,
                 )
-        mirrored = self._mirrored(spec, commit)
-        if mirrored is not None:
-            return mirrored
-        if is_pinned(spec.revision):
-            self.hub.probe(spec)  # one short request decides "is the hub there" for the run
+        if (mirrored := from_mirrors(self, spec, commit, not force_download)) is not None:
+            return mirrored  # else pinned: one short hub probe decided "is the hub there"
         got = self.hub.download(spec, commit, self.layout)
         ok, actual, stamp = self._landed(spec, got)
         if not ok and got.resumed:  # the part before the cut may be the bad part: once more
@@ -356,13 +342,7 @@ class Store:
         return ok, actual, stamp
 
     def _done(
-        self,
-        spec: CheckpointSpec,
-        path: Path,
-        commit: str,
-        stamp: Stamp,
-        source: str,
-        mirror: str | None = None,
+        self, spec: CheckpointSpec, path: Path, commit: str, stamp: Stamp, source: str
     ) -> Checkpoint:
         ckpt = Checkpoint(
             name=spec.name,
@@ -373,89 +353,9 @@ class Store:
             description=spec.description,
             verified=spec.sha256 is not None,
             source=source,
-            mirror=mirror,
         )
         self.observer.on_resolve(spec, ckpt)
         return ckpt
-
-    # ------------------------------------------------------------------ mirrors
-    @property
-    def mirror_set(self) -> MirrorSet | None:
-        """The run's mirrors (built on first use), None when there are none or offline."""
-        if not self.mirrors or self.offline:
-            return None
-        if self._mirror_set is None:
-            from .sources.fetch import MirrorSet
-
-            self._mirror_set = MirrorSet.parse(
-                self.mirrors,
-                source="the settings",
-                budget=self.hub.budget,
-                run_state=self.run_state or RunState(),
-                connect_timeout=self.hub.probe_timeout,
-                read_timeout=self.hub.read_timeout,
-            )
-        mirrors: MirrorSet = self._mirror_set
-        return mirrors
-
-    def _mirrored(self, spec: CheckpointSpec, commit: str | None) -> Checkpoint | None:
-        """The mirrors' step of verified cache → mirrors → hub (called with the lock held).
-
-        The file lands in huggingface_hub's layout like a download: the blob (named by
-        its sha256, hashed as it streamed) and the snapshot link of ``commit``. A branch
-        the hub could not resolve (``commit`` None) is kept under a stand-in commit, the
-        first 40 hex of its sha256, and its ref points there, so the next run finds it
-        without the hub (as ``stale``); once the hub answers, the real commit's link
-        reuses the blob without a transfer.
-        """
-        mirrors = self.mirror_set
-        if mirrors is None or spec.sha256 is None:
-            return None
-        from ._transfer import link_snapshot, make_dir
-        from .cache import contained
-
-        blob = contained(self.layout.blobs(spec), spec.sha256, what="blob name")
-        have = self._trusted(spec, blob) if blob.exists() else None
-        fetched = None
-        if have is None:
-            make_dir(blob.parent, spec)
-            fetched = mirrors.fetch(spec, self.layout.incomplete_path(spec))
-            if fetched is None:
-                return None
-            os.replace(fetched.path, blob)
-        commit = commit or spec.sha256[:40]
-        link = self.snapshot_path(spec, commit)
-        link_snapshot(link, blob, spec)
-        self.layout.write_ref(spec, commit)
-        if fetched is None:
-            assert have is not None
-            return self._done(spec, link, commit, have, "cached")
-        self.observer.on_download(spec, link, fetched.nbytes, fetched.seconds)
-        logger.info(
-            "pytest-ckpts: '%s' from mirror %s (%d bytes in %.2fs)",
-            spec.name,
-            fetched.mirror.label,
-            fetched.nbytes,
-            fetched.seconds,
-        )
-        _ok, _actual, stamp = self._hash_and_stamp(spec, link, fetched.sha256)
-        return self._done(spec, link, commit, stamp, "downloaded", mirror=fetched.mirror.label)
-
-    def _locked_mirror(self, spec: CheckpointSpec) -> Checkpoint | None:
-        """A branch whose commit the hub cannot tell: the mirrors' copy, under the lock."""
-        if is_pinned(spec.revision) or self.mirror_set is None or spec.sha256 is None:
-            return None
-        from filelock import FileLock, Timeout
-
-        try:
-            lock_path = self.layout.lock_path(spec)
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(lock_path), timeout=self.lock_timeout):
-                return self._mirrored(spec, None)
-        except (OSError, Timeout) as exc:
-            if isinstance(exc, CacheError):
-                raise
-            return None
 
     # ------------------------------------------------------------------ errors
     def _raise_known_mismatch(self, spec: CheckpointSpec) -> None:
