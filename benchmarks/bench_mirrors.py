@@ -15,6 +15,10 @@ Both sides of each pair start with the source in the page cache; pairs alternate
 min and median of the ratios are printed.
 
     python benchmarks/bench_mirrors.py [--size-mib 512] [--repeats 3] [--fleet-files 6]
+        [--only folder|s3|fleet]
+
+s3fs's ``get`` splits a large object into 10 concurrent ranged GETs by default; a
+second S3 line compares with one streamed GET (``max_concurrency=1``) as well.
 """
 
 from __future__ import annotations
@@ -196,6 +200,19 @@ def bench_s3(tmp: Path, moto: Moto, size: int, repeats: int) -> float:
         dst.unlink()
 
     ratio = pairs(f"S3 mirror (moto), {size >> 20} MiB", ours, base, repeats)
+
+    def base_one_stream(i: int) -> None:  # s3fs's default splits the GET in 10 ranges
+        dst = tmp / f"get1-{i}.bin"
+        moto.fs().get_file(f"bench-big/{sha}", str(dst), max_concurrency=1)  # type: ignore[attr-defined]
+        assert sha256sum(dst) == sha
+        dst.unlink()
+
+    pairs(
+        f"S3 mirror (moto), {size >> 20} MiB vs get(max_concurrency=1)",
+        ours,
+        base_one_stream,
+        repeats,
+    )
     fs.rm(f"bench-big/{sha}")  # type: ignore[attr-defined]
     return ratio
 
@@ -282,15 +299,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fleet-files", type=int, default=6)
     parser.add_argument("--fleet-file-mib", type=int, default=8)
+    parser.add_argument("--only", choices=["folder", "s3", "fleet"], default=None)
     args = parser.parse_args()
     size = args.size_mib << 20
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
-        folder = bench_folder(tmp, size, args.repeats)
+        folder = s3 = 0.0
+        fleet = True
+        if args.only in (None, "folder"):
+            folder = bench_folder(tmp, size, args.repeats)
         moto = Moto()
         try:
-            s3 = bench_s3(tmp, moto, size, args.repeats)
-            fleet = bench_fleet(tmp, moto, args.fleet_files, args.fleet_file_mib)
+            if args.only in (None, "s3"):
+                s3 = bench_s3(tmp, moto, size, args.repeats)
+            if args.only in (None, "fleet"):
+                fleet = bench_fleet(tmp, moto, args.fleet_files, args.fleet_file_mib)
         finally:
             moto.stop()
     print(
