@@ -274,3 +274,23 @@ def test_credentials_in_mirror_urls_stay_out_of_every_repr(project: Path) -> Non
     assert str(url).startswith("https://k:hunter3@")  # the real value is used
     for obj in (manifest, settings, store, store.mirror_set, url, manifest.mirrors):
         assert "hunter" not in repr(obj)
+
+
+def test_cli_mirror_flag_and_force_download_fetch_from_the_mirror_again(
+    project: Path, hub: LocalHub, tmp_path: Path
+) -> None:
+    import io
+
+    from pytest_ckpts.cli import main
+
+    path = make_manifest(project, hub, {"a": A}, pinned=True)
+    fill_folder(tmp_path / "m", {"a": A})
+    hub.stats.reset()
+    out = io.StringIO()
+    assert main(["--manifest", str(path), "--mirror", str(tmp_path / "m"), "fetch"], out=out) == 0
+    assert f"(from mirror {tmp_path}/m/{{sha256}})" in out.getvalue()
+    manifest = load_manifest(path)
+    store = Store(manifest, mirrors=(str(tmp_path / "m"),))
+    again = store.resolve(manifest.get("a"), force_download=True)
+    assert (again.source, again.mirror) == ("downloaded", f"{tmp_path}/m/{{sha256}}")
+    assert hub.stats.request_count == 0
