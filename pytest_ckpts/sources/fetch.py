@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -55,37 +54,13 @@ class Fetched:
     seconds: float
 
 
-class _NoHeaders:
-    headers: dict[str, str] = {}  # noqa: RUF012 - read-only stand-in for a response
-
-
-def hash_into(chunks: Iterable[bytes], f: Any, path: Path, spec: CheckpointSpec) -> tuple[str, int]:
-    """Write ``chunks`` to ``f`` while another thread hashes them; (sha256, bytes).
-
-    hashlib and file writes both release the GIL, so hashing overlaps the copy: the cost
-    is that of the slower of the two, not their sum.
-    """
-    from .._transfer import write_chunk
-
+def hash_stream(chunks: Iterable[bytes]) -> tuple[str, int]:
+    """(sha256, bytes) of a stream that is only read (``mirror verify``)."""
     digest = hashlib.sha256()
-    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
-
-    def hasher() -> None:
-        while (chunk := pending.get()) is not None:
-            digest.update(chunk)
-
-    worker = threading.Thread(target=hasher, name="pytest-ckpts-hash", daemon=True)
-    worker.start()
     nbytes = 0
-    try:
-        for chunk in chunks:
-            pending.put(chunk)
-            if f is not None:
-                write_chunk(f, chunk, path, spec, _NoHeaders())
-            nbytes += len(chunk)
-    finally:
-        pending.put(None)
-        worker.join()
+    for chunk in chunks:
+        digest.update(chunk)
+        nbytes += len(chunk)
     return digest.hexdigest(), nbytes
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MirrorUnavailable
 from .backends import Backend
-from .fetch import MirrorSet, hash_into
+from .fetch import MirrorSet, hash_stream
 from .template import Mirror, redact_url
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def verify_one(mirrors: MirrorSet, mirror: Mirror, spec: CheckpointSpec, *, quic
 
     def digest(backend: Backend) -> tuple[str, int]:
         with backend.stream(url) as chunks:
-            return hash_into(chunks, None, Path(url), spec)
+            return hash_stream(chunks)
 
     try:
         result.size = mirrors.attempt(mirror, size)
