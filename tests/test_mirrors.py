@@ -294,3 +294,19 @@ def test_cli_mirror_flag_and_force_download_fetch_from_the_mirror_again(
     again = store.resolve(manifest.get("a"), force_download=True)
     assert (again.source, again.mirror) == ("downloaded", f"{tmp_path}/m/{{sha256}}")
     assert hub.stats.request_count == 0
+
+
+def test_hasher_waits_for_bytes_still_in_the_writers_buffer(tmp_path: Path) -> None:
+    """s3fs reports each chunk before its buffered file flushes it: the hash must wait."""
+    import time
+
+    from pytest_ckpts.sources.fetch import FileHasher
+
+    path = tmp_path / "blob"
+    data = os.urandom(100_000)
+    with open(path, "wb", buffering=1 << 20) as f:
+        hasher = FileHasher(path)
+        f.write(data)  # stays in the 1 MiB buffer until the file is closed
+        hasher.advance(len(data))
+        time.sleep(0.05)  # the hasher meanwhile finds the file empty
+    assert hasher.finish() == (hashlib.sha256(data).hexdigest(), len(data))

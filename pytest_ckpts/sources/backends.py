@@ -238,9 +238,11 @@ class HttpBackend:
             yield chunks()
 
     def download(self, url: str, dest: Path, advance: Callable[[int], None]) -> None:
-        with self.stream(url) as chunks, open(dest, "wb") as out:
+        with self.stream(url) as chunks, open(dest, "wb", buffering=0) as out:
             for chunk in chunks:
-                out.write(chunk)
+                view = memoryview(chunk)
+                while view:  # unbuffered: what is reported is in the file
+                    view = view[out.write(view) :]
                 advance(len(chunk))
 
     def size(self, url: str) -> int | None:

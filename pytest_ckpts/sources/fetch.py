@@ -71,6 +71,8 @@ class FileHasher:
     It reads back what is in the file (from the page cache), so the hash is of the bytes
     that will be renamed into the cache, whatever wrote them: an in-kernel copy, s3fs,
     an HTTP stream. Copying and hashing overlap: the cost is the slower of the two.
+    Bytes a writer reports before its buffer reaches the file are waited for; after
+    :meth:`finish` (the writer has closed the file) a short file is an error.
     """
 
     def __init__(self, path: Path) -> None:
@@ -92,6 +94,7 @@ class FileHasher:
     def _run(self) -> None:
         buffer = memoryview(bytearray(1 << 22))
         f = None
+        closed = False
         try:
             while True:
                 with self._cond:
@@ -104,8 +107,14 @@ class FileHasher:
                     f = open(self._path, "rb")  # noqa: SIM115 - closed below
                 while self._read < target:
                     n = f.readinto(buffer[: min(len(buffer), target - self._read)])
-                    if not n:
-                        raise OSError(f"{self._path} is shorter than what was written")
+                    if not n:  # still in the writer's buffer: wait for a flush or the close
+                        if closed:
+                            raise OSError(f"{self._path} is shorter than what was written")
+                        with self._cond:
+                            closed = self._done  # closed: one more read sees everything
+                            if not closed:
+                                self._cond.wait(0.01)
+                        continue
                     self._digest.update(buffer[:n])
                     self._read += n
         except BaseException as exc:  # reported by finish()
@@ -114,12 +123,16 @@ class FileHasher:
             if f is not None:
                 f.close()
 
-    def finish(self) -> tuple[str, int]:
+    def finish(self, *, check: bool = True) -> tuple[str, int]:
+        """Stop after the bytes announced (the writer has closed the file); ``check=False``
+        on a failed transfer: the temp file is discarded, only the thread must end."""
         with self._cond:
             self._done = True
+            if not check:
+                self._ready = self._read
             self._cond.notify()
         self._thread.join()
-        if self._failed is not None:
+        if check and self._failed is not None:
             raise self._failed
         return self._digest.hexdigest(), self._read
 
@@ -231,12 +244,12 @@ class MirrorSet:
                 try:
                     backend.download(url, tmp, hasher.advance)
                 except OSError as exc:
-                    hasher.finish()
+                    hasher.finish(check=False)
                     if isinstance(exc, CacheError):
                         raise
                     raise cache_error(spec, tmp, exc, None) from None
                 except BaseException:
-                    hasher.finish()
+                    hasher.finish(check=False)
                     raise
                 return hasher.finish()
 
