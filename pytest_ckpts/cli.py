@@ -144,6 +144,7 @@ def cmd_fetch(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
                 f"({ckpt.path}): {cli_words(why or 'the hub failed')}"
             )
         note = "" if ckpt.verified else "  (unverified: no sha256 in the manifest)"
+        note += f"  (from mirror {ckpt.mirror})" if ckpt.mirror else ""
         return f"{ckpt.source:<10}  {spec.name}  {_size(ckpt.size)}  {ckpt.path}{note}"
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -288,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="never touch the network: only what is cached (like pytest's --ckpts=offline)",
     )
+    parser.add_argument(
+        "--mirror",
+        metavar="URL",
+        action="append",
+        default=None,
+        help=f"fetch from this mirror before the hub (repeatable; replaces {ENV['mirrors']} "
+        'and config.mirrors; --mirror "" turns mirrors off)',
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="name, size, cached, verified, description")
@@ -373,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp = csub.add_parser("prune", help="remove cached files the manifest no longer names")
     pp.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     p.set_defaults(func=cmd_cache)
+    from .cli_mirror import add_mirror_parser
+
+    add_mirror_parser(sub)
     return parser
 
 

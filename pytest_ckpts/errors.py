@@ -33,6 +33,7 @@ __all__ = [
     "ExperimentWarning",
     "ManifestError",
     "ManifestNotFoundError",
+    "MirrorUnavailable",
     "NoExperimentHashError",
     "RetrySignal",
     "TensorIndexError",
@@ -325,6 +326,22 @@ class RetrySignal(CheckpointsError):
     def __init__(self, failure: Any) -> None:
         super().__init__(getattr(failure, "text", "transient failure"))
         self.failure = failure
+
+
+class MirrorUnavailable(CheckpointsError):
+    """A mirror could not serve a file (internal: the store moves on to the next source).
+
+    ``kind``: ``"missing"`` (no such object: next source, quietly), ``"refused"`` (401,
+    403, a missing backend: remembered for the run), ``"unreachable"`` (remembered for
+    the run) or ``"transient"`` (retried within the retry budget). The message names
+    the mirror redacted, never its credentials.
+    """
+
+    def __init__(self, kind: str, text: str, *, retry_after: float | None = None) -> None:
+        super().__init__(text)
+        self.kind = kind
+        self.text = text
+        self.retry_after = retry_after
 
 
 class DecompressError(CheckpointsError):

@@ -24,7 +24,7 @@ from typing import Any
 
 from ._redact import redact
 from .session import CkptsSession
-from .stats import Stats
+from .stats import Stats, is_mirror
 
 __all__ = [
     "header_line",
@@ -78,8 +78,10 @@ def summary_lines(stats: Stats, *, verbose: bool) -> list[str]:
     failed = stats.by_status("failed")
     down_bytes = sum(r["bytes"] for r in downloaded.values())
     down_secs = sum(r["seconds"] for r in downloaded.values())
+    mirrored = sum(1 for r in downloaded.values() if is_mirror(r.get("source")))
+    from_mirrors = f", {mirrored} from mirrors" if mirrored else ""
     parts = [
-        f"{len(downloaded)} downloaded ({_size(down_bytes)} in {down_secs:.1f}s)",
+        f"{len(downloaded)} downloaded ({_size(down_bytes)} in {down_secs:.1f}s{from_mirrors})",
         f"{len(cached)} cached",
     ]
     if stale:
@@ -93,7 +95,8 @@ def summary_lines(stats: Stats, *, verbose: bool) -> list[str]:
     if not verbose:
         return lines
     for name, r in sorted(downloaded.items()):
-        lines.append(f"downloaded {name}: {_size(r['bytes'])} in {r['seconds']:.2f}s")
+        where = f" from {r['source']}" if is_mirror(r.get("source")) else ""
+        lines.append(f"downloaded {name}: {_size(r['bytes'])} in {r['seconds']:.2f}s{where}")
     for name in sorted(cached):
         lines.append(f"cached     {name}")
     for name, r in sorted(stale.items()):
@@ -117,13 +120,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     out = [
         "### Checkpoints (pytest-ckpts)",
         "",
-        "| name | status | bytes | seconds | commit | reason |",
-        "|---|---|---:|---:|---|---|",
+        "| name | status | source | bytes | seconds | commit | reason |",
+        "|---|---|---|---:|---:|---|---|",
     ]
     for r in rows:
         cells = (
             literal(r["name"]),
             literal(r["status"]),
+            literal(str(r.get("source") or "")),
             str(int(r["bytes"] or 0)),
             f"{float(r['seconds'] or 0.0):.2f}",
             literal((r["commit"] or "")[:12]),

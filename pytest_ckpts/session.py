@@ -93,6 +93,7 @@ class _HookObserver:
             sha256=checkpoint.sha256,
             commit=checkpoint.revision,
             size=checkpoint.size,
+            source=checkpoint.mirror or ("hub" if checkpoint.source == "downloaded" else "cache"),
         )
         self._config.hook.pytest_ckpts_resolved(config=self._config, checkpoint=checkpoint)
 

@@ -2,7 +2,8 @@
 
 One record per checkpoint name, in the shape of the JSON report (README "Reports for fleets"):
 ``status`` is one of downloaded, cached, stale, skipped, failed; ``bytes`` is what this
-run transferred; ``reason`` is set for skipped, failed and stale. Workers send
+run transferred; ``reason`` is set for skipped, failed and stale; ``source`` says where
+the bytes came from: ``cache``, ``hub`` or the (redacted) mirror (README "Mirrors"). Workers send
 ``to_json()`` in ``workeroutput``; the controller ``merge``s them.
 """
 
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["STATUSES", "Stats"]
+__all__ = ["STATUSES", "Stats", "is_mirror"]
 
 #: Report statuses, strongest first: when workers disagree the strongest wins.
 STATUSES = ("failed", "downloaded", "stale", "cached", "skipped")
@@ -32,7 +33,13 @@ def _blank(name: str) -> dict[str, Any]:
         "size": None,
         "seconds": 0.0,
         "reason": None,
+        "source": None,
     }
+
+
+def is_mirror(source: str | None) -> bool:
+    """A ``source`` naming a mirror (not the cache, the hub or nothing)."""
+    return source not in (None, "cache", "hub")
 
 
 @dataclass
@@ -56,8 +63,9 @@ class Stats:
         sha256: str | None = None,
         commit: str | None = None,
         size: int | None = None,
+        source: str | None = None,
     ) -> None:
-        """Note an event; the strongest status seen for ``name`` wins."""
+        """Note an event; the strongest status seen for ``name`` wins (with its source)."""
         with self._lock:
             self._events[name] += 1
             rec = self.records.setdefault(name, _blank(name))
@@ -66,6 +74,8 @@ class Stats:
                 rec["status"] = status
                 if reason is not None or status in ("downloaded", "cached"):
                     rec["reason"] = reason
+                if source is not None:
+                    rec["source"] = source
             rec["bytes"] += nbytes
             rec["seconds"] += seconds
             for key, value in (("sha256", sha256), ("commit", commit), ("size", size)):
@@ -127,15 +137,26 @@ class Stats:
                 sha256=rec.get("sha256"),
                 commit=rec.get("commit"),
                 size=rec.get("size"),
+                source=rec.get("source"),
             )
         self.hashed_bytes += int(data.get("hashed_bytes", 0))
         self.hash_seconds += float(data.get("hash_seconds", 0.0))
 
     def report_rows(self) -> list[dict[str, Any]]:
         """The ``checkpoints`` list of the JSON report, sorted by name."""
-        keys = ("name", "status", "sha256", "commit", "bytes", "size", "seconds", "reason")
+        keys = (
+            "name",
+            "status",
+            "source",
+            "sha256",
+            "commit",
+            "bytes",
+            "size",
+            "seconds",
+            "reason",
+        )
         return [
-            {k: (round(r[k], 3) if k == "seconds" else r[k]) for k in keys}
+            {k: (round(r[k], 3) if k == "seconds" else r.get(k)) for k in keys}
             for _, r in sorted(self.records.items())
             if r["status"] is not None
         ]

@@ -1,6 +1,6 @@
 """Resolve a manifest entry to a verified local file: the sequence, nothing else.
 
-fast path (stamp) → lock → look again → download → verify → stamp → retry once.
+fast path (stamp) → lock → look again → mirrors → download → verify → stamp → retry once.
 
 - The commit comes from the manifest (a pinned 40-hex revision) or from one bounded
   probe per run (a branch); see :mod:`pytest_ckpts.hub_client`.
@@ -9,6 +9,9 @@ fast path (stamp) → lock → look again → download → verify → stamp → 
   download, a hash compared with the manifest, a stamp. A cached copy that fails the
   check is downloaded again once; a fresh download that fails is deleted and the
   mismatch is remembered for the run (README "Run modes": never downloaded again).
+- Mirrors (README "Mirrors"): an entry with a sha256 is streamed from the first mirror
+  holding the right bytes before the hub is asked (a pinned entry: no hub request at
+  all); the step lives in :mod:`pytest_ckpts.sources.step`.
 - Stale-while-error: when a branch cannot be resolved because the hub is down,
   rate-limited or the retry budget is spent, the verified copy of the commit the
   branch last resolved to is used, and reported as ``stale``.
@@ -36,6 +39,7 @@ from .integrity import calculate_sha256
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import RetryBudget, RunState
 from .settings import ENV, Mode, Settings
+from .sources.step import MirrorSupport, from_mirrors, may_mirror, unresolved
 
 __all__ = ["DEFAULT_ENDPOINT", "NullObserver", "Observer", "Store", "redact", "resolve_endpoint"]
 
@@ -73,7 +77,7 @@ class NullObserver:
 
 
 @dataclass
-class Store:
+class Store(MirrorSupport):
     """Resolves manifest entries to verified files in ``cache_dir``.
 
     ``offline=True`` never touches the network: a missing file raises
@@ -121,6 +125,7 @@ class Store:
             "rehash": settings.rehash,
             "retry_budget": settings.retry_budget,
             "trust_endpoint": settings.trust_manifest_endpoint,
+            "mirrors": settings.mirrors if settings.mirrors is not None else manifest.mirrors,
         }
         return cls(manifest, **{**values, **overrides})
 
@@ -160,8 +165,8 @@ class Store:
         return self.hub.probe(spec)
 
     def needs_network(self, spec: CheckpointSpec) -> bool:
-        """True unless a pinned entry is cached and trusted (a warm pinned run asks nothing)."""
-        return not (is_pinned(spec.revision) and self.is_trusted(spec))
+        """True unless a pinned entry is cached and trusted, or may come from a mirror."""
+        return not (is_pinned(spec.revision) and (self.is_trusted(spec) or may_mirror(self, spec)))
 
     # ------------------------------------------------------------------ resolve
     def resolve(self, spec: CheckpointSpec, *, force_download: bool = False) -> Checkpoint:
@@ -181,7 +186,7 @@ class Store:
                     return ready
             return self._locked(spec, path, commit, force_download)
         except CheckpointDownloadError as exc:
-            stale = self._stale(spec, exc)
+            stale = self._stale(spec, exc) or unresolved(self, spec, exc)
             if stale is None:
                 raise
             return stale
@@ -324,8 +329,8 @@ class Store:
                     spec.sha256,
                 )
         try:
-            if is_pinned(spec.revision):
-                self.hub.probe(spec)  # one short request decides "is the hub there" for the run
+            if (mirrored := from_mirrors(self, spec, commit, not force_download)) is not None:
+                return mirrored  # else pinned: one short hub probe decided "is the hub there"
             got = self.hub.download(spec, commit, self.layout)
         except CheckpointDownloadError as exc:
             if corrupted is None:
