@@ -143,7 +143,10 @@ class ApiHandler(WireHandler):
         url = f"{self.hub.endpoint}/{PREFIX[repo_type]}{repo_id}"
         private = body.get("visibility") == "private" or body.get("private") is True
         if not self.hub.content.create_new_repo(repo_id, repo_type, private):
-            self._error(409, None, "You already created this repo", {"X-Repo-Url": url})
+            # the Hub's 409 carries the url: `create_repo(exist_ok=True)` returns it
+            self._error(
+                409, None, "You already created this repo", {"X-Repo-Url": url}, {"url": url}
+            )
             return
         self._json(200, {"url": url, "name": repo_id, "id": repo_id})
 

@@ -329,6 +329,8 @@ class HubContent:
         """The temp dir for LFS uploads, made on first use."""
         with self._lock:
             if self._upload_dir is None:
+                if self._upload_parent is not None:  # the local_hub fixture names one in tmp_path
+                    self._upload_parent.mkdir(parents=True, exist_ok=True)
                 self._upload_dir = Path(
                     tempfile.mkdtemp(prefix="pytest-ckpts-hub-", dir=self._upload_parent)
                 )

@@ -145,13 +145,20 @@ class WireHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), content_type=content_type)
 
     def _error(
-        self, status: int, code: str | None, message: str, headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        body: Mapping[str, object] | None = None,
     ) -> None:
+        """The Hub's error form: ``{"error": message, ...body}``, ``X-Error-Code``/``-Message``."""
         extra = dict(headers or {})
         if code is not None:
             extra["X-Error-Code"] = code
         extra["X-Error-Message"] = message
-        self._send(status, json.dumps({"error": message}).encode(), headers=extra)
+        payload = {"error": message, **(body or {})}
+        self._send(status, json.dumps(payload).encode(), headers=extra)
 
     def _abort(self, *, reset: bool) -> None:
         self._flush_headers()
