@@ -120,13 +120,14 @@ class CkptsSession:
             from .store import Store
 
             assert self.manifest is not None
-            cache_dir = self.settings.cache_dir or self.manifest.cache_dir
+            layout = Cache.locate(self.settings.cache_dir or self.manifest.cache_dir)
             self._store = Store.from_settings(
                 self.manifest,
                 self.settings,
-                cache_dir=cache_dir,
+                cache_dir=layout.root,
+                hub_dir=layout.hub_dir,
                 observer=_HookObserver(self.config, self.stats),
-                run_state=RunState(Cache(cache_dir).runs_dir() / f"{self.run_id}.json"),
+                run_state=RunState(layout.runs_dir() / f"{self.run_id}.json"),
             )
             workerinput = getattr(self.config, "workerinput", None)
             if workerinput and workerinput.get("ckpts_probes"):

@@ -44,9 +44,7 @@ def test_local_hub_fixture_takes_lfs_upload_and_create_repo_twice(
     assert Path(got).resolve().name == hashlib.sha256(WEIGHTS).hexdigest()  # LFS etag
 
 
-def test_hf_upload_cli_twice_against_local_hub_fixture(
-    local_hub: LocalHub, tmp_path: Path
-) -> None:
+def test_hf_upload_cli_twice_against_local_hub_fixture(local_hub: LocalHub, tmp_path: Path) -> None:
     """``hf upload`` creates the repo (exist_ok) on every call: the second must work too."""
     folder = tmp_path / "up"
     folder.mkdir()
