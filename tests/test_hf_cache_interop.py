@@ -106,7 +106,8 @@ def test_project_cache_reads_cleanly_with_huggingface_hub_tools(
     # huggingface_hub finds our files without a request
     hub.stats.reset()
     found = try_to_load_from_cache(REPO, "weights/vae.ckpt", cache_dir=root / "hub")
-    assert isinstance(found, str) and Path(found).read_bytes() == VAE
+    assert isinstance(found, str)
+    assert Path(found).read_bytes() == VAE
     got = hf_hub_download(REPO, "weights/ldm.ckpt", cache_dir=root / "hub", local_files_only=True)
     assert Path(got).read_bytes() == LDM
     assert hub.stats.request_count == 0
@@ -215,7 +216,7 @@ def test_no_cache_dir_without_hf_hub_cache_uses_hf_home_hub(
     assert hub.stats.bodies_served == 0
     assert scan_cache_dir(home / "hub").warnings == []
     monkeypatch.chdir(project)
-    code, out = cli("cache", "info")
+    _code, out = cli("cache", "info")
     assert f"hf cache ls --cache-dir {home / 'hub'}" in out
 
 
@@ -251,5 +252,6 @@ def test_cache_key_does_not_depend_on_where_the_cache_lives(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "x"))
     assert cli("cache", "key")[1] == key
     assert cli("--cache-dir", str(tmp_path / "y"), "cache", "key")[1] == key
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # no disk
+    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "y").exists()
     assert path.is_file()

@@ -160,6 +160,20 @@ class WireHandler(BaseHTTPRequestHandler):
         payload = {"error": message, **(body or {})}
         self._send(status, json.dumps(payload).encode(), headers=extra)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own answers (an unsupported method, a malformed request)
+        in the Hub's JSON error form, not its HTML page."""
+        text = message or self.responses.get(code, ("Error",))[0]
+        payload = json.dumps({"error": text}).encode()
+        self.send_response(code)
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("X-Error-Message", text)
+        self.end_headers()
+        if getattr(self, "command", None) != "HEAD":
+            self.wfile.write(payload)
+
     def _abort(self, *, reset: bool) -> None:
         self._flush_headers()
         if reset:  # RST, as a crashed server or a broken network produces
