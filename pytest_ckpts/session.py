@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+from . import _properties
 from .errors import (
     CacheError,
     CheckpointDownloadError,
@@ -256,13 +257,17 @@ class CkptsSession:
         __tracebackhide__ = True
         spec = self._test_spec(name)
         self._check_unverified(name, spec)
-        with self._policy(name):
+        with _properties.on_outcome(item, spec), self._policy(name):
             if self.prefetcher is not None:
                 ckpt = self.prefetcher.result(name, self.store)
             else:
                 ckpt = self.store.resolve(spec)
+        stale = self.store.stale_reasons.get(name) if ckpt.source == "stale" else None
         if ckpt.source == "stale":
             self.stats.record(name, "stale", reason=self.store.stale_reasons.get(name))
+        _properties.record(
+            item, name, ckpt.source, sha256=ckpt.sha256, commit=ckpt.revision, reason=stale
+        )
         if item is not None:
             item.stash.setdefault(USED_KEY, {})[name] = ckpt.sha256
         return ckpt
@@ -290,8 +295,11 @@ class CkptsSession:
         :meth:`resolve_for_test` does for whole files: return, ``skip`` or ``fail``."""
         __tracebackhide__ = True
         spec = self._test_spec(name)
-        with self._policy(name):
+        with _properties.on_outcome(item, spec), self._policy(name):
             got = self._read_tensors(spec, tensor_names)
+        _properties.record(
+            item, name, got.source, sha256=spec.sha256, commit=got.commit, reason=got.reason
+        )
         if item is not None and spec.sha256 is not None:
             item.stash.setdefault(USED_KEY, {})[name] = spec.sha256
         return got.tensors
