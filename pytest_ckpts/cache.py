@@ -54,6 +54,8 @@ HUB_DIR = "hub"  # huggingface_hub's cache inside a cache_dir, as in HF_HOME
 INCOMPLETE = ".incomplete"
 #: what huggingface_hub keeps in its cache folder: moved from the old layout into ``hub/``
 _REPO_PREFIXES = ("models--", "datasets--", "spaces--")
+#: huggingface_hub's own lock folder: pytest-ckpts never writes it, so a cache_dir that has
+#: one is shared with huggingface_hub's tools and is read in place, never moved
 _HUB_ENTRIES = (".locks",)
 
 
@@ -173,10 +175,10 @@ class Cache:
     def locate(cls, cache_dir: Path | None, env: Mapping[str, str] | None = None) -> Cache:
         """The cache of ``cache_dir`` (the manifest's or an override), else huggingface_hub's
         own (``HF_HUB_CACHE``, ``HF_HOME``, read now)."""
-        if cache_dir is not None:
-            return cls(cache_dir)
         home, hub = hf_cache_dirs(env)
-        return cls(home, hub)
+        if cache_dir is not None and not _same_dir(cache_dir, hub or home / HUB_DIR):
+            return cls(cache_dir)
+        return cls(home, hub)  # a cache_dir naming huggingface_hub's cache is that cache
 
     @property
     def hub(self) -> Path:
@@ -189,11 +191,17 @@ class Cache:
 
         Done once, under a lock, each move a rename (atomic, stamps stay valid); a repo
         folder also present in ``hub/`` is merged file by file. A cache that cannot be
-        changed (read-only, a lock that cannot be made) is read where it is. Costs one
-        ``scandir`` of ``root`` when there is nothing to move.
+        changed (read-only, a lock that cannot be made) is read where it is, and so is one
+        huggingface_hub writes to as well (it has ``.locks/``): moving it would break the
+        other tools using it. Costs one ``scandir`` of ``root`` when there is nothing to move.
         """
-        if self.hub_dir is not None or not _old_entries(self.root):
+        if self.hub_dir is not None:
+            return self._state_out_of_hub()
+        old = _old_entries(self.root)
+        if not old:
             return self
+        if ".locks" in old:  # huggingface_hub itself writes here: other tools use this folder
+            return Cache(self.root, self.root)
         from filelock import FileLock, Timeout
 
         lock_path = self.root / META_DIR / "locks" / "layout.lock"
@@ -212,6 +220,18 @@ class Cache:
                 self.root,
                 self.hub,
             )
+        return self
+
+    def _state_out_of_hub(self) -> Cache:
+        """State an earlier version kept inside huggingface_hub's cache (a ``cache_dir``
+        naming it) moves beside it, once; where that cannot be done it stays."""
+        inside, state = self.hub / META_DIR, self.root / META_DIR
+        if self.hub != self.root and inside.is_dir() and not state.exists():
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                os.rename(inside, state)
+            except OSError as exc:
+                logger.debug("pytest-ckpts: cannot move %s to %s: %s", inside, state, exc)
         return self
 
     # ------------------------------------------------------------------ paths
@@ -508,6 +528,13 @@ def _old_entries(root: Path) -> list[str]:
             ]
     except OSError:
         return []
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def _move_into(root: Path, hub: Path) -> int:

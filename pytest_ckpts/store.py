@@ -99,8 +99,8 @@ class Store:
     _layout: Cache | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.cache_dir is None:  # none given, none in the manifest: huggingface_hub's own
-            located = Cache.locate(self.manifest.cache_dir)
+        if self.hub_dir is None:  # none given, none in the manifest: huggingface_hub's own
+            located = Cache.locate(self.cache_dir or self.manifest.cache_dir)
             self.cache_dir, self.hub_dir = located.root, located.hub_dir
         if self.run_state is None:
             self.run_state = RunState()

@@ -120,11 +120,10 @@ def test_project_cache_reads_cleanly_with_huggingface_hub_tools(
 def test_cache_in_the_old_layout_is_moved_once_without_downloading_or_rehashing(
     project: Path, hub: LocalHub
 ) -> None:
-    """The layout before ``hub/``: repo folders and ``.locks`` beside the manifest."""
+    """The layout before ``hub/``: repo folders beside the manifest and ``.ckpts/``."""
     manifest = load_manifest(make_manifest(project, hub, {"vae": VAE}))
     Store(manifest).resolve(manifest.get("vae"))
     root = project / "checkpoints"
-    (root / "hub" / ".locks" / "models--acme--ckpts").mkdir(parents=True, exist_ok=True)
     for entry in list((root / "hub").iterdir()):  # back to the old layout
         entry.rename(root / entry.name)
     (root / "hub").rmdir()
@@ -139,7 +138,41 @@ def test_cache_in_the_old_layout_is_moved_once_without_downloading_or_rehashing(
     assert seen.hashed == []  # the stamps moved with the files: no re-hash either
     assert sorted(p.name for p in root.iterdir()) == [".ckpts", "checkpoints.yaml", "hub"]
     assert scan_cache_dir(root / "hub").warnings == []
-    assert sorted(p.name for p in (root / "hub").iterdir()) == [".locks", "models--acme--ckpts"]
+    assert sorted(p.name for p in (root / "hub").iterdir()) == ["models--acme--ckpts"]
+
+
+def test_cache_dir_huggingface_hub_also_writes_is_read_in_place(
+    project: Path, hub: LocalHub, tmp_path: Path
+) -> None:
+    """A cache_dir other tools use (huggingface_hub made ``.locks/`` there) is not moved."""
+    manifest_path = make_manifest(project, hub, {"vae": VAE})
+    shared = tmp_path / "shared-hf-cache"
+    hf_hub_download(REPO, "weights/vae.ckpt", endpoint=hub.endpoint, cache_dir=shared)
+    assert (shared / ".locks").is_dir()
+    manifest = load_manifest(manifest_path)
+    hub.stats.reset()
+    ckpt = Store(manifest, cache_dir=shared).resolve(manifest.get("vae"))
+    assert ckpt.path.is_relative_to(shared / "models--acme--ckpts")
+    assert hub.stats.bodies_served == 0
+    assert not (shared / "hub").exists()
+    found = hf_hub_download(REPO, "weights/vae.ckpt", cache_dir=shared, local_files_only=True)
+    assert Path(found).read_bytes() == VAE  # the other tools still find their files
+
+
+def test_cache_dir_naming_hf_hub_cache_is_that_cache(
+    project: Path, hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cache_dir: ~/.cache/huggingface/hub`` (the old way to share): state goes beside it."""
+    hf_cache = tmp_path / "hf-hub-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache))
+    (hf_cache / ".ckpts" / "stamps").mkdir(parents=True)  # left there by an earlier version
+    manifest = load_manifest(make_manifest(project, hub, {"vae": VAE}))
+    assert Cache.locate(hf_cache) == Cache(Path(os.environ["HF_HOME"]), hf_cache)
+    store = Store(manifest, cache_dir=hf_cache)  # as --ckpts-cache-dir / --cache-dir give it
+    assert store.resolve(manifest.get("vae")).path.is_relative_to(hf_cache)
+    assert scan_cache_dir(hf_cache).warnings == []
+    assert (Path(os.environ["HF_HOME"]) / ".ckpts" / "stamps").is_dir()
+    assert not (hf_cache / ".ckpts").exists()
 
 
 def test_old_layout_beside_a_new_one_is_merged(project: Path, hub: LocalHub) -> None:
