@@ -288,3 +288,23 @@ def test_cache_key_does_not_depend_on_where_the_cache_lives(
     assert not (tmp_path / "x").exists()
     assert not (tmp_path / "y").exists()
     assert path.is_file()
+
+
+def test_prune_leaves_no_ref_to_a_removed_snapshot(
+    project: Path, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A branch the manifest no longer uses: its ref goes with its snapshot."""
+    import dataclasses
+
+    manifest = load_manifest(make_manifest(project, hub, {"vae": VAE}))
+    hub.add_files(REPO, {"weights/vae.ckpt": VAE[::-1]}, revision="dev")
+    dev = dataclasses.replace(manifest.get("vae"), revision="dev", sha256=None)
+    store = Store(manifest)
+    store.resolve(dev)
+    store.resolve(manifest.get("vae"))
+    root = project / "checkpoints" / "hub"
+    assert (root / "models--acme--ckpts" / "refs" / "dev").is_file()
+    store.layout.prune(manifest)  # keeps main's file, drops dev's
+    assert not (root / "models--acme--ckpts" / "refs" / "dev").exists()
+    assert (root / "models--acme--ckpts" / "refs" / "main").is_file()
+    assert scan_cache_dir(root).warnings == []
