@@ -45,6 +45,10 @@ def _properties(xml: Path) -> dict[str, dict[str, str]]:
     return out
 
 
+def _inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly", *args)
+
+
 @pytest.fixture(params=["inprocess", "xdist"])
 def run(request: pytest.FixtureRequest, pytester: pytest.Pytester):  # type: ignore[no-untyped-def]
     def go(*args: str) -> pytest.RunResult:
@@ -101,18 +105,20 @@ def test_stale_copy_shows_stale_in_junit_xml(pytester: pytest.Pytester, hub: Loc
     assert 'name="ckpts.vae.status" value="stale"' in text
 
 
-def test_skipped_checkpoints_say_so(pytester: pytest.Pytester, hub: LocalHub, run) -> None:  # type: ignore[no-untyped-def]
+def test_skipped_checkpoints_say_so(pytester: pytest.Pytester, hub: LocalHub) -> None:
     make_manifest(pytester.path, hub, {"vae": VAE, "ldm": LDM}, pinned=True)
     commit = hub.commit_sha(REPO)
     pytester.makepyfile(test_it=TESTS)
     xml = pytester.path / "junit.xml"
-    run(f"--junitxml={xml}", "--ckpts=offline").assert_outcomes(passed=1, skipped=2)
+    _inprocess(pytester, f"--junitxml={xml}", "--ckpts=offline").assert_outcomes(
+        passed=1, skipped=2
+    )
     props = _properties(xml)
     assert props["test_marked"]["ckpts.vae.status"] == "skipped"
     assert props["test_marked"]["ckpts.vae.commit"] == commit  # pinned: known without a hub
     assert "not cached" in props["test_marked"]["ckpts.vae.reason"]
     assert props["test_lazy"]["ckpts.ldm.status"] == "skipped"
-    run(f"--junitxml={xml}", "--ckpts=skip").assert_outcomes(passed=1, skipped=2)
+    _inprocess(pytester, f"--junitxml={xml}", "--ckpts=skip").assert_outcomes(passed=1, skipped=2)
     props = _properties(xml)
     assert props["test_marked"]["ckpts.vae.status"] == "skipped"  # skipped at collection
     assert "downloads disabled" in props["test_marked"]["ckpts.vae.reason"]
@@ -131,12 +137,12 @@ def test_mismatch_is_failed_with_expected_sha(pytester: pytest.Pytester, hub: Lo
     assert "Checksum mismatch" in props["ckpts.vae.reason"]
 
 
-def test_pytest_json_report_carries_them(pytester: pytest.Pytester, hub: LocalHub, run) -> None:  # type: ignore[no-untyped-def]
+def test_pytest_json_report_carries_them(pytester: pytest.Pytester, hub: LocalHub) -> None:
     pytest.importorskip("pytest_jsonreport")
     make_manifest(pytester.path, hub, {"vae": VAE, "ldm": LDM}, pinned=True)
     pytester.makepyfile(test_it=TESTS)
     report = pytester.path / "report.json"
-    run("--json-report", f"--json-report-file={report}").assert_outcomes(passed=3)
+    _inprocess(pytester, "--json-report", f"--json-report-file={report}").assert_outcomes(passed=3)
     tests = {t["nodeid"].split("::")[-1]: t for t in json.loads(report.read_text())["tests"]}
     props = {k: v for d in tests["test_marked"]["user_properties"] for k, v in d.items()}
     assert props["ckpts.vae.status"] == "downloaded"
