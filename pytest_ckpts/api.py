@@ -1,12 +1,19 @@
 """``get_checkpoint()`` and friends: the library API (README "Library API").
 
-Inside a pytest run the plugin registers a resolver here, so a test that calls
-``get_checkpoint()`` directly shares the run's store (one probe, one lock, one
-summary) and settings. Outside pytest the environment decides (``Settings.from_env``).
+A call resolves its settings when it is made. Outside pytest the environment decides
+(``Settings.from_env``). Inside a test of a run with the plugin, the run's command-line
+options, then the environment as it is now, then ini, then defaults; the manifest from
+the option, else the environment, else ini, else the first ``checkpoints/checkpoints.yaml``
+walking up from the current directory (``Settings.from_pytest(discover=True)``). When
+that gives the run's manifest, mode and cache directory, the call shares the run's
+store (one probe, one lock, one summary and report); otherwise it behaves exactly as
+outside pytest. A nested run without the plugin (``-p no:ckpts``) never reaches the
+outer run: ``PYTEST_CURRENT_TEST`` names a test the outer run is not running.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,19 +32,29 @@ __all__ = ["Backend", "fetch_tensors", "get_checkpoint", "resolve_checkpoint", "
 class Backend(Protocol):
     """What a running pytest session offers the library (``CkptsSession`` implements it)."""
 
+    @property
+    def config(self) -> Any:
+        """The run's ``pytest.Config`` (its options and ini, read at call time)."""
+
+    @property
+    def current_test(self) -> str | None:
+        """The node id of the test this process runs now, if any."""
+
+    def shares(self, settings: Settings) -> bool:
+        """Whether a call resolving to ``settings`` uses the run's store."""
+
     def resolve_for_library(self, name: str, force_download: bool = False) -> Checkpoint: ...
 
     def resolve_tensors_for_library(self, name: str, tensor_names: list[str]) -> dict[str, Any]: ...
 
 
-# Backends handed in by running pytest sessions (innermost last), so a test that calls
-# ``get_checkpoint()`` shares the run's store, mode and --ckpts-strict. The library never
+# Backends handed in by running pytest sessions (innermost last). The library never
 # imports the plugin; the plugin registers its session here.
 _BACKENDS: list[Backend] = []
 
 
 def use_backend(backend: Backend) -> Callable[[], None]:
-    """Route library calls through ``backend`` until the returned function is called."""
+    """Offer ``backend`` to library calls until the returned function is called."""
     _BACKENDS.append(backend)
 
     def undo() -> None:
@@ -47,12 +64,32 @@ def use_backend(backend: Backend) -> Callable[[], None]:
     return undo
 
 
-def _standalone(name: str) -> tuple[Manifest, Store]:
-    """Outside pytest: the environment decides (README "Library API")."""
+def _running() -> Backend | None:
+    """The run whose test (or collection, or session hook) is making this call."""
+    current = os.environ.get("PYTEST_CURRENT_TEST")
+    nodeid = current.rsplit(" (", 1)[0] if current else None
+    for backend in reversed(_BACKENDS):
+        # no test phase under way, a run still collecting (its process may have inherited
+        # the variable), or the test this run is running
+        if nodeid is None or backend.current_test in (None, nodeid):
+            return backend
+    return None  # a nested run without the plugin: as outside pytest
+
+
+def _route() -> tuple[Settings, Backend | None]:
+    """The settings of this call, and the run to share when they are the run's."""
+    run = _running()
+    if run is None:
+        return Settings.from_env(), None
+    settings = Settings.from_pytest(run.config, discover=True)
+    return settings, run if run.shares(settings) else None
+
+
+def _standalone(name: str, settings: Settings) -> tuple[Manifest, Store]:
+    """A call that shares no run: ``settings`` decide (README "Library API")."""
     from .manifest import load_manifest
     from .store import Store
 
-    settings = Settings.from_env()
     if settings.mode is Mode.SKIP:
         raise CheckpointSkipped(
             f"Checkpoint download skipped ({settings.source('mode')}). "
@@ -64,9 +101,10 @@ def _standalone(name: str) -> tuple[Manifest, Store]:
 
 def resolve_checkpoint(name: str, force_download: bool = False) -> Checkpoint:
     """Like :func:`get_checkpoint` but returns the full :class:`Checkpoint`."""
-    if _BACKENDS:
-        return _BACKENDS[-1].resolve_for_library(name, force_download)
-    manifest, store = _standalone(name)
+    settings, run = _route()
+    if run is not None:
+        return run.resolve_for_library(name, force_download)
+    manifest, store = _standalone(name, settings)
     return store.resolve(manifest.get(name), force_download=force_download)
 
 
@@ -81,11 +119,12 @@ def fetch_tensors(name: str, tensor_names: Sequence[str]) -> dict[str, Any]:
     :func:`get_checkpoint` does. README "Reading a few tensors of a huge checkpoint".
     """
     names = [tensor_names] if isinstance(tensor_names, str) else list(tensor_names)
-    if _BACKENDS:  # inside a pytest run: the run's session (store, mode, summary)
-        return _BACKENDS[-1].resolve_tensors_for_library(name, names)
+    settings, run = _route()
+    if run is not None:  # the run's session (store, mode, summary)
+        return run.resolve_tensors_for_library(name, names)
     from .partial import PartialReader
 
-    manifest, store = _standalone(name)
+    manifest, store = _standalone(name, settings)
     return PartialReader(store).read(manifest.get(name), names).tensors
 
 

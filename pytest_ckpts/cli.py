@@ -137,6 +137,12 @@ def cmd_fetch(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
             ckpt = store.resolve(spec, force_download=args.force)
         except (CheckpointsError, OSError) as exc:
             return f"FAILED      {spec.name}: {cli_words(str(exc).removeprefix('pytest-ckpts: '))}"
+        if args.force and ckpt.source == "stale":  # --force asked for a new download
+            why = store.stale_reasons.get(spec.name, "").partition("hub failed: ")[2]
+            return (
+                f"FAILED      {spec.name}: not downloaded again, the cached copy is kept "
+                f"({ckpt.path}): {cli_words(why or 'the hub failed')}"
+            )
         note = "" if ckpt.verified else "  (unverified: no sha256 in the manifest)"
         return f"{ckpt.source:<10}  {spec.name}  {_size(ckpt.size)}  {ckpt.path}{note}"
 
@@ -293,7 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fetch", help="download and verify checkpoints (all by default)")
     p.add_argument("names", nargs="*", metavar="NAME")
-    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="download again even if cached (the hub failing: exit 1, the cached copy is kept)",
+    )
     p.add_argument("--rehash", action="store_true", help="re-hash cached files")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument(

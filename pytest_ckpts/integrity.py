@@ -6,11 +6,10 @@ Verification stamps (hash once, trust ``stat`` afterwards) live in
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -27,10 +26,12 @@ __all__ = [
 ]
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 def calculate_sha256(file_path: str | os.PathLike[str]) -> str:
-    """Return the hex sha256 of a file, streaming in 4 MiB chunks (constant memory)."""
+    """Return the hex sha256 of a file in constant memory (``hashlib.file_digest`` reads it in
+    256 KiB chunks)."""
     with open(file_path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -65,11 +66,10 @@ def atomic_write_stream(
     need not fit in memory twice.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
-        # mkstemp makes 0600 files; give the usual umask-based mode, as open() would,
-        # so teammates sharing a cache or log directory can read what we wrote.
-        os.fchmod(fd, mode if mode is not None else 0o666 & ~_umask())
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -83,19 +83,20 @@ def atomic_write_stream(
         raise
 
 
-@functools.cache
-def _umask() -> int:
-    """The process umask, read once (flipping it per write would race with other threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # no /proc: read it the only portable way, once per process
-    os.umask(mask)
-    return mask
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, exclusive temp file beside ``path``, created 0666 so the OS applies the umask.
+
+    ``mkstemp`` would make it 0600 and fixing that up needs the umask, which a process can
+    only read by changing it: teammates sharing a cache or log directory can read what we
+    wrote, and the process's umask is left alone.
+    """
+    for _ in range(100):
+        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp name beside {path}")  # pragma: no cover
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:

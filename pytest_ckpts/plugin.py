@@ -133,6 +133,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         resolved[name] = session.resolve_for_test(name, item)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> None:
+    """Library calls made while this test runs belong to this run (not to a nested one)."""
+    get_session(item.config).current_test = item.nodeid
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     """Seed-style tests call ``get_checkpoint()`` themselves: same policy as the marker."""
@@ -141,7 +147,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     except (CheckpointSkipped, CheckpointDownloadError) as exc:
         session = get_session(item.config)
         if item.get_closest_marker(MARKER) is None or (
-            isinstance(exc, CheckpointDownloadError) and session.settings.mode is Mode.REQUIRE
+            isinstance(exc, CheckpointDownloadError) and session.call_mode() is Mode.REQUIRE
         ):
             raise
         raise pytest.skip.Exception(

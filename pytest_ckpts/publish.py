@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from .errors import CheckpointDownloadError, UsageFailure
-from .integrity import atomic_write_bytes, calculate_sha256
+from .integrity import atomic_write_bytes, atomic_write_stream, calculate_sha256
 from .manifest import CheckpointSpec, Manifest
 from .settings import ENV
 from .store import Store
+
+if TYPE_CHECKING:
+    from .tensor_index import IndexBuild
 
 __all__ = ["lock", "lock_tensors", "upload"]
 
@@ -162,8 +164,8 @@ def lock_tensors(
     The whole file is read once (``--from DIR``, the cache or the hub) and verified
     against the entry's sha256 (filled in when missing) before anything is indexed.
     """
-    from .errors import ChecksumMismatchError
-    from .tensor_index import build_index, index_path
+    from .errors import ChecksumMismatchError, TensorIndexError
+    from .tensor_index import build, index_path
 
     edits: dict[str, dict[str, str]] = {}
     for spec in manifest.select(names):
@@ -183,23 +185,37 @@ def lock_tensors(
             ckpt = store.resolve(spec)
             local, sha = ckpt.path, ckpt.sha256
         try:
-            data = build_index(local, sha)
-        except ValueError as exc:
+            built = build(local, sha)  # checked as safetensors checks it, before any write
+        except TensorIndexError as exc:
             raise UsageFailure(
                 f"pytest-ckpts: cannot index checkpoint '{spec.name}': {exc} "
-                "(partial reads need a .safetensors file)"
+                "(partial reads need a .safetensors file that safetensors itself accepts)"
             ) from None
         target = index_path(manifest, spec.name)
-        atomic_write_bytes(target, data)
-        count = len(json.loads(data)["tensors"])
-        out.write(f"indexed {spec.name}: {count} tensors -> {target}\n")
-        values = {"tensor_index": hashlib.sha256(data).hexdigest()}
+        values = {"tensor_index": _write_index(target, built)}
+        out.write(f"indexed {spec.name}: {built.count} tensors -> {target}\n")
         if spec.sha256 is None:
             values["sha256"] = sha
         changed = {k: v for k, v in values.items() if getattr(spec, k) != v}
         if changed:
             edits[spec.name] = changed
     return _apply_edits(manifest, edits, store, out)
+
+
+def _write_index(target: Path, built: IndexBuild) -> str:
+    """Stream the index to ``target`` atomically; its sha256, hashed on the way (an
+    index is never whole in memory)."""
+    digest = hashlib.sha256()
+
+    def write(f: BinaryIO) -> None:
+        def feed(chunk: bytes) -> None:
+            digest.update(chunk)
+            f.write(chunk)
+
+        built.write(feed)
+
+    atomic_write_stream(target, write)
+    return digest.hexdigest()
 
 
 def _missing_commits(store: Store, specs: list[CheckpointSpec]) -> list[str]:

@@ -111,6 +111,8 @@ class CkptsSession:
     _store: Store | None = None
     _warned_unverified: bool = False
     _probes_done: dict[str, dict[str, Any]] | None = None
+    #: node id of the test this process runs now (library calls find their run by it)
+    current_test: str | None = None
 
     @property
     def store(self) -> Store:
@@ -190,6 +192,24 @@ class CkptsSession:
                 stacklevel=1,
             )
 
+    def shares(self, settings: Settings) -> bool:
+        """Whether a library call that resolved ``settings`` at call time is this run's:
+        same manifest, mode and cache directory (README "Library API")."""
+        if self.manifest is None or settings.manifest is None:
+            return False
+        if settings.mode is not self.settings.mode:
+            return False
+        ours = self.settings.cache_dir or self.manifest.cache_dir
+        theirs = settings.cache_dir or self.manifest.cache_dir
+        return _same(settings.manifest, self.manifest.path) and _same(ours, theirs)
+
+    def call_mode(self) -> Mode:
+        """The mode a library call in the running test resolves now."""
+        try:
+            return Settings.from_pytest(self.config, discover=True).mode
+        except ValueError:  # the call itself raised it; the run's mode decides the rest
+            return self.settings.mode
+
     def _library_spec(self, name: str) -> CheckpointSpec:
         spec = self.spec(name)
         if self.settings.mode is Mode.SKIP:
@@ -220,6 +240,8 @@ class CkptsSession:
             spec = self.spec(name)
         except KeyError as exc:
             _fail(f"pytest-ckpts: {exc.args[0]}")
+        except pytest.UsageError as exc:  # no manifest: this test fails, not the whole run
+            _fail(str(exc))
         if self.settings.mode is Mode.SKIP:
             reason = f"checkpoint '{name}': downloads disabled ({self.mode_source})"
             self.stats.record(name, "skipped", reason=reason)
@@ -344,6 +366,10 @@ SESSION_KEY = pytest.StashKey[CkptsSession]()
 def get_session(config: pytest.Config) -> CkptsSession:
     """The run's session object (created in ``pytest_configure``)."""
     return config.stash[SESSION_KEY]
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a == b or a.resolve() == b.resolve()
 
 
 def _skip(reason: str) -> None:

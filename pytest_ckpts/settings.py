@@ -84,6 +84,11 @@ def env_value(name: str, env: Mapping[str, str] | None = None) -> str | None:
     return value if value else None
 
 
+def env_true(name: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether the switch ``name`` is on (``1``/``true``/``yes``/``on``, any case)."""
+    return (env_value(name, env) or "").strip().lower() in _TRUE
+
+
 def parse_mode(value: str, *, source: str) -> Mode:
     """Turn ``value`` into a Mode or raise ValueError naming where it came from."""
     try:
@@ -252,11 +257,17 @@ class Settings:
 
     # ------------------------------------------------------------------ builders
     @classmethod
-    def from_pytest(cls, config: Any) -> Settings:
+    def from_pytest(cls, config: Any, *, discover: bool = False) -> Settings:
         """The plugin's settings: ``--ckpts-*`` > ``PYTEST_CKPTS_*`` > ini > default.
 
+        The environment is read as it is now. ``discover=True`` is a library call inside
+        a test (README "Library API"): with no manifest from the option, the environment
+        or ini, it is the first ``checkpoints/checkpoints.yaml`` walking up from the
+        current directory (a test may ``chdir`` into another project), else the run's
+        ``<rootdir>/checkpoints/checkpoints.yaml``.
+
         Raises ValueError naming the source of a bad value (the plugin turns it into a
-        ``pytest.UsageError``).
+        ``pytest.UsageError``; a library call raises it as it is).
         """
         sources: dict[str, str] = {}
         mode, sources["mode"] = resolve_mode(
@@ -275,6 +286,9 @@ class Settings:
             return (base / path) if base is not None else path.absolute()
 
         manifest = path_setting("manifest", "ckpts_manifest", "--ckpts-manifest")
+        if manifest is None and discover:
+            manifest = find_manifest(env={})
+            sources["manifest"] = "found" if manifest is not None else "default"
         if manifest is None:
             default = Path(config.rootpath) / DEFAULT_MANIFEST
             manifest = default if default.is_file() else None

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -206,18 +208,24 @@ class Store:
         return self._verify_cached(spec, path, commit, "cached copy; offline, not re-downloaded")
 
     def _stale(self, spec: CheckpointSpec, exc: CheckpointDownloadError) -> Checkpoint | None:
-        """The verified copy a branch last resolved to, when the hub cannot be asked."""
-        if is_pinned(spec.revision) or not exc.hub_down:
+        """The cached copy to use when the hub cannot be asked (down, or the budget spent).
+
+        A branch falls back to the commit it last resolved to, a pinned entry to its
+        commit's snapshot. A copy no stamp vouches for (a cache restored by a copy: new
+        inodes and ctimes) is hashed once here: served when it matches, a mismatch when
+        it does not (README "Stale copies": never a skip).
+        """
+        if not exc.hub_down:
             return None
         commit = self.cached_commit(spec)
         if commit is None:
             return None
         path = self.snapshot_path(spec, commit)
-        stamp = self._trusted(spec, path) if path.exists() else None
-        if stamp is None:
+        if not path.exists():
             return None
+        cause = _cause(exc)
+        stamp = self._trusted(spec, path) or self._verified_copy(spec, path, cause)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp.verified_at))
-        cause = str(exc).splitlines()[0].removeprefix("pytest-ckpts: ")
         self.stale_reasons[spec.name] = (
             f"stale: commit {commit[:12]} verified {when}; hub failed: {cause}"
         )
@@ -225,6 +233,39 @@ class Store:
             "pytest-ckpts: using stale copy of '%s' (%s)", spec.name, self.stale_reasons[spec.name]
         )
         return self._done(spec, path, commit, stamp, "stale")
+
+    def _verified_copy(self, spec: CheckpointSpec, path: Path, cause: str) -> Stamp:
+        """Hash a cached copy once (under the file's lock when the cache is writable, so
+        xdist workers hash it once between them) and stamp it, or raise the mismatch."""
+        from filelock import FileLock, Timeout
+
+        lock_path = self.layout.lock_path(spec)
+        lock = FileLock(str(lock_path), timeout=self.lock_timeout)
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            held = True
+        except (OSError, Timeout):  # read-only cache: nobody else can stamp it either
+            held = False
+        try:
+            stamp = self._trusted(spec, path)  # another process hashed it meanwhile
+            if stamp is not None:
+                return stamp
+            self._raise_known_mismatch(spec)
+            ok, actual, stamp = self._hash_and_stamp(spec, path)
+            if not ok:
+                assert self.run_state is not None
+                self.run_state.mark_mismatch(self._mismatch_key(spec), f"{path}\0{actual}")
+                raise self._mismatch(
+                    spec,
+                    path,
+                    actual,
+                    f"cached copy; not downloaded again, the hub failed: {cause}",
+                )
+            return stamp
+        finally:
+            if held:
+                lock.release()
 
     def _locked(
         self, spec: CheckpointSpec, path: Path, commit: str, force_download: bool
@@ -269,6 +310,7 @@ class Store:
     def _resolve_locked(
         self, spec: CheckpointSpec, path: Path, commit: str, force_download: bool
     ) -> Checkpoint:
+        corrupted: str | None = None  # the sha256 of a cached copy that failed the check
         if not force_download:
             # another process (an xdist worker) may have found a mismatch while we waited
             self._raise_known_mismatch(spec)
@@ -280,6 +322,7 @@ class Store:
                 if ok:
                     self.layout.write_ref(spec, commit)
                     return self._done(spec, path, commit, stamp, "cached")
+                corrupted = actual
                 logger.warning(
                     "pytest-ckpts: cached copy of '%s' is corrupted (sha256 %s, expected %s); "
                     "downloading it again",
@@ -287,9 +330,17 @@ class Store:
                     actual,
                     spec.sha256,
                 )
-        if is_pinned(spec.revision):
-            self.hub.probe(spec)  # one short request decides "is the hub there" for the run
-        got = self.hub.download(spec, commit, self.layout)
+        try:
+            if is_pinned(spec.revision):
+                self.hub.probe(spec)  # one short request decides "is the hub there" for the run
+            got = self.hub.download(spec, commit, self.layout)
+        except CheckpointDownloadError as exc:
+            if corrupted is None:
+                raise
+            # the copy found here is the answer: a mismatch is never a skip (README "Run modes")
+            raise self._mismatch(
+                spec, path, corrupted, f"cached copy; downloading it again failed: {_cause(exc)}"
+            ) from None
         ok, actual, stamp = self._landed(spec, got)
         if not ok and got.resumed:  # the part before the cut may be the bad part: once more
             self.layout.discard(spec, got.path)
@@ -377,6 +428,51 @@ class Store:
         self, spec: CheckpointSpec, path: Path, actual: str, why: str
     ) -> ChecksumMismatchError:
         return mismatch_error(spec, path, actual, why, self.describe(spec))
+
+    # ------------------------------------------------------------------ shared with partial reads
+    def may_serve_stale(self, spec: CheckpointSpec, exc: CheckpointDownloadError) -> bool:
+        """Whether ``exc`` may be answered from an older verified copy: a branch whose hub
+        is down, rate-limited or out of retry budget; never a pinned commit."""
+        return not is_pinned(spec.revision) and exc.hub_down
+
+    @staticmethod
+    def stale_reason(used: str, exc: CheckpointDownloadError) -> str:
+        """How a stale copy is reported: what was ``used`` and why the hub failed."""
+        cause = str(exc).splitlines()[0].removeprefix("pytest-ckpts: ")
+        return f"stale: {used}; hub failed: {cause}"
+
+    @contextmanager
+    def cache_lock(self, lock_path: Path, spec: CheckpointSpec, doing: str) -> Iterator[bool]:
+        """Hold the cross-process lock ``lock_path`` while ``doing`` (for the timeout
+        message); yields False, holding nothing, where the cache is read-only (nothing
+        will be written there, so nothing needs one)."""
+        from filelock import FileLock, Timeout
+
+        lock: Any = None
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(lock_path), timeout=self.lock_timeout)
+            lock.acquire()
+        except Timeout:
+            raise CheckpointDownloadError(
+                f"pytest-ckpts: timed out after {self.lock_timeout:.0f}s waiting for another "
+                f"process to {doing} (lock {lock_path}). If no other process is running, "
+                "delete the lock file.",
+                name=spec.name,
+            ) from None
+        except OSError as exc:  # read-only cache
+            logger.debug("pytest-ckpts: no lock %s: %s", lock_path, exc)
+            lock = None
+        try:
+            yield lock is not None
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of a hub error, for messages that quote it."""
+    return str(exc).splitlines()[0].removeprefix("pytest-ckpts: ")
 
 
 def mismatch_error(

@@ -1,4 +1,9 @@
-"""Library API, ported from seed 004's T035 tests onto real files and a real hub."""
+"""Library API, ported from seed 004's T035 tests onto real files and a real hub.
+
+These tests call the library inside this suite's own pytest run, through the public
+path only: each sets the environment a script would see (``PYTEST_CKPTS_MANIFEST``,
+``SKIP_CHECKPOINT_DOWNLOAD``, ...), and a call resolves its settings when it is made, so
+it behaves as outside pytest (README "Library API")."""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ from pathlib import Path
 import pytest
 from conftest import dead_endpoint, make_manifest
 
-import pytest_ckpts.api
 from pytest_ckpts import (
     CheckpointDownloadError,
     CheckpointSkipped,
@@ -20,12 +24,6 @@ from pytest_ckpts import (
 from pytest_ckpts.testing import LocalHub
 
 DATA = b"\x00seed-004 checkpoint bytes" * 1000
-
-
-@pytest.fixture(autouse=True)
-def outside_pytest(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Behave as a script would: no pytest session active in this process."""
-    monkeypatch.setattr(pytest_ckpts.api, "_BACKENDS", [])
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -39,9 +40,11 @@ def ckpt_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+def fresh_warnings() -> Iterator[None]:
     """Forget which skip reasons this process already reported."""
-    monkeypatch.setattr(_uploader, "_said", set())
+    _uploader._say_once.cache_clear()
+    yield
+    _uploader._say_once.cache_clear()
 
 
 def tree(root: Path) -> dict[str, bytes]:

@@ -9,6 +9,7 @@ the package docstring and docs/uploads.md.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 from ..archive import create_archive
 from ..errors import UploadArgumentError, UploadError
+from ..settings import env_true, env_value
 from ._config import STAGES, UploadConfig
 from ._retry import call_with_retries
 from ._scratch import scratch_dir
@@ -30,22 +32,16 @@ from ._transport import RunArtifacts
 logger = logging.getLogger("pytest_ckpts.uploads")
 
 SKIP_ENV = "MLFLOW_SKIP_ARTIFACT_LOGGING"
-_TRUE = ("1", "true", "yes", "on")
-# A process-wide memory of what was already said: "why nothing was uploaded" is worth
-# one warning per process, not one per checkpoint of a 200-trial sweep.
-_said: set[str] = set()
 
 
+@functools.cache
 def _say_once(reason: str) -> None:
-    """Log why nothing was uploaded, once per process per reason (not once per call)."""
-    if reason not in _said:
-        _said.add(reason)
-        logger.warning("pytest-ckpts: %s", reason)
+    """Log why nothing was uploaded, once per process per reason (not once per call).
 
-
-def _env(name: str) -> str | None:
-    """An environment variable, with the empty string counting as unset."""
-    return os.environ.get(name) or None
+    "Why nothing was uploaded" is worth one warning per process, not one per checkpoint
+    of a 200-trial sweep; the memory is this function's cache, keyed by the reason.
+    """
+    logger.warning("pytest-ckpts: %s", reason)
 
 
 def _active_run_id() -> str | None:
@@ -66,7 +62,7 @@ def _active_run_id() -> str | None:
 
 def get_mlflow_run_id() -> str | None:
     """The active MLflow run's id, else ``MLFLOW_RUN_ID``, else None (empty = unset)."""
-    return _active_run_id() or _env("MLFLOW_RUN_ID")
+    return _active_run_id() or env_value("MLFLOW_RUN_ID")
 
 
 class ArtifactUploader:
@@ -151,11 +147,11 @@ class ArtifactUploader:
         active = _active_run_id()
         if active is not None and self.run_id == active:
             return str(sys.modules["mlflow"].get_tracking_uri())
-        return _env("MLFLOW_TRACKING_URI") or self.config.tracking_uri
+        return env_value("MLFLOW_TRACKING_URI") or self.config.tracking_uri
 
     def skip_reason(self) -> str | None:
         """Why nothing would be uploaded now, or None."""
-        if (_env(SKIP_ENV) or "").strip().lower() in _TRUE:
+        if env_true(SKIP_ENV):
             return f"{SKIP_ENV} is set: not uploading artifacts"
         if not self.config.enabled:
             return f"artifact uploads are disabled (artifacts.enabled) in {self.config.source}"
