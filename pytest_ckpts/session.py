@@ -199,9 +199,17 @@ class CkptsSession:
             return False
         if settings.mode is not self.settings.mode:
             return False
-        ours = self.settings.cache_dir or self.manifest.cache_dir
-        theirs = settings.cache_dir or self.manifest.cache_dir
-        return _same(settings.manifest, self.manifest.path) and _same(ours, theirs)
+        from .cache import Cache
+
+        # the run's cache as the run located it; the call's as the environment says now
+        # (a test may set HF_HUB_CACHE / HF_HOME, which a manifest without cache_dir follows)
+        ours = Cache(self.store.cache, self.store.hub_dir)
+        theirs = Cache.locate(settings.cache_dir or self.manifest.cache_dir)
+        return (
+            _same(settings.manifest, self.manifest.path)
+            and _same(ours.root, theirs.root)
+            and _same(ours.hub, theirs.hub)
+        )
 
     def call_mode(self) -> Mode:
         """The mode a library call in the running test resolves now."""
