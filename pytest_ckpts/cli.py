@@ -195,12 +195,12 @@ def cmd_verify(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int
 
 def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     store = _store(args, manifest)
-    layout = store.layout
-    if args.cache_command == "key":
+    if args.cache_command == "key":  # the same wherever the cache lives: no disk, no network
         from .cachekey import cache_key
 
         out.write(cache_key(manifest, manifest.select(args.names), store.hub.base_url) + "\n")
         return EXIT_OK
+    layout = store.layout
     if args.cache_command == "info":
         info = layout.info(manifest)
         for repo, size in info.repos.items():
@@ -213,7 +213,9 @@ def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
                 f"{_plural(info.tensor_files, 'file')}\n"
             )
         out.write(
-            f"cache: {layout.root}\ntotal: {_size(info.total)} in "
+            f"cache: {layout.root}\nhub cache: {layout.hub} (huggingface_hub's tools read it: "
+            f"hf cache ls --cache-dir {layout.hub}, or HF_HUB_CACHE={layout.hub})\n"
+            f"total: {_size(info.total)} in "
             f"{_plural(len(info.repos), 'repo')}; {len(info.cached)}/{len(manifest)} "
             "manifest entries cached\n"
         )
@@ -376,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("info", help="cache size and what is cached")
     kp = csub.add_parser(
         "key",
-        help="one-line digest of what the cache will hold (for actions/cache keys; no network)",
+        help="one-line digest of what the cache will hold (for actions/cache keys; no network; "
+        "the same wherever the cache lives)",
     )
     kp.add_argument("names", nargs="*", metavar="NAME")
     pp = csub.add_parser("prune", help="remove cached files the manifest no longer names")

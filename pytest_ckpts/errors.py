@@ -350,7 +350,7 @@ class DecompressError(CheckpointsError):
 
 
 class CommitRejected(CheckpointsError):
-    """A commit the local hub refuses: ``status``, ``code`` (X-Error-Code) and message."""
+    """A commit (or ref change) the local hub refuses: ``status``, ``code`` (X-Error-Code), message."""
 
     def __init__(self, status: int, code: str | None, message: str) -> None:
         super().__init__(message)

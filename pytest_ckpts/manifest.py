@@ -119,7 +119,8 @@ class Manifest:
     path: Path
     root: Path
     entries: Mapping[str, CheckpointSpec]
-    cache_dir: Path
+    #: ``config.cache_dir`` made absolute; None: huggingface_hub's own cache (``Cache.locate``)
+    cache_dir: Path | None
     hf_repo: str | None = None
     revision: str = "main"
     repo_type: str = "model"
@@ -391,15 +392,15 @@ def parse_manifest(text: str, path: Path) -> Manifest:
         local_names[clash_key] = name
         entries[name] = spec
 
-    cache_setting = config.get("cache_dir", "./checkpoints")
-    cache_dir = Path(os.path.expanduser(cache_setting))
-    if not cache_dir.is_absolute():
+    cache_setting = config.get("cache_dir")
+    cache_dir = None if cache_setting is None else Path(os.path.expanduser(cache_setting))
+    if cache_dir is not None and not cache_dir.is_absolute():
         cache_dir = root / cache_dir
     return Manifest(
         path=path,
         root=root,
         entries=MappingProxyType(entries),
-        cache_dir=Path(os.path.normpath(cache_dir)),
+        cache_dir=None if cache_dir is None else Path(os.path.normpath(cache_dir)),
         hf_repo=config.get("hf_repo"),
         revision=config.get("revision", "main"),
         repo_type=config.get("repo_type", "model"),

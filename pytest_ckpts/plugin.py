@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from . import fixtures, hookspecs, mlflow_fixtures
+from ._properties import record as record_properties
 from .errors import CheckpointDownloadError, CheckpointSkipped, ManifestError
 from .marker import MARKER, BadMarker, add_implied_marker, marked_names, marker_problem
 from .session import RESOLVED_KEY, SESSION_KEY, CkptsSession, get_session
@@ -110,6 +111,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             for name in marked_names(item):
                 session.stats.record(
                     name, "skipped", reason=f"downloads disabled ({session.mode_source})"
+                )
+                record_properties(
+                    item, name, "skipped", reason=f"downloads disabled ({session.mode_source})"
                 )
 
 

@@ -55,7 +55,9 @@ def header_line(session: CkptsSession) -> str | None:
     """``ckpts: mode=auto (default), manifest=..., N entries, cache=...``; None if idle."""
     if session.manifest is None:
         return None
-    cache = session.settings.cache_dir or session.manifest.cache_dir
+    from .cache import Cache
+
+    cache = Cache.locate(session.settings.cache_dir or session.manifest.cache_dir).hub
     try:
         cache_label = str(cache.relative_to(session.config.rootpath))
     except ValueError:

@@ -37,6 +37,7 @@ __all__ = [
     "add_pytest_options",
     "env_value",
     "find_manifest",
+    "hf_cache_dirs",
     "mode_option",
     "parse_mode",
     "resolve_mode",
@@ -172,6 +173,29 @@ def find_manifest(start: Path | None = None, env: Mapping[str, str] | None = Non
         if candidate.is_file():
             return candidate
     return None
+
+
+def hf_cache_dirs(env: Mapping[str, str] | None = None) -> tuple[Path, Path | None]:
+    """huggingface_hub's own cache, read from the environment now (the client reads it once,
+    at import): the cache of a manifest without ``cache_dir`` (README "The manifest").
+
+    ``(home, hub)``: ``home`` is ``HF_HOME`` (else ``$XDG_CACHE_HOME/huggingface``, else
+    ``~/.cache/huggingface``), where pytest-ckpts keeps its own state (``.ckpts/``); ``hub``
+    is ``HF_HUB_CACHE`` (else the legacy ``HUGGINGFACE_HUB_CACHE``) when set and not
+    ``home/hub``, else None: the hub cache is ``home/hub``, as for huggingface_hub.
+    """
+
+    def path(text: str) -> Path:
+        return Path(os.path.expandvars(os.path.expanduser(text))).absolute()
+
+    home_text = env_value("HF_HOME", env)
+    if home_text is None:
+        xdg = env_value("XDG_CACHE_HOME", env) or os.path.join("~", ".cache")
+        home_text = os.path.join(xdg, "huggingface")
+    home = path(home_text)
+    hub_text = env_value("HF_HUB_CACHE", env) or env_value("HUGGINGFACE_HUB_CACHE", env)
+    hub = None if hub_text is None else path(hub_text)
+    return home, (None if hub is None or hub == home / "hub" else hub)
 
 
 def _pick(

@@ -100,10 +100,14 @@ class Store(MirrorSupport):
     #: why each stale checkpoint was used (name -> reason), for summaries and reports
     stale_reasons: dict[str, str] = field(default_factory=dict, repr=False)
     _memory: dict[str, Stamp] = field(default_factory=dict, repr=False)
+    #: huggingface_hub's cache when it is not ``cache_dir/hub`` (``HF_HUB_CACHE``)
+    hub_dir: Path | None = None
+    _layout: Cache | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.cache_dir is None:
-            self.cache_dir = self.manifest.cache_dir
+        if self.hub_dir is None:  # none given, none in the manifest: huggingface_hub's own
+            located = Cache.locate(self.cache_dir or self.manifest.cache_dir)
+            self.cache_dir, self.hub_dir = located.root, located.hub_dir
         if self.run_state is None:
             self.run_state = RunState()
         if self.client is None:
@@ -137,7 +141,10 @@ class Store(MirrorSupport):
 
     @property
     def layout(self) -> Cache:
-        return Cache(self.cache)
+        """The cache's paths; an old layout is moved into ``hub/`` on first use."""
+        if self._layout is None:
+            self._layout = Cache(self.cache, self.hub_dir).ready()
+        return self._layout
 
     @property
     def hub(self) -> HubClient:

@@ -151,14 +151,31 @@ class WireHandler(BaseHTTPRequestHandler):
         code: str | None,
         message: str,
         headers: Mapping[str, str] | None = None,
+        body: Mapping[str, object] | None = None,
         *,
         reason: str | None = None,
     ) -> None:
+        """The Hub's error form: ``{"error": message, ...body}``, ``X-Error-Code``/``-Message``."""
         extra = dict(headers or {})
         if code is not None:
             extra["X-Error-Code"] = code
         extra["X-Error-Message"] = message
-        self._send(status, json.dumps({"error": message}).encode(), headers=extra, reason=reason)
+        payload = {"error": message, **(body or {})}
+        self._send(status, json.dumps(payload).encode(), headers=extra, reason=reason)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own answers (an unsupported method, a malformed request)
+        in the Hub's JSON error form, not its HTML page."""
+        text = message or self.responses.get(code, ("Error",))[0]
+        payload = json.dumps({"error": text}).encode()
+        self.send_response(code)
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("X-Error-Message", text)
+        self.end_headers()
+        if getattr(self, "command", None) != "HEAD":
+            self.wfile.write(payload)
 
     def _abort(self, *, reset: bool) -> None:
         self._flush_headers()
