@@ -50,11 +50,18 @@ class Prefetcher:
 
     def __init__(self, store: Store, specs: list[CheckpointSpec], *, workers: int) -> None:
         self._store = store
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckpts-prefetch")
         self._futures: dict[str, Future[tuple[Checkpoint, _Recorder]]] = {}
         self._replayed: set[str] = set()
-        for spec in specs:  # submission order is order of first use
-            self._futures[spec.name] = self._pool.submit(self._fetch, spec)
+        # Decided here, on the main thread: a pinned entry whose stamp vouches for its
+        # file needs nothing a thread could do ahead (a test resolves it with a stat);
+        # the pool gets only the rest, and a warm run starts no thread at all.
+        self.pending = [spec for spec in specs if store.needs_network(spec)]
+        self._pool: ThreadPoolExecutor | None = None
+        if self.pending:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckpts-prefetch")
+            self._pool = pool
+            for spec in self.pending:  # submission order is order of first use
+                self._futures[spec.name] = pool.submit(self._fetch, spec)
 
     def _fetch(self, spec: CheckpointSpec) -> tuple[Checkpoint, _Recorder]:
         recorder = _Recorder()
@@ -85,7 +92,8 @@ class Prefetcher:
         """Stop: cancel what has not started, wait for transfers in flight, and report
         what finished but no test asked for (an xdist worker prefetches for the whole
         collection, and other workers may run those tests)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         for name, future in self._futures.items():
             if name in self._replayed or future.cancelled():
                 continue

@@ -20,11 +20,13 @@ This module knows nothing of pytest.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ._stamps import blob_of
 from ._transfer import blocked_dir_error
 from .cache import Cache, Stamp
 from .checkpoint import Checkpoint
@@ -222,14 +224,16 @@ class Store:
     def _locked(
         self, spec: CheckpointSpec, path: Path, commit: str, force_download: bool
     ) -> Checkpoint:
-        from filelock import FileLock, Timeout
+        from ._lock import LockTimeout, acquire
 
         lock_path = self.layout.lock_path(spec)
         try:
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(lock_path), timeout=self.lock_timeout)
-            lock.acquire()
-        except Timeout:
+            try:
+                lock = acquire(lock_path, self.lock_timeout)
+            except FileNotFoundError:  # first download into this cache
+                lock_path.parent.mkdir(parents=True, exist_ok=True)
+                lock = acquire(lock_path, self.lock_timeout)
+        except LockTimeout:
             raise CheckpointDownloadError(
                 f"pytest-ckpts: timed out after {self.lock_timeout:.0f}s waiting for another "
                 f"process to download '{spec.name}' (lock {lock_path}). If no other "
@@ -308,13 +312,18 @@ class Store:
 
     # ------------------------------------------------------------------ stamps
     def _trusted(self, spec: CheckpointSpec, path: Path) -> Stamp | None:
-        blob = str(path.resolve())
-        remembered = self._memory.get(blob)
-        if remembered is not None and remembered.matches(Path(blob)):
+        """The stamp vouching for ``path`` now: one ``stat`` (following the snapshot link)
+        compared with what this store hashed, else with the cache's stamp log."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        remembered = self._memory.get(os.fspath(path))
+        if remembered is not None and remembered.agrees(st):
             return remembered if spec.sha256 in (None, remembered.sha256) else None
         if self.rehash:
             return None
-        return self.layout.trusted_stamp(spec, path)
+        return self.layout.trusted_stamp(spec, path, st)
 
     def _fast_path(self, spec: CheckpointSpec, path: Path, commit: str) -> Checkpoint | None:
         stamp = self._trusted(spec, path)
@@ -323,14 +332,15 @@ class Store:
     def _hash_and_stamp(
         self, spec: CheckpointSpec, path: Path, streamed: str | None = None
     ) -> tuple[bool, str, Stamp]:
-        blob = path.resolve()
+        blob = blob_of(path)
         started = time.perf_counter()
         actual = streamed if streamed is not None else calculate_sha256(blob)
         ok = spec.sha256 is None or actual == spec.sha256
         self.observer.on_verify(spec, path, actual, ok, time.perf_counter() - started)
         stamp = Stamp.of(blob, actual)
         if ok:
-            self._memory[str(blob)] = stamp
+            # no fsync: the stamp holds only while stat of the blob agrees (see _stamps)
+            self._memory[os.fspath(path)] = stamp
             self.layout.write_stamp(spec, blob, stamp)
         else:
             self.layout.revoke_stamp(spec, blob)
