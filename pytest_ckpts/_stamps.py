@@ -275,6 +275,9 @@ _LOGS: dict[Path, StampLog] = {}
 _LOGS_LOCK = threading.Lock()
 
 
+_BY_KEY: dict[tuple[str, ...], StampLog] = {}
+
+
 def stamp_log(path: Path) -> StampLog:
     """The process's one :class:`StampLog` for the log at ``path``."""
     log = _LOGS.get(path)
@@ -284,23 +287,31 @@ def stamp_log(path: Path) -> StampLog:
     return log
 
 
+def stamp_log_for(key: tuple[str, ...], path: Callable[[], Path]) -> StampLog:
+    """:func:`stamp_log` of ``path()``, found by ``key`` without building the path."""
+    log = _BY_KEY.get(key)
+    if log is None:
+        log = _BY_KEY[key] = stamp_log(path())
+    return log
+
+
 _BLOBS: dict[str, tuple[str, int]] = {}  # snapshot path -> (blob path, inode it had)
 
 
-def blob_of(path: Path, st: os.stat_result | None = None) -> Path:
+def blob_of(path: str | os.PathLike[str], st: os.stat_result | None = None) -> str:
     """The blob ``path`` links to: one ``realpath`` per path and process, again only
     when the link now leads to another inode (``st``: ``os.stat(path)`` if known)."""
     key = os.fspath(path)
     known = _BLOBS.get(key)
     if known is not None and st is not None and known[1] == st.st_ino:
-        return Path(known[0])
+        return known[0]
     blob = os.path.realpath(key)
     if st is None:
         try:
             st = os.stat(blob)
         except OSError:
-            return Path(blob)
+            return blob
     if len(_BLOBS) > 100_000:  # a long-lived process walking many caches: start over
         _BLOBS.clear()
     _BLOBS[key] = (blob, st.st_ino)
-    return Path(blob)
+    return blob

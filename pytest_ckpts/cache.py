@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._stamps import LOG_NAME, Stamp, StampLog, blob_of, stamp_log
+from ._stamps import LOG_NAME, Stamp, StampLog, blob_of, stamp_log, stamp_log_for
 from .errors import CacheError
 from .integrity import atomic_write_text
 from .manifest import CheckpointSpec, Manifest, is_pinned
@@ -222,7 +222,8 @@ class Cache:
 
     # ------------------------------------------------------------------ stamps
     def _stamp_log(self, spec: CheckpointSpec) -> StampLog:
-        return stamp_log(self.stamps_dir(spec) / LOG_NAME)
+        key = (os.fspath(self.root), spec.repo_type, spec.repo)  # no path built when known
+        return stamp_log_for(key, lambda: self.stamps_dir(spec) / LOG_NAME)
 
     def read_stamp(self, spec: CheckpointSpec, blob: Path) -> Stamp | None:
         return self._stamp_log(spec).get(blob.name)
@@ -239,8 +240,8 @@ class Cache:
             st = st if st is not None else os.stat(path)
         except OSError:
             return None
-        blob = blob_of(path, st)
-        stamp = self._stamp_log(spec).lookup(blob.name, lambda s: s.agrees(st))
+        name = os.path.basename(blob_of(path, st))
+        stamp = self._stamp_log(spec).lookup(name, lambda s: s.agrees(st))
         if stamp is None:
             return None
         if spec.sha256 is not None and stamp.sha256 != spec.sha256:

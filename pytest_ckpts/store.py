@@ -96,6 +96,7 @@ class Store:
     #: why each stale checkpoint was used (name -> reason), for summaries and reports
     stale_reasons: dict[str, str] = field(default_factory=dict, repr=False)
     _memory: dict[str, Stamp] = field(default_factory=dict, repr=False)
+    _snapshots: dict[tuple[str, str, str, str], Path] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.cache_dir is None:
@@ -140,7 +141,11 @@ class Store:
         return self.client
 
     def snapshot_path(self, spec: CheckpointSpec, commit: str) -> Path:
-        return self.layout.snapshot(spec, commit)
+        key = (spec.repo_type, spec.repo, spec.hf_path, commit)
+        path = self._snapshots.get(key)  # built and checked once per run (warm: ~1000s)
+        if path is None:
+            path = self._snapshots[key] = self.layout.snapshot(spec, commit)
+        return path
 
     def cached_commit(self, spec: CheckpointSpec) -> str | None:
         return self.layout.cached_commit(spec)
@@ -332,7 +337,7 @@ class Store:
     def _hash_and_stamp(
         self, spec: CheckpointSpec, path: Path, streamed: str | None = None
     ) -> tuple[bool, str, Stamp]:
-        blob = blob_of(path)
+        blob = Path(blob_of(path))
         started = time.perf_counter()
         actual = streamed if streamed is not None else calculate_sha256(blob)
         ok = spec.sha256 is None or actual == spec.sha256
