@@ -155,14 +155,23 @@ class Store:
 
     def is_trusted(self, spec: CheckpointSpec) -> bool:
         """Cached and its stamp vouches for the expected bytes (cheap: stat only)."""
-        path = self.cached_path(spec)
-        return path is not None and self._trusted(spec, path) is not None
+        commit = self.cached_commit(spec)
+        return (
+            commit is not None and self._trusted(spec, self.snapshot_path(spec, commit)) is not None
+        )
 
     def describe(self, spec: CheckpointSpec, revision: str | None = None) -> str:
         return self.hub.describe(spec, revision)
 
     def probe(self, spec: CheckpointSpec) -> str:
         return self.hub.probe(spec)
+
+    def resolve_warm(self, spec: CheckpointSpec) -> Checkpoint | None:
+        """``spec`` resolved if it is pinned and its stamp vouches for its file (one
+        ``stat``: no lock, no network, no hashing); None when it needs more than that."""
+        if not is_pinned(spec.revision):
+            return None
+        return self._fast_path(spec, self.snapshot_path(spec, spec.revision), spec.revision)
 
     def needs_network(self, spec: CheckpointSpec) -> bool:
         """True unless a pinned entry is cached and trusted (a warm pinned run asks nothing)."""
