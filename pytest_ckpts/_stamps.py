@@ -147,7 +147,8 @@ class StampLog:
         self.path = path
         self._lock = threading.Lock()
         self._entries: dict[str, Stamp] = {}
-        self._key: tuple[int, int] | None = None  # (inode, bytes read) of the log read
+        self._key: tuple[int, int] | None = None  # (inode, size) of the log last looked at
+        self._offset = 0  # bytes of it read: whole lines only
         self._lines = 0
 
     # ------------------------------------------------------------------ reading
@@ -179,15 +180,16 @@ class StampLog:
             self._entries, self._key, self._lines = {}, None, 0
             return
         if self._key is not None and self._key == (st.st_ino, st.st_size):
-            return
+            return  # unchanged (a torn last line included: read again only once appended to)
         start = 0
-        if self._key is not None and self._key[0] == st.st_ino and self._key[1] < st.st_size:
-            start = self._key[1]  # appended since: read the tail only
+        if self._key is not None and self._key[0] == st.st_ino and self._offset <= st.st_size:
+            start = self._offset  # appended since: read the tail only
         else:
             self._entries, self._lines = {}, 0
+        self._key = (st.st_ino, st.st_size)
         if st.st_size - start > MAX_LOG_BYTES:
             logger.debug("pytest-ckpts: ignoring oversized stamp log %s", self.path)
-            self._key = (st.st_ino, st.st_size)
+            self._offset = st.st_size
             return
         try:
             with open(self.path, "rb") as f:
@@ -203,7 +205,7 @@ class StampLog:
         for name, stamp in _parse(chunk[:end]):
             self._entries[name] = stamp
             self._lines += 1
-        self._key = (st.st_ino, start + end)
+        self._offset = start + end
         if self._lines > 2 * len(self._entries) + 256:
             self._rewrite(dict(self._entries))
 

@@ -227,8 +227,9 @@ def test_stamps_of_earlier_versions_still_vouch(
 
 
 def test_a_torn_stamp_line_costs_nothing_but_itself(project: Path, hub: LocalHub) -> None:
-    """A writer killed mid-line (or a power cut) leaves half a line: it is ignored, and
-    the stamps appended after it are read."""
+    """A writer killed mid-line (or a power cut) leaves half a line: it is ignored, the
+    stamps appended after it are read, and a torn last line is not read again on every
+    look-up."""
     path = make_manifest(project, hub, SMALL, pinned=True)
     manifest = load_manifest(path)
     _fetch(project, "c00")
@@ -236,19 +237,26 @@ def test_a_torn_stamp_line_costs_nothing_but_itself(project: Path, hub: LocalHub
     with open(log, "ab") as f:
         f.write(b'{"blob":"0123","size":10,"mtime_')  # no newline: a torn write
     _fetch(project, "c01")
+    with open(log, "ab") as f:
+        f.write(b'{"blob":"4567","size":10,"mtime_')  # torn again, at the end this time
     out = _run_script(
         f"""
+        import sys
+        opened = []
+        sys.addaudithook(lambda e, a: opened.append(a[0]) if e == "open" and a[0] == {str(log)!r} else None)
         import pytest_ckpts.store as s
         def no_hash(path):
             raise AssertionError("hashed")
         s.calculate_sha256 = no_hash
         from pytest_ckpts import load_manifest
         m = load_manifest({str(path)!r})
-        store = s.Store(m, offline=True)
-        print(store.resolve(m.get("c00")).source, store.resolve(m.get("c01")).source)
+        for _ in range(3):
+            store = s.Store(m, offline=True)
+            print(store.resolve(m.get("c00")).source, store.resolve(m.get("c01")).source)
+        print(len(opened))
         """
     )
-    assert out == ["cached", "cached"]
+    assert out == ["cached", "cached"] * 3 + ["1"]
 
 
 def test_processes_appending_at_once_lose_no_stamp(project: Path, hub: LocalHub) -> None:
