@@ -7,7 +7,7 @@ beside it, never inside it (huggingface_hub's scan reports any foreign entry as 
 
     <root>/hub/models--acme--ckpts/snapshots/<commit>/<hf_path> -> ../../blobs/<etag>
     <root>/hub/models--acme--ckpts/refs/<branch>              the commit a branch last resolved to
-    <root>/.ckpts/stamps/<repo folder>/<blob>.json            what we knew when we last hashed it
+    <root>/.ckpts/stamps/<repo folder>/stamps.jsonl         what we knew when we last hashed each blob
     <root>/.ckpts/locks/<key>.lock                            one download per file, any process
     <root>/.ckpts/tensors/<repo folder>/<commit>/<hf_path>/<sha256>.bin
                                                               verified pieces of partial reads
@@ -32,14 +32,14 @@ re-hashes every file once and is stamped again (README "CI recipe" gives the cos
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._stamps import LOG_NAME, Stamp, StampLog, blob_of, stamp_log, stamp_log_for
 from .errors import CacheError
 from .integrity import atomic_write_text
 from .manifest import CheckpointSpec, Manifest, is_pinned
@@ -87,43 +87,6 @@ def contained(root: Path, relative: str, *, what: str) -> Path:
             f"{root} (no '..', absolute paths, backslashes or empty parts). Fix the manifest."
         )
     return root.joinpath(*parts)
-
-
-@dataclass(frozen=True)
-class Stamp:
-    """What we knew about a file when we last hashed it."""
-
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    ino: int
-    sha256: str
-    verified_at: float = 0.0
-
-    @classmethod
-    def of(cls, path: Path, sha256: str) -> Stamp:
-        st = path.stat()
-        return cls(
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
-            ctime_ns=st.st_ctime_ns,
-            ino=st.st_ino,
-            sha256=sha256,
-            verified_at=time.time(),
-        )
-
-    def matches(self, path: Path) -> bool:
-        """``path`` still has the size, times and inode it had when hashed."""
-        try:
-            st = path.stat()
-        except OSError:
-            return False
-        return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == (
-            self.size,
-            self.mtime_ns,
-            self.ctime_ns,
-            self.ino,
-        )
 
 
 @dataclass
@@ -263,9 +226,17 @@ class Cache:
         owner = f"{os.getpid()}-{threading.get_ident()}"
         return self.blobs(spec) / f".{self.lock_key(spec)}.{owner}{INCOMPLETE}"
 
-    def stamp_path(self, spec: CheckpointSpec, blob: Path) -> Path:
+    def stamps_root(self) -> Path:
+        """Where stamps live (the one line that places them; ``_stamps`` has the format)."""
+        return self.root / META_DIR / "stamps"
+
+    def stamps_dir(self, spec: CheckpointSpec) -> Path:
         folder = repo_folder_name(repo_id=spec.repo, repo_type=spec.repo_type)
-        return self.root / META_DIR / "stamps" / folder / f"{blob.name}.json"
+        return self.stamps_root() / folder
+
+    def stamp_path(self, spec: CheckpointSpec, blob: Path) -> Path:
+        """The file that holds ``blob``'s stamp: its repo's stamp log (see ``_stamps``)."""
+        return self.stamps_dir(spec) / LOG_NAME
 
     # ------------------------------------------------------------------ partial reads
     def tensors_root(self, spec: CheckpointSpec) -> Path:
@@ -333,25 +304,28 @@ class Cache:
         return path if path.exists() else None
 
     # ------------------------------------------------------------------ stamps
-    def read_stamp(self, spec: CheckpointSpec, blob: Path) -> Stamp | None:
-        try:
-            data = json.loads(self.stamp_path(spec, blob).read_text("utf-8"))
-            return Stamp(
-                size=int(data["size"]),
-                mtime_ns=int(data["mtime_ns"]),
-                ctime_ns=int(data["ctime_ns"]),
-                ino=int(data["ino"]),
-                sha256=str(data["sha256"]),
-                verified_at=float(data.get("verified_at", 0.0)),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+    def _stamp_log(self, spec: CheckpointSpec) -> StampLog:
+        key = (os.fspath(self.root), spec.repo_type, spec.repo)  # no path built when known
+        return stamp_log_for(key, lambda: self.stamps_dir(spec) / LOG_NAME)
 
-    def trusted_stamp(self, spec: CheckpointSpec, path: Path) -> Stamp | None:
-        """The stamp vouching for ``path`` as the manifest's bytes, if stat still agrees."""
-        blob = path.resolve()
-        stamp = self.read_stamp(spec, blob)
-        if stamp is None or not stamp.matches(blob):
+    def read_stamp(self, spec: CheckpointSpec, blob: Path) -> Stamp | None:
+        return self._stamp_log(spec).get(blob.name)
+
+    def trusted_stamp(
+        self, spec: CheckpointSpec, path: Path, st: os.stat_result | None = None
+    ) -> Stamp | None:
+        """The stamp vouching for ``path`` as the manifest's bytes, if stat still agrees.
+
+        ``st``: ``os.stat(path)`` when the caller has it. No hashing, no realpath once
+        this process has seen ``path`` lead to this inode.
+        """
+        try:
+            st = st if st is not None else os.stat(path)
+        except OSError:
+            return None
+        name = os.path.basename(blob_of(path, st))
+        stamp = self._stamp_log(spec).lookup(name, lambda s: s.agrees(st))
+        if stamp is None:
             return None
         if spec.sha256 is not None and stamp.sha256 != spec.sha256:
             return None
@@ -359,21 +333,11 @@ class Cache:
 
     def write_stamp(self, spec: CheckpointSpec, blob: Path, stamp: Stamp) -> bool:
         """Store ``stamp``; False on a read-only cache (the caller keeps it in memory)."""
-        try:
-            atomic_write_text(
-                self.stamp_path(spec, blob), json.dumps(asdict(stamp), sort_keys=True)
-            )
-        except OSError as exc:
-            logger.debug("pytest-ckpts: cannot write stamp for %s: %s", blob, exc)
-            return False
-        return True
+        return self._stamp_log(spec).append(blob.name, stamp)
 
     def revoke_stamp(self, spec: CheckpointSpec, blob: Path) -> None:
         """A mismatch was found: this file must be hashed again before it is trusted."""
-        try:
-            self.stamp_path(spec, blob).unlink(missing_ok=True)
-        except OSError as exc:
-            logger.debug("pytest-ckpts: cannot revoke stamp for %s: %s", blob, exc)
+        self._stamp_log(spec).forget([blob.name])
 
     def discard(self, spec: CheckpointSpec, path: Path) -> None:
         """Remove a bad copy (its snapshot link, blob and stamp)."""
@@ -427,6 +391,7 @@ class Cache:
                 keep_blobs.add(path.resolve())
         result = PruneResult()
         for repo in self.repo_dirs():
+            forgotten: list[str] = []
             for f in sorted(_walk_files(repo / "snapshots")):
                 if f.absolute() not in keep_links:
                     result.removed_links += 1
@@ -445,8 +410,9 @@ class Cache:
                     result.removed_blobs.append(blob)
                     if not dry_run:
                         blob.unlink()
-                        stamp = self.root / META_DIR / "stamps" / repo.name / f"{blob.name}.json"
-                        stamp.unlink(missing_ok=True)
+                        forgotten.append(blob.name)
+            if forgotten:
+                stamp_log(self.stamps_root() / repo.name / LOG_NAME).forget(forgotten)
             if not dry_run:
                 _remove_empty_dirs(repo / "snapshots")
                 _drop_dangling_refs(repo)

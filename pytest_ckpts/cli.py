@@ -147,8 +147,11 @@ def cmd_fetch(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
         note += f"  (from mirror {ckpt.mirror})" if ckpt.mirror else ""
         return f"{ckpt.source:<10}  {spec.name}  {_size(ckpt.size)}  {ckpt.path}{note}"
 
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        lines = list(pool.map(one, specs))  # results in manifest order, whatever finishes first
+    if args.jobs <= 1:  # sequential: no thread to hand each file to and back
+        lines = [one(spec) for spec in specs]
+    else:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            lines = list(pool.map(one, specs))  # in manifest order, whatever finishes first
     for line in lines:
         out.write(line + "\n")
     return EXIT_FAILED if any(line.startswith("FAILED") for line in lines) else EXIT_OK

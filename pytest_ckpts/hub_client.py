@@ -137,6 +137,7 @@ class HubClient(EndpointAuth):
     #: body bytes received per checkpoint name by :meth:`download`, finished or not (reports)
     received: dict[str, int] = field(default_factory=dict, repr=False)
     _probe_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _built_headers: dict[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def for_manifest(cls, manifest: Manifest, **kwargs: Any) -> HubClient:
@@ -237,10 +238,13 @@ class HubClient(EndpointAuth):
         return get_session()
 
     def _headers(self) -> dict[str, str]:
-        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+        """huggingface_hub's headers (user agent; no token: ``_auth`` adds it), built once
+        per client (~0.1 ms each time); a copy, so a caller may add its own."""
+        if self._built_headers is None:
+            from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
-        headers: dict[str, str] = build_hf_headers(token=False, library_name="pytest-ckpts")
-        return headers
+            self._built_headers = build_hf_headers(token=False, library_name="pytest-ckpts")
+        return dict(self._built_headers)
 
     # ------------------------------------------------------------------ probe
     def probe(self, spec: CheckpointSpec) -> str:

@@ -23,6 +23,7 @@ This module knows nothing of pytest.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ._stamps import blob_of
 from ._transfer import blocked_dir_error
 from .cache import Cache, Stamp
 from .checkpoint import Checkpoint
@@ -103,6 +105,7 @@ class Store(MirrorSupport):
     #: huggingface_hub's cache when it is not ``cache_dir/hub`` (``HF_HUB_CACHE``)
     hub_dir: Path | None = None
     _layout: Cache | None = field(default=None, repr=False)
+    _snapshots: dict[tuple[str, str, str, str], Path] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.hub_dir is None:  # none given, none in the manifest: huggingface_hub's own
@@ -152,7 +155,11 @@ class Store(MirrorSupport):
         return self.client
 
     def snapshot_path(self, spec: CheckpointSpec, commit: str) -> Path:
-        return self.layout.snapshot(spec, commit)
+        key = (spec.repo_type, spec.repo, spec.hf_path, commit)
+        path = self._snapshots.get(key)  # built and checked once per run (warm: ~1000s)
+        if path is None:
+            path = self._snapshots[key] = self.layout.snapshot(spec, commit)
+        return path
 
     def cached_commit(self, spec: CheckpointSpec) -> str | None:
         return self.layout.cached_commit(spec)
@@ -162,14 +169,23 @@ class Store(MirrorSupport):
 
     def is_trusted(self, spec: CheckpointSpec) -> bool:
         """Cached and its stamp vouches for the expected bytes (cheap: stat only)."""
-        path = self.cached_path(spec)
-        return path is not None and self._trusted(spec, path) is not None
+        commit = self.cached_commit(spec)
+        return (
+            commit is not None and self._trusted(spec, self.snapshot_path(spec, commit)) is not None
+        )
 
     def describe(self, spec: CheckpointSpec, revision: str | None = None) -> str:
         return self.hub.describe(spec, revision)
 
     def probe(self, spec: CheckpointSpec) -> str:
         return self.hub.probe(spec)
+
+    def resolve_warm(self, spec: CheckpointSpec) -> Checkpoint | None:
+        """``spec`` resolved if it is pinned and its stamp vouches for its file (one
+        ``stat``: no lock, no network, no hashing); None when it needs more than that."""
+        if not is_pinned(spec.revision):
+            return None
+        return self._fast_path(spec, self.snapshot_path(spec, spec.revision), spec.revision)
 
     def needs_network(self, spec: CheckpointSpec) -> bool:
         """True unless a pinned entry is cached and trusted, or may come from a mirror."""
@@ -275,14 +291,16 @@ class Store(MirrorSupport):
     def _locked(
         self, spec: CheckpointSpec, path: Path, commit: str, force_download: bool
     ) -> Checkpoint:
-        from filelock import FileLock, Timeout
+        from ._lock import LockTimeout, acquire
 
         lock_path = self.layout.lock_path(spec)
         try:
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(lock_path), timeout=self.lock_timeout)
-            lock.acquire()
-        except Timeout:
+            try:
+                lock = acquire(lock_path, self.lock_timeout)
+            except FileNotFoundError:  # first download into this cache
+                lock_path.parent.mkdir(parents=True, exist_ok=True)
+                lock = acquire(lock_path, self.lock_timeout)
+        except LockTimeout:
             raise CheckpointDownloadError(
                 f"pytest-ckpts: timed out after {self.lock_timeout:.0f}s waiting for another "
                 f"process to download '{spec.name}' (lock {lock_path}). If no other "
@@ -371,13 +389,18 @@ class Store(MirrorSupport):
 
     # ------------------------------------------------------------------ stamps
     def _trusted(self, spec: CheckpointSpec, path: Path) -> Stamp | None:
-        blob = str(path.resolve())
-        remembered = self._memory.get(blob)
-        if remembered is not None and remembered.matches(Path(blob)):
+        """The stamp vouching for ``path`` now: one ``stat`` (following the snapshot link)
+        compared with what this store hashed, else with the cache's stamp log."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        remembered = self._memory.get(os.fspath(path))
+        if remembered is not None and remembered.agrees(st):
             return remembered if spec.sha256 in (None, remembered.sha256) else None
         if self.rehash:
             return None
-        return self.layout.trusted_stamp(spec, path)
+        return self.layout.trusted_stamp(spec, path, st)
 
     def _fast_path(self, spec: CheckpointSpec, path: Path, commit: str) -> Checkpoint | None:
         stamp = self._trusted(spec, path)
@@ -386,14 +409,15 @@ class Store(MirrorSupport):
     def _hash_and_stamp(
         self, spec: CheckpointSpec, path: Path, streamed: str | None = None
     ) -> tuple[bool, str, Stamp]:
-        blob = path.resolve()
+        blob = Path(blob_of(path))
         started = time.perf_counter()
         actual = streamed if streamed is not None else calculate_sha256(blob)
         ok = spec.sha256 is None or actual == spec.sha256
         self.observer.on_verify(spec, path, actual, ok, time.perf_counter() - started)
         stamp = Stamp.of(blob, actual)
         if ok:
-            self._memory[str(blob)] = stamp
+            # no fsync: the stamp holds only while stat of the blob agrees (see _stamps)
+            self._memory[os.fspath(path)] = stamp
             self.layout.write_stamp(spec, blob, stamp)
         else:
             self.layout.revoke_stamp(spec, blob)
