@@ -36,6 +36,7 @@ __all__ = [
     "NoExperimentHashError",
     "RetrySignal",
     "TensorIndexError",
+    "TransferStopped",
     "UnsafeCheckpointError",
     "UntrustedPickleError",
     "UploadArgumentError",
@@ -325,6 +326,11 @@ class RetrySignal(CheckpointsError):
     def __init__(self, failure: Any) -> None:
         super().__init__(getattr(failure, "text", "transient failure"))
         self.failure = failure
+
+
+class TransferStopped(CheckpointsError):
+    """A transfer was told to stop (the session ended: ``-x``, Ctrl-C, ``pytest.exit``);
+    what it wrote stays as a partial file the next download continues with ``Range``."""
 
 
 class DecompressError(CheckpointsError):

@@ -22,6 +22,7 @@ the only one that names a ``PYTEST_CKPTS_*`` variable.
 from __future__ import annotations
 
 import enum
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -112,8 +113,10 @@ def _number(value: str, *, source: str, kind: type[float] | type[int]) -> float:
             f"pytest-ckpts: invalid value {value!r} from {source}: expected a "
             f"{'whole ' if kind is int else ''}number >= 0"
         ) from None
-    if number < 0:
-        raise ValueError(f"pytest-ckpts: invalid value {value!r} from {source}: must be >= 0")
+    if not math.isfinite(number) or number < 0:  # nan and inf: a budget that never ends
+        raise ValueError(
+            f"pytest-ckpts: invalid value {value!r} from {source}: must be a finite number >= 0"
+        )
     return number
 
 
