@@ -144,7 +144,7 @@ class HubClient:
     probe_timeout: float = 5.0
     read_timeout: float = 30.0
     progress: bool = False
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], object] = time.sleep
     clock: Callable[[], float] = time.monotonic
     #: set by the prefetcher: stopping it ends this client's transfers (README "Prefetch")
     stop: TransferStop | None = None
