@@ -2,8 +2,8 @@
 and the switch that stops transfers in flight.
 
 A download writes to a partial file named after the file and the commit (not the
-process), beside its blob. A transfer that is stopped (:class:`TransferStop`), cut by
-the retry budget or killed (SIGTERM) leaves it there, and the next download of that
+process), beside its blob. A transfer that is stopped (:class:`TransferStop`), hit by
+Ctrl-C or killed (SIGTERM) leaves it there, and the next download of that
 file at that commit, in any process, continues it with a ``Range`` request
 (:func:`resume_partial`); the sha256 check at the end still decides.
 
@@ -275,7 +275,8 @@ def download(
     resumed with a ``Range`` request when the hub allows it, and so is a partial file an
     earlier download left (stopped, out of budget, killed). The blob is renamed into
     place only when complete, so the cache holds whole files or nothing; the partial
-    file is kept when the transfer may be continued, removed when it may not.
+    file is kept only when the transfer is stopped from outside (a stop, Ctrl-C, or a
+    kill that leaves no chance to remove it), removed when the download fails.
     """
 
     what = f"failed to download checkpoint '{spec.name}' from {client.describe(spec, commit)}"
@@ -332,11 +333,7 @@ def download(
         client._send(spec, what, once, progress=lambda: int(state["got"]))
     except (TransferStopped, KeyboardInterrupt, SystemExit):
         raise  # stopped from outside: what arrived stays for the next download
-    except CheckpointDownloadError as exc:
-        if not exc.hub_down:
-            tmp.unlink(missing_ok=True)
-        raise
-    except BaseException:
+    except BaseException:  # a failure: the cache holds whole files or nothing
         tmp.unlink(missing_ok=True)
         raise
     sha = state["digest"].hexdigest()

@@ -177,26 +177,24 @@ def test_pytest_exit_does_not_wait_for_prefetches(
     assert_second_run_continues(pytester, slow_hub, files, partials(pytester.path))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("sig", "prefetch"),
+    [(signal.SIGINT, "4"), (signal.SIGTERM, "4"), (signal.SIGINT, "0")],
+    ids=["SIGINT", "SIGTERM", "SIGINT-no-prefetch"],
+)
 def test_a_signal_ends_the_run_and_the_next_run_continues(
     pytester: pytest.Pytester,
     slow_hub: LocalHub,
     files: dict[str, bytes],
     sig: signal.Signals,
+    prefetch: str,
 ) -> None:
-    """Measured on main: Ctrl-C waited 54 s; after SIGTERM the next run began at byte 0."""
-    write_tests(
-        pytester,
-        """
-        def test_first_waits():
-            wait_for_partial_bytes()
-            stamp()
-            time.sleep(60)
-        """,
-    )
-    proc = spawn(pytester)
+    """Measured on main: Ctrl-C waited 54 s; after SIGTERM the next run began at byte 0.
+    Without prefetch the test's own download (main thread) keeps its bytes too."""
+    pytester.makepyfile(test_it="import pytest\n" + EACH)
+    proc = spawn(pytester, "--ckpts-prefetch", prefetch)
     deadline = time.monotonic() + 60
-    while not (pytester.path / "stamp").exists():
+    while not any(partials(pytester.path).values()):
         assert proc.poll() is None
         assert time.monotonic() < deadline
         time.sleep(0.05)
