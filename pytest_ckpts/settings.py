@@ -407,9 +407,9 @@ def add_pytest_options(parser: Any) -> None:
         metavar="SECONDS",
         type=seconds_option,
         default=None,
-        help="total seconds one process may wait between retries of transient hub errors "
-        f"(429, 5xx, resets) in this run (default 60; env {ENV['retry_budget']}, "
-        "ini ckpts_retry_budget).",
+        help="total seconds one process may spend retrying transient hub errors "
+        "(429, 5xx, resets) in this run, waits and failed requests included; a finite "
+        f"number >= 0 (default 60; env {ENV['retry_budget']}, ini ckpts_retry_budget).",
     )
     group.addoption(
         "--ckpts-prefetch",
@@ -418,7 +418,8 @@ def add_pytest_options(parser: Any) -> None:
         type=count_option,
         default=None,
         help="after collection, fetch the checkpoints the selected tests need, N at a time, "
-        f"while tests run (default 4, 0 off; env {ENV['prefetch']}, ini ckpts_prefetch).",
+        "while tests run; stops when the session ends, keeping partial files the next "
+        f"download continues (default 4, 0 off; env {ENV['prefetch']}, ini ckpts_prefetch).",
     )
     group.addoption(
         "--ckpts-report",
