@@ -52,6 +52,7 @@ from .retry import (
     backoff_delay,
     classify_exception,
     classify_response,
+    give_up_hint,
 )
 from .settings import ENV, env_value
 
@@ -131,6 +132,19 @@ def _content_range(response: Any, begin: int, end: int) -> int | None:
         return None
     last, total = int(m[2]) + 1, int(m[3])
     return total if last == end or last == total < end else None
+
+
+def failure_hint(failure: Failure) -> str:
+    """The fix a permanent failure suggests (README "Retries and the retry budget")."""
+    if failure.status in (401, 403):
+        return "the repo needs a token with read access: set HF_TOKEN or run `hf auth login`"
+    if failure.status == 404 and "Revision" in failure.text:
+        return "check the revision in the manifest"
+    if failure.status == 404 and "Entry" in failure.text:
+        return "check hf_path in the manifest"
+    if failure.status == 404:
+        return "check hf_repo/repo, revision and repo_type in the manifest"
+    return ""
 
 
 @dataclass
@@ -239,7 +253,7 @@ class HubClient:
                 self.run_state.mark_failed(self.endpoint, failure.text)
                 raise self._error(spec, what, failure, _OFFLINE_HINT) from None
             if failure.kind != "transient":
-                raise self._error(spec, what, failure, self._hint(failure)) from None
+                raise self._error(spec, what, failure, failure_hint(failure)) from None
             moved = progress is not None and progress() > before
             attempt = 0 if moved else attempt + 1
             asked = failure.retry_after
@@ -259,10 +273,8 @@ class HubClient:
     def _pause(self, what: str, seconds: float) -> None:
         """Wait between attempts; a wait that overran costs the budget its wall time."""
         started = self.clock()
-        if self.stop is not None and self.sleep is time.sleep:
-            self.stop.wait(seconds)
-        else:
-            self.sleep(seconds)
+        wait = self.stop.wait if self.stop is not None and self.sleep is time.sleep else self.sleep
+        wait(seconds)  # a stop ends a real wait at once
         if self.stop is not None:
             self.stop.check(what)
         self.budget.charge(self.clock() - started - seconds)
@@ -270,23 +282,8 @@ class HubClient:
     def _give_up(
         self, spec: CheckpointSpec | None, what: str, failure: Failure, attempts: int, capped: bool
     ) -> CheckpointDownloadError:
-        left = self.budget.left
-        asked = failure.retry_after
-        said = (
-            f"the hub asked to wait {asked:.0f}s ({failure.asked_by})" if asked is not None else ""
-        )
-        budget = f"(--ckpts-retry-budget / {ENV['retry_budget']})"
-        if capped:
-            hint = f"gave up after {attempts} attempts, the most for one request"
-        elif asked is not None and asked > left:
-            hint = f"{said}, more than the {left:.0f}s left of the retry budget {budget}"
-        else:
-            hint = (
-                f"gave up after {attempts} attempts: the retry budget of "
-                f"{self.budget.total:g}s is spent {budget}"
-            )
-        if said and said not in hint:
-            hint += f"; {said}"
+        knob = f"--ckpts-retry-budget / {ENV['retry_budget']}"
+        hint = give_up_hint(failure, self.budget, attempts=attempts, capped=capped, knob=knob)
         if self.budget.left < 1.0:
             self.run_state.mark_failed(
                 self.endpoint,
@@ -294,18 +291,6 @@ class HubClient:
                 "budget is spent",
             )
         return self._error(spec, what, failure, hint)
-
-    @staticmethod
-    def _hint(failure: Failure) -> str:
-        if failure.status in (401, 403):
-            return "the repo needs a token with read access: set HF_TOKEN or run `hf auth login`"
-        if failure.status == 404 and "Revision" in failure.text:
-            return "check the revision in the manifest"
-        if failure.status == 404 and "Entry" in failure.text:
-            return "check hf_path in the manifest"
-        if failure.status == 404:
-            return "check hf_repo/repo, revision and repo_type in the manifest"
-        return ""
 
     def _session(self) -> Any:
         from huggingface_hub.utils import get_session  # type: ignore[attr-defined]
@@ -431,7 +416,7 @@ class HubClient:
                 raise RetrySignal(classify_response(response))
             if response.status_code >= 400:
                 failure = classify_response(response)
-                raise self._error(spec, what, failure, self._hint(failure))
+                raise self._error(spec, what, failure, failure_hint(failure))
             if self.stop is None:
                 yield response
                 return

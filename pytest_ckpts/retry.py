@@ -36,6 +36,7 @@ __all__ = [
     "backoff_delay",
     "classify_exception",
     "classify_response",
+    "give_up_hint",
     "parse_retry_after",
     "ratelimit_reset",
 ]
@@ -243,3 +244,23 @@ def classify_response(response: Any) -> Failure:
                 retry_after, asked_by = ratelimit_reset(response.headers), "RateLimit"
         return Failure("transient", status, text, retry_after, asked_by)
     return Failure("permanent", status, text)
+
+
+def give_up_hint(
+    failure: Failure, budget: RetryBudget, *, attempts: int, capped: bool, knob: str
+) -> str:
+    """Why retrying stopped, and how long the hub asked to wait (``knob``: the setting
+    that changes the budget, in the caller's words)."""
+    left = budget.left
+    asked = failure.retry_after
+    said = f"the hub asked to wait {asked:.0f}s ({failure.asked_by})" if asked is not None else ""
+    if capped:
+        hint = f"gave up after {attempts} attempts, the most for one request"
+    elif asked is not None and asked > left:
+        hint = f"{said}, more than the {left:.0f}s left of the retry budget ({knob})"
+    else:
+        hint = (
+            f"gave up after {attempts} attempts: the retry budget of {budget.total:g}s is "
+            f"spent ({knob})"
+        )
+    return hint + (f"; {said}" if said and said not in hint else "")
