@@ -24,6 +24,9 @@ from pathlib import Path
 import pytest
 from conftest import make_manifest
 
+from pytest_ckpts import load_manifest
+from pytest_ckpts.cache import Cache
+from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
 
 pytest_plugins = ["pytester"]
@@ -228,3 +231,55 @@ def test_nothing_is_fetched_when_no_test_will_run(
     assert hub.stats.count("GET", route="file") == 0
     assert hub.stats.request_count == 0
     assert partials(pytester.path) == {}
+
+
+# --------------------------------------------------------------------------- partial files
+
+
+def _partial_path(project: Path, name: str) -> tuple[Store, Path]:
+    manifest = load_manifest(project / "checkpoints" / "checkpoints.yaml")
+    store = Store(manifest)
+    spec = manifest.get(name)
+    assert spec.revision is not None
+    return store, Cache(store.cache).incomplete_path(spec, spec.revision)
+
+
+def test_a_partial_file_is_continued_from_where_it_ends(
+    project: Path, hub: LocalHub, files: dict[str, bytes]
+) -> None:
+    make_manifest(project, hub, files, pinned=True)
+    store, part = _partial_path(project, "a")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(files["a"][:300_000])
+    ckpt = store.resolve(store.manifest.get("a"))
+    assert ckpt.path.read_bytes() == files["a"]
+    assert [r.range for r in hub.stats.select("GET", route="file")] == ["bytes=300000-"]
+    assert hub.stats.bytes_sent("file") == len(files["a"]) - 300_000
+    assert not part.exists()
+
+
+@pytest.mark.parametrize("extra", [0, 10], ids=["whole-file", "longer-than-the-file"])
+def test_a_partial_file_the_hub_cannot_continue_is_fetched_again(
+    project: Path, hub: LocalHub, files: dict[str, bytes], extra: int
+) -> None:
+    """A partial as long as the file (killed before the rename) or longer: 416, start over."""
+    make_manifest(project, hub, files, pinned=True)
+    store, part = _partial_path(project, "a")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(files["a"] + b"x" * extra)
+    ckpt = store.resolve(store.manifest.get("a"))
+    assert ckpt.path.read_bytes() == files["a"]
+    gets = hub.stats.select("GET", route="file")
+    assert [(r.status, r.range is None) for r in gets] == [(416, False), (200, True)]
+
+
+def test_a_corrupt_partial_file_is_caught_by_the_checksum_and_fetched_again(
+    project: Path, hub: LocalHub, files: dict[str, bytes]
+) -> None:
+    make_manifest(project, hub, files, pinned=True)
+    store, part = _partial_path(project, "a")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\0" * 1000)  # not a prefix of the file
+    ckpt = store.resolve(store.manifest.get("a"))
+    assert ckpt.path.read_bytes() == files["a"]
+    assert [r.range for r in hub.stats.select("GET", route="file")] == ["bytes=1000-", None]
