@@ -115,7 +115,7 @@ def _number(value: str, *, source: str, kind: type[float] | type[int]) -> float:
         ) from None
     if not math.isfinite(number) or number < 0:  # nan and inf: a budget that never ends
         raise ValueError(
-            f"pytest-ckpts: invalid value {value!r} from {source}: must be a finite number >= 0"
+            f"pytest-ckpts: invalid value {value!r} from {source}: must be >= 0 and finite"
         )
     return number
 
