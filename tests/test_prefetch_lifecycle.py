@@ -115,8 +115,8 @@ def assert_second_run_continues(
     pytester: pytest.Pytester, hub: LocalHub, files: dict[str, bytes], kept: dict[str, int]
 ) -> None:
     """The next run (no throttle) asks for the rest of each partial file with Range."""
+    kept = {name: size for name, size in kept.items() if size}  # a kill can leave 0 bytes
     assert kept
-    assert all(size > 0 for size in kept.values()), kept
     hub.faults.clear()
     hub.stats.reset()
     proc = spawn(pytester, "-k", "test_each")
