@@ -219,12 +219,13 @@ class Cache:
     def lock_path(self, spec: CheckpointSpec) -> Path:
         return self.root / META_DIR / "locks" / f"{self.lock_key(spec)}.lock"
 
-    def incomplete_path(self, spec: CheckpointSpec) -> Path:
-        """A download in flight: beside its blob (same file system, so rename is atomic)."""
-        import threading
-
-        owner = f"{os.getpid()}-{threading.get_ident()}"
-        return self.blobs(spec) / f".{self.lock_key(spec)}.{owner}{INCOMPLETE}"
+    def incomplete_path(self, spec: CheckpointSpec, commit: str) -> Path:
+        """A download in flight or stopped: beside its blob (same file system, so rename is
+        atomic), named by file and commit so the next download, in any process, continues
+        it (only the holder of the file's lock writes it)."""
+        return contained(
+            self.blobs(spec), f".{self.lock_key(spec)}.{commit}{INCOMPLETE}", what="commit"
+        )
 
     def stamps_root(self) -> Path:
         """Where stamps live (the one line that places them; ``_stamps`` has the format)."""
@@ -458,7 +459,7 @@ class Cache:
         from filelock import FileLock, Timeout
 
         name = incomplete.name[: -len(INCOMPLETE)]
-        if name.startswith("."):  # ours: .<lock key>.<pid>.incomplete
+        if name.startswith("."):  # ours: .<lock key>.<commit>.incomplete
             lock = self.root / META_DIR / "locks" / f"{name[1:].split('.')[0]}.lock"
         else:  # huggingface_hub's own: <etag>.incomplete, locked in <cache>/.locks/
             lock = self.hub / ".locks" / repo.name / f"{name}.lock"

@@ -37,6 +37,7 @@ __all__ = [
     "NoExperimentHashError",
     "RetrySignal",
     "TensorIndexError",
+    "TransferStopped",
     "UnsafeCheckpointError",
     "UntrustedPickleError",
     "UploadArgumentError",
@@ -342,6 +343,11 @@ class MirrorUnavailable(CheckpointsError):
         self.kind = kind
         self.text = text
         self.retry_after = retry_after
+
+
+class TransferStopped(CheckpointsError):
+    """A transfer was told to stop (the session ended: ``-x``, Ctrl-C, ``pytest.exit``);
+    what it wrote stays as a partial file the next download continues with ``Range``."""
 
 
 class DecompressError(CheckpointsError):

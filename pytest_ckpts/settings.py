@@ -22,6 +22,7 @@ the only one that names a ``PYTEST_CKPTS_*`` variable.
 from __future__ import annotations
 
 import enum
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -119,8 +120,10 @@ def _number(value: str, *, source: str, kind: type[float] | type[int]) -> float:
             f"pytest-ckpts: invalid value {value!r} from {source}: expected a "
             f"{'whole ' if kind is int else ''}number >= 0"
         ) from None
-    if number < 0:
-        raise ValueError(f"pytest-ckpts: invalid value {value!r} from {source}: must be >= 0")
+    if not math.isfinite(number) or number < 0:  # nan and inf: a budget that never ends
+        raise ValueError(
+            f"pytest-ckpts: invalid value {value!r} from {source}: must be >= 0 and finite"
+        )
     return number
 
 
@@ -473,9 +476,9 @@ def add_pytest_options(parser: Any) -> None:
         metavar="SECONDS",
         type=seconds_option,
         default=None,
-        help="total seconds one process may wait between retries of transient hub errors "
-        f"(429, 5xx, resets) in this run (default 60; env {ENV['retry_budget']}, "
-        "ini ckpts_retry_budget).",
+        help="total seconds one process may spend retrying transient hub errors "
+        "(429, 5xx, resets) in this run, waits and failed requests included; a finite "
+        f"number >= 0 (default 60; env {ENV['retry_budget']}, ini ckpts_retry_budget).",
     )
     group.addoption(
         "--ckpts-prefetch",
@@ -484,7 +487,8 @@ def add_pytest_options(parser: Any) -> None:
         type=count_option,
         default=None,
         help="after collection, fetch the checkpoints the selected tests need, N at a time, "
-        f"while tests run (default 4, 0 off; env {ENV['prefetch']}, ini ckpts_prefetch).",
+        "while tests run; stops when the session ends, keeping partial files the next "
+        f"download continues (default 4, 0 off; env {ENV['prefetch']}, ini ckpts_prefetch).",
     )
     group.addoption(
         "--ckpts-mirror",

@@ -112,7 +112,8 @@ def _place(
     fetched = None
     if have is None:
         make_dir(blob.parent, spec)
-        fetched = mirrors.fetch(spec, store.layout.incomplete_path(spec))
+        # its own temp name: the hub's partial file of this blob is continued by Range
+        fetched = mirrors.fetch(spec, store.layout.incomplete_path(spec, f"mirror-{os.getpid()}"))
         if fetched is None:
             return None
         os.replace(fetched.path, blob)
