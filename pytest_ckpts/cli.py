@@ -159,6 +159,7 @@ def cmd_fetch(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
                 f"{cli_words(why or 'the hub failed')}",
             )
         note = "" if ckpt.verified else "  (unverified: no sha256 in the manifest)"
+        note += f"  (from mirror {ckpt.mirror})" if ckpt.mirror else ""
         line = f"{ckpt.source:<10}  {spec.name}  {_size(ckpt.size)}  {ckpt.path}{note}"
         state = {
             "name": spec.name,
@@ -170,11 +171,15 @@ def cmd_fetch(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
             "path": str(ckpt.path),
             "revision": ckpt.revision,
             "description": spec.description,
+            "mirror": ckpt.mirror,
         }
         return line, state
 
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(one, specs))  # results in manifest order, whatever finishes first
+    if args.jobs <= 1:  # sequential: no thread to hand each file to and back
+        results = [one(spec) for spec in specs]
+    else:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            results = list(pool.map(one, specs))  # in manifest order, whatever finishes first
     failed = any(state["status"] == "failed" for _, state in results)
     if args.json:
         _json({"checkpoints": [state for _, state in results]}, out)
@@ -233,18 +238,19 @@ def cmd_verify(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int
 
 def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     store = _store(args, manifest)
-    layout = store.layout
-    if args.cache_command == "key":
+    if args.cache_command == "key":  # the same wherever the cache lives: no disk, no network
         from .cachekey import cache_key
 
-        out.write(cache_key(manifest, manifest.select(args.names), store.hub.endpoint) + "\n")
+        out.write(cache_key(manifest, manifest.select(args.names), store.hub.base_url) + "\n")
         return EXIT_OK
+    layout = store.layout
     if args.cache_command == "info":
         info = layout.info(manifest)
         if args.json:
             _json(
                 {
                     "cache": str(layout.root),
+                    "hub_cache": str(layout.hub),
                     "total": info.total,
                     "repos": info.repos,
                     "incomplete": [str(f) for f in info.incomplete],
@@ -264,7 +270,9 @@ def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
                 f"{plural(info.tensor_files, 'file')}\n"
             )
         out.write(
-            f"cache: {layout.root}\ntotal: {_size(info.total)} in "
+            f"cache: {layout.root}\nhub cache: {layout.hub} (huggingface_hub's tools read it: "
+            f"hf cache ls --cache-dir {layout.hub}, or HF_HUB_CACHE={layout.hub})\n"
+            f"total: {_size(info.total)} in "
             f"{plural(len(info.repos), 'repo')}; {len(info.cached)}/{len(manifest)} "
             "manifest entries cached\n"
         )
@@ -359,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--offline",
         action="store_true",
         help="never touch the network: only what is cached (like pytest's --ckpts=offline)",
+    )
+    parser.add_argument(
+        "--mirror",
+        metavar="URL",
+        action="append",
+        default=None,
+        help=f"fetch from this mirror before the hub (repeatable; replaces {ENV['mirrors']} "
+        'and config.mirrors; --mirror "" turns mirrors off)',
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -456,11 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument(
         "--json",
         action="store_true",
-        help="JSON for scripts: {cache, total, repos, incomplete, tensor_pieces, checkpoints}",
+        help="JSON for scripts: {cache, hub_cache, total, repos, incomplete, tensor_pieces, "
+        "checkpoints}",
     )
     kp = csub.add_parser(
         "key",
-        help="one-line digest of what the cache will hold (for actions/cache keys; no network)",
+        help="one-line digest of what the cache will hold (for actions/cache keys; no network; "
+        "the same wherever the cache lives)",
     )
     kp.add_argument("names", nargs="*", metavar="NAME")
     pp = csub.add_parser("prune", help="remove cached files the manifest no longer names")
@@ -471,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON for scripts: {cache, dry_run, removed, snapshot_files, freed}",
     )
     p.set_defaults(func=cmd_cache)
+    from .cli_mirror import add_mirror_parser
+
+    add_mirror_parser(sub)
     return parser
 
 

@@ -33,9 +33,11 @@ __all__ = [
     "ExperimentWarning",
     "ManifestError",
     "ManifestNotFoundError",
+    "MirrorUnavailable",
     "NoExperimentHashError",
     "RetrySignal",
     "TensorIndexError",
+    "TransferStopped",
     "UnsafeCheckpointError",
     "UntrustedPickleError",
     "UploadArgumentError",
@@ -327,13 +329,34 @@ class RetrySignal(CheckpointsError):
         self.failure = failure
 
 
+class MirrorUnavailable(CheckpointsError):
+    """A mirror could not serve a file (internal: the store moves on to the next source).
+
+    ``kind``: ``"missing"`` (no such object: next source, quietly), ``"refused"`` (401,
+    403, a missing backend: remembered for the run), ``"unreachable"`` (remembered for
+    the run) or ``"transient"`` (retried within the retry budget). The message names
+    the mirror redacted, never its credentials.
+    """
+
+    def __init__(self, kind: str, text: str, *, retry_after: float | None = None) -> None:
+        super().__init__(text)
+        self.kind = kind
+        self.text = text
+        self.retry_after = retry_after
+
+
+class TransferStopped(CheckpointsError):
+    """A transfer was told to stop (the session ended: ``-x``, Ctrl-C, ``pytest.exit``);
+    what it wrote stays as a partial file the next download continues with ``Range``."""
+
+
 class DecompressError(CheckpointsError):
     """The compressed stream is corrupt, truncated or unreadable (the archive reader's
     worker thread); the archive code turns it into an ``ArchiveError``."""
 
 
 class CommitRejected(CheckpointsError):
-    """A commit the local hub refuses: ``status``, ``code`` (X-Error-Code) and message."""
+    """A commit (or ref change) the local hub refuses: ``status``, ``code`` (X-Error-Code), message."""
 
     def __init__(self, status: int, code: str | None, message: str) -> None:
         super().__init__(message)

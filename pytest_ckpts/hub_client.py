@@ -6,8 +6,10 @@ wait (a ``Retry-After: 3600`` sleeps an hour, an unreachable hub costs ~23 s per
 README "Retries and the retry budget" lists what was measured). Every request goes through :meth:`HubClient._send`:
 
 - transient failures (429, 500, 502, 503, 504, resets, cut bodies, read timeouts) are
-  retried with backoff and jitter, honouring ``Retry-After``, within the run's
-  :class:`~pytest_ckpts.retry.RetryBudget`;
+  retried with backoff and jitter, honouring ``Retry-After`` (on a 429 without it, the
+  ``RateLimit`` reset), within the run's :class:`~pytest_ckpts.retry.RetryBudget`: each
+  retry costs it the failed attempt's wall time plus the wait, and the wait is never
+  below the backoff floor; :data:`~pytest_ckpts.retry.MAX_ATTEMPTS` per request at most;
 - an unreachable endpoint (refused, DNS, connect timeout, no answer to the probe) is
   recorded in the :class:`~pytest_ckpts.retry.RunState`, so every later request of the
   run, in any process, fails at once;
@@ -15,30 +17,38 @@ README "Retries and the retry budget" lists what was measured). Every request go
 
 The token goes only to the public hub or to ``HF_ENDPOINT`` (set by the machine), unless
 the user trusts the manifest's own ``config.endpoint`` (README "Tokens"). It is held by a
-:class:`_BearerAuth` whose ``repr`` hides it, so ``pytest -l`` never shows it.
+:class:`_BearerAuth` whose ``repr`` hides it, so ``pytest -l`` never shows it (``_hub_auth``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._hf_state import hf_constants, user_agent
-from ._transfer import etag_of, link_snapshot, make_dir, open_for_write, progress_bar, write_chunk
-from .cache import Cache, contained
-from .errors import CacheError, CheckpointDownloadError, RetrySignal, UsageFailure
+from ._hub_auth import DEFAULT_ENDPOINT, EndpointAuth
+from ._redact import redact as _scrub
+from ._redact import secrets_of
+from ._transfer import Downloaded, TransferStop, download
+from .cache import Cache
+from .errors import (
+    CacheError,
+    CheckpointDownloadError,
+    RetrySignal,
+    TransferStopped,
+    UsageFailure,
+)
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import (
+    MAX_ATTEMPTS,
     TRANSIENT_STATUS,
     Failure,
     RetryBudget,
@@ -46,6 +56,7 @@ from .retry import (
     backoff_delay,
     classify_exception,
     classify_response,
+    give_up_hint,
 )
 from .settings import ENV, env_value
 
@@ -60,7 +71,6 @@ __all__ = [
 
 logger = logging.getLogger("pytest_ckpts")
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 _OFFLINE_HINT = (
     "remembered for this run; use --ckpts=offline (CLI: --offline) to run from the cache, "
     "or check HF_ENDPOINT / config.endpoint"
@@ -73,38 +83,9 @@ def resolve_endpoint(manifest: Manifest) -> str:
 
 
 def redact(text: str, token: str | None) -> str:
-    """Remove the token from text that may reach a terminal or a log."""
-    return text.replace(token, "***") if token else text
-
-
-def _auth_class() -> type[Any]:
-    import httpx2
-
-    class _BearerAuth(httpx2.Auth):
-        """Adds the token to the first request only (redirects to a CDN drop it)."""
-
-        def __init__(self, token: str) -> None:
-            self._token = token
-
-        def __repr__(self) -> str:
-            return "<token ***>"
-
-        def auth_flow(self, request: Any) -> Generator[Any, Any, None]:
-            request.headers["Authorization"] = f"Bearer {self._token}"
-            yield request
-
-    return _BearerAuth
-
-
-@dataclass(frozen=True)
-class Downloaded:
-    """One finished transfer: the snapshot path, its sha256 (hashed while it streamed)."""
-
-    path: Path
-    sha256: str
-    nbytes: int  # bytes transferred by this call (resumed parts counted once)
-    seconds: float
-    resumed: bool = False  # a cut was continued with a Range request
+    """Remove the token, URL userinfo and credential-shaped strings from text that may
+    reach a terminal or a log (README "Tokens")."""
+    return _scrub(text, secrets_of(env_value("HF_ENDPOINT"), token))
 
 
 @dataclass(frozen=True)
@@ -127,8 +108,21 @@ def _content_range(response: Any, begin: int, end: int) -> int | None:
     return total if last == end or last == total < end else None
 
 
-@dataclass
-class HubClient:
+def failure_hint(failure: Failure) -> str:
+    """The fix a permanent failure suggests (README "Retries and the retry budget")."""
+    if failure.status in (401, 403):
+        return "the repo needs a token with read access: set HF_TOKEN or run `hf auth login`"
+    if failure.status == 404 and "Revision" in failure.text:
+        return "check the revision in the manifest"
+    if failure.status == 404 and "Entry" in failure.text:
+        return "check hf_path in the manifest"
+    if failure.status == 404:
+        return "check hf_repo/repo, revision and repo_type in the manifest"
+    return ""
+
+
+@dataclass(repr=False)  # EndpointAuth's repr: the endpoint without its userinfo
+class HubClient(EndpointAuth):
     """One endpoint's client for a run: probes, downloads and uploads with one policy."""
 
     endpoint: str
@@ -138,40 +132,25 @@ class HubClient:
     probe_timeout: float = 5.0
     read_timeout: float = 30.0
     progress: bool = False
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], object] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    #: set by the prefetcher: stopping it ends this client's transfers (README "Prefetch")
+    stop: TransferStop | None = None
     _probes: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    #: body bytes received per checkpoint name by :meth:`download`, finished or not (reports)
+    received: dict[str, int] = field(default_factory=dict, repr=False)
     _probe_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _built_headers: dict[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def for_manifest(cls, manifest: Manifest, **kwargs: Any) -> HubClient:
         return cls(endpoint=resolve_endpoint(manifest), **kwargs)
 
-    # ------------------------------------------------------------------ auth
-    def _token(self) -> str | None:
-        """The user's token, if this endpoint may see it (README "Tokens")."""
-        from huggingface_hub import get_token
-
-        endpoint = self.endpoint.rstrip("/")
-        machine = (env_value("HF_ENDPOINT") or "").rstrip("/")
-        if self.trust_endpoint or endpoint in (DEFAULT_ENDPOINT, machine):
-            return get_token()
-        return None
-
-    def has_token(self) -> bool:
-        return self._token() is not None
-
-    def _auth(self) -> Any:
-        token = self._token()
-        return _auth_class()(token) if token else None
-
-    def redact(self, text: str) -> str:
-        return redact(text, self._token())
-
     # ------------------------------------------------------------------ the loop
     def describe(self, spec: CheckpointSpec, revision: str | None = None) -> str:
         return (
             f"repo '{spec.repo}' ({spec.repo_type}), path '{spec.hf_path}', "
-            f"revision '{revision or spec.revision}', endpoint {self.endpoint}"
+            f"revision '{revision or spec.revision}', endpoint {self.shown}"
         )
 
     def _error(
@@ -186,7 +165,7 @@ class HubClient:
 
     def dead(self) -> str | None:
         """Why this endpoint must not be asked again in this run, if so."""
-        return self.run_state.failure(self.endpoint)
+        return self.run_state.failure(self.shown)
 
     def _send(
         self,
@@ -195,65 +174,78 @@ class HubClient:
         attempt_once: Callable[[], Any],
         *,
         probing: bool = False,
+        progress: Callable[[], int] | None = None,
     ) -> Any:
-        """Run ``attempt_once`` (one HTTP exchange) under the retry policy."""
-        attempt = 0
+        """Run ``attempt_once`` (one HTTP exchange) under the retry policy.
+
+        ``progress`` (bytes received so far) tells a cut body that brought bytes from
+        one that did not: an attempt that made progress is continued (``Range``) and
+        costs only its wait; the others cost their wall time too and count toward
+        :data:`MAX_ATTEMPTS`.
+        """
+        attempt = 0  # attempts in a row without progress
+        made = 0
         while True:
+            if self.stop is not None:
+                self.stop.check(what)
             dead = self.dead()
             if dead is not None:
                 raise self._error(spec, what, Failure("unreachable", None, dead), _OFFLINE_HINT)
+            started = self.clock()
+            before = progress() if progress is not None else 0
+            made += 1
             try:
                 return attempt_once()
             except RetrySignal as retry:
                 failure = retry.failure
-            except (CacheError, CheckpointDownloadError):
+            except (CacheError, CheckpointDownloadError, TransferStopped):
                 raise
             except Exception as exc:
-                failure = classify_exception(exc, probing=probing)
+                if self.stop is not None:
+                    self.stop.check(what)  # the stop shut the connection down
+                failure = self._heard(classify_exception(exc, probing=probing))
             if failure.kind == "unreachable":
-                failure.text = f"hub unreachable at {self.endpoint}: {failure.text}"
-                self.run_state.mark_failed(self.endpoint, failure.text)
+                failure.text = f"hub unreachable at {self.shown}: {failure.text}"
+                self.run_state.mark_failed(self.shown, failure.text)
                 raise self._error(spec, what, failure, _OFFLINE_HINT) from None
             if failure.kind != "transient":
-                raise self._error(spec, what, failure, self._hint(failure)) from None
-            wait = (
-                failure.retry_after if failure.retry_after is not None else backoff_delay(attempt)
+                raise self._error(spec, what, failure, failure_hint(failure)) from None
+            moved = progress is not None and progress() > before
+            attempt = 0 if moved else attempt + 1
+            asked = failure.retry_after
+            wait = max(asked or 0.0, backoff_delay(max(0, attempt - 1)))
+            cost = wait + (0.0 if moved else max(0.0, self.clock() - started))
+            if attempt >= MAX_ATTEMPTS or not self.budget.take(cost):
+                raise self._give_up(spec, what, failure, made, attempt >= MAX_ATTEMPTS) from None
+            logger.info(
+                "pytest-ckpts: %s: %s; retrying in %.1fs%s",
+                what,
+                failure.text,
+                wait,
+                f" (the hub asked for {asked:.0f}s: {failure.asked_by})" if asked else "",
             )
-            if not self.budget.take(wait):
-                left = self.budget.left
-                if failure.retry_after is not None and failure.retry_after > left:
-                    hint = (
-                        f"the hub asked to wait {failure.retry_after:.0f}s (Retry-After), more "
-                        f"than the {left:.0f}s left of the retry budget "
-                        f"(--ckpts-retry-budget / {ENV['retry_budget']})"
-                    )
-                else:
-                    hint = (
-                        f"gave up after {attempt + 1} attempts: the retry budget of "
-                        f"{self.budget.total:.0f}s is spent (--ckpts-retry-budget)"
-                    )
-                if self.budget.left < 1.0:
-                    self.run_state.mark_failed(
-                        self.endpoint,
-                        f"hub at {self.endpoint} kept failing ({failure.text}) and the retry "
-                        "budget is spent",
-                    )
-                raise self._error(spec, what, failure, hint) from None
-            logger.info("pytest-ckpts: %s: %s; retrying in %.1fs", what, failure.text, wait)
-            self.sleep(wait)
-            attempt += 1
+            self._pause(what, wait)
 
-    @staticmethod
-    def _hint(failure: Failure) -> str:
-        if failure.status in (401, 403):
-            return "the repo needs a token with read access: set HF_TOKEN or run `hf auth login`"
-        if failure.status == 404 and "Revision" in failure.text:
-            return "check the revision in the manifest"
-        if failure.status == 404 and "Entry" in failure.text:
-            return "check hf_path in the manifest"
-        if failure.status == 404:
-            return "check hf_repo/repo, revision and repo_type in the manifest"
-        return ""
+    def _pause(self, what: str, seconds: float) -> None:
+        """Wait between attempts; a wait that overran costs the budget its wall time."""
+        started = self.clock()
+        wait = self.stop.wait if self.stop is not None and self.sleep is time.sleep else self.sleep
+        wait(seconds)  # a stop ends a real wait at once
+        if self.stop is not None:
+            self.stop.check(what)
+        self.budget.charge(self.clock() - started - seconds)
+
+    def _give_up(
+        self, spec: CheckpointSpec | None, what: str, failure: Failure, attempts: int, capped: bool
+    ) -> CheckpointDownloadError:
+        knob = f"--ckpts-retry-budget / {ENV['retry_budget']}"
+        hint = give_up_hint(failure, self.budget, attempts=attempts, capped=capped, knob=knob)
+        if self.budget.left < 1.0:
+            self.run_state.mark_failed(
+                self.shown,
+                f"hub at {self.shown} kept failing ({failure.text}) and the retry budget is spent",
+            )
+        return self._error(spec, what, failure, hint)
 
     def _session(self) -> Any:
         from huggingface_hub.utils import get_session  # type: ignore[attr-defined]
@@ -261,8 +253,12 @@ class HubClient:
         return get_session()
 
     def _headers(self) -> dict[str, str]:
-        """Headers of a probe or a file GET (the token goes through :meth:`_auth`)."""
-        return {"user-agent": user_agent()}
+        """Headers of a probe or a file GET: our own user agent (see
+        :func:`~pytest_ckpts._hf_state.user_agent`; no token: ``_auth`` adds it), built once
+        per client; a copy, so a caller may add its own."""
+        if self._built_headers is None:
+            self._built_headers = {"user-agent": user_agent()}
+        return dict(self._built_headers)
 
     # ------------------------------------------------------------------ probe
     def probe(self, spec: CheckpointSpec) -> str:
@@ -291,10 +287,10 @@ class HubClient:
         import httpx2
 
         url = (
-            f"{self.endpoint}/api/{spec.repo_type}s/{spec.repo}/revision/"
+            f"{self.base_url}/api/{spec.repo_type}s/{spec.repo}/revision/"
             f"{urllib.parse.quote(spec.revision, safe='')}"
         )
-        what = f"cannot resolve revision '{spec.revision}' of repo '{spec.repo}' ({spec.repo_type}) at {self.endpoint}"
+        what = f"cannot resolve revision '{spec.revision}' of repo '{spec.repo}' ({spec.repo_type}) at {self.shown}"
 
         def once() -> Any:
             response = self._session().get(
@@ -304,10 +300,11 @@ class HubClient:
                 timeout=httpx2.Timeout(self.probe_timeout),
                 follow_redirects=True,
             )
+            self._listen(response)
             if response.status_code in TRANSIENT_STATUS:
-                raise RetrySignal(classify_response(response))
+                raise RetrySignal(self._heard(classify_response(response)))
             if response.status_code >= 400:
-                failure = classify_response(response)
+                failure = self._heard(classify_response(response))
                 raise self._error(None, what, failure, self._probe_hint(failure))
             try:
                 body = response.json()
@@ -343,6 +340,14 @@ class HubClient:
             return "check hf_repo/repo and revision in the manifest"
         return ""
 
+    def known_commit(self, spec: CheckpointSpec) -> str | None:
+        """The commit ``spec``'s revision resolved to in this run, if it was asked."""
+        if is_pinned(spec.revision):
+            return spec.revision
+        known = self._probes.get("\0".join((spec.repo_type, spec.repo, spec.revision)), {})
+        commit = known.get("commit")
+        return commit if isinstance(commit, str) else None
+
     def probes_to_json(self) -> dict[str, dict[str, Any]]:
         """Probe answers (commits and failures) for xdist workers (``workerinput``)."""
         return dict(self._probes)
@@ -361,7 +366,7 @@ class HubClient:
         import httpx2
 
         url = (
-            f"{self.endpoint}/{'datasets/' if spec.repo_type == 'dataset' else ''}{spec.repo}"
+            f"{self.base_url}/{'datasets/' if spec.repo_type == 'dataset' else ''}{spec.repo}"
             f"/resolve/{commit}/{urllib.parse.quote(spec.hf_path)}"
         )
         headers = self._headers()
@@ -372,12 +377,17 @@ class HubClient:
         with self._session().stream(
             "GET", url, headers=headers, auth=self._auth(), timeout=timeout, follow_redirects=True
         ) as response:
+            self._listen(response)
             if response.status_code in TRANSIENT_STATUS:
-                raise RetrySignal(classify_response(response))
+                raise RetrySignal(self._heard(classify_response(response)))
             if response.status_code >= 400:
-                failure = classify_response(response)
-                raise self._error(spec, what, failure, self._hint(failure))
-            yield response
+                failure = self._heard(classify_response(response))
+                raise self._error(spec, what, failure, failure_hint(failure))
+            if self.stop is None:
+                yield response
+                return
+            with self.stop.watch(response):
+                yield response
 
     # ------------------------------------------------------------------ transfers
     def download(
@@ -388,7 +398,13 @@ class HubClient:
         on_bytes: Callable[[int], None] | None = None,
     ) -> Downloaded:
         """Stream ``spec`` at ``commit`` into ``cache`` (see :func:`download`)."""
-        return download(self, spec, commit, cache, on_bytes)
+
+        def counted(n: int) -> None:  # one thread per name at a time: the file lock
+            self.received[spec.name] = self.received.get(spec.name, 0) + n
+            if on_bytes is not None:
+                on_bytes(n)
+
+        return download(self, spec, commit, cache, counted)  # in _transfer: the file side
 
     def read_range(
         self, spec: CheckpointSpec, commit: str, begin: int, end: int, *, what: str = ""
@@ -406,68 +422,6 @@ class HubClient:
 
 
 # --------------------------------------------------------------------------- transfers
-
-
-def download(
-    client: HubClient,
-    spec: CheckpointSpec,
-    commit: str,
-    cache: Cache,
-    on_bytes: Callable[[int], None] | None = None,
-) -> Downloaded:
-    """Stream ``spec`` at ``commit`` into ``cache`` (huggingface_hub's layout).
-
-    The body goes to a temp file beside the blobs, hashed as it arrives; a cut is
-    resumed with a ``Range`` request when the hub allows it. The blob is renamed
-    into place only when complete, so the cache holds whole files or nothing.
-    """
-
-    what = f"failed to download checkpoint '{spec.name}' from {client.describe(spec, commit)}"
-    tmp = cache.incomplete_path(spec)
-    state: dict[str, Any] = {
-        "got": 0,
-        "sent": 0,
-        "digest": hashlib.sha256(),
-        "etag": None,
-        "resumed": False,
-    }
-    started = time.perf_counter()
-    make_dir(tmp.parent, spec)
-
-    def once() -> None:
-        byte_range = f"bytes={state['got']}-" if state["got"] else None
-        with client._get_file(spec, commit, what, byte_range) as response:
-            first = response.history[0] if response.history else response
-            state["etag"] = state["etag"] or etag_of(first) or etag_of(response)
-            if state["got"] and response.status_code != 206:  # no resume: start over
-                state["got"], state["digest"] = 0, hashlib.sha256()
-            state["resumed"] = state["resumed"] or response.status_code == 206
-            mode = "ab" if state["got"] else "wb"
-            with (
-                open_for_write(tmp, mode, spec) as f,
-                progress_bar(client.progress, spec, response, state["got"]) as bar,
-            ):
-                for chunk in response.iter_bytes():
-                    write_chunk(f, chunk, tmp, spec, response)
-                    state["digest"].update(chunk)
-                    state["got"] += len(chunk)
-                    state["sent"] += len(chunk)
-                    if on_bytes is not None:
-                        on_bytes(len(chunk))
-                    bar(len(chunk))
-
-    try:
-        client._send(spec, what, once)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    sha = state["digest"].hexdigest()
-    blob = contained(cache.blobs(spec), str(state["etag"] or sha), what="blob name")
-    os.replace(tmp, blob)
-    link = cache.snapshot(spec, commit)
-    link_snapshot(link, blob, spec)
-    seconds = time.perf_counter() - started
-    return Downloaded(link, sha, int(state["sent"]), seconds, bool(state["resumed"]))
 
 
 def read_range(
@@ -491,7 +445,9 @@ def read_range(
         with client._get_file(spec, commit, what, f"bytes={begin}-{end - 1}") as response:
             total = _content_range(response, begin, end)
             if total is None:
-                got_range = response.headers.get("Content-Range") or "no Content-Range"
+                got_range = client.redact(
+                    response.headers.get("Content-Range") or "no Content-Range"
+                )
                 text = f"HTTP {response.status_code} ({got_range}) for bytes={begin}-{end - 1}"
                 hint = "partial reads need a hub that serves byte ranges"
                 failure = Failure("permanent", int(response.status_code), text)
@@ -545,7 +501,7 @@ def create_commit(
     scoped: dict[str, Any] = {"HF_HUB_DISABLE_TELEMETRY": True}
     if client.endpoint != DEFAULT_ENDPOINT:
         scoped["HF_HUB_DISABLE_XET"] = True
-    where = f"repo '{repo}' ({repo_type}) at {client.endpoint}"
+    where = f"repo '{repo}' ({repo_type}) at {client.shown}"
     try:
         with hf_constants(progress_bars=client.progress, **scoped):
             info: Any = api.create_commit(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+from . import _properties
 from .errors import (
     CacheError,
     CheckpointDownloadError,
@@ -93,6 +94,7 @@ class _HookObserver:
             sha256=checkpoint.sha256,
             commit=checkpoint.revision,
             size=checkpoint.size,
+            source=checkpoint.mirror or ("hub" if checkpoint.source == "downloaded" else "cache"),
         )
         self._config.hook.pytest_ckpts_resolved(config=self._config, checkpoint=checkpoint)
 
@@ -122,13 +124,14 @@ class CkptsSession:
             from .store import Store
 
             assert self.manifest is not None
-            cache_dir = self.settings.cache_dir or self.manifest.cache_dir
+            layout = Cache.locate(self.settings.cache_dir or self.manifest.cache_dir)
             self._store = Store.from_settings(
                 self.manifest,
                 self.settings,
-                cache_dir=cache_dir,
+                cache_dir=layout.root,
+                hub_dir=layout.hub_dir,
                 observer=_HookObserver(self.config, self.stats),
-                run_state=RunState(Cache(cache_dir).runs_dir() / f"{self.run_id}.json"),
+                run_state=RunState(layout.runs_dir() / f"{self.run_id}.json"),
             )
             workerinput = getattr(self.config, "workerinput", None)
             if workerinput and workerinput.get("ckpts_probes"):
@@ -197,9 +200,17 @@ class CkptsSession:
             return False
         if settings.mode is not self.settings.mode:
             return False
-        ours = self.settings.cache_dir or self.manifest.cache_dir
-        theirs = settings.cache_dir or self.manifest.cache_dir
-        return _same(settings.manifest, self.manifest.path) and _same(ours, theirs)
+        from .cache import Cache
+
+        # the run's cache as the run located it; the call's as the environment says now
+        # (a test may set HF_HUB_CACHE / HF_HOME, which a manifest without cache_dir follows)
+        ours = Cache(self.store.cache, self.store.hub_dir)
+        theirs = Cache.locate(settings.cache_dir or self.manifest.cache_dir)
+        return (
+            _same(settings.manifest, self.manifest.path)
+            and _same(ours.root, theirs.root)
+            and _same(ours.hub, theirs.hub)
+        )
 
     def call_mode(self) -> Mode:
         """The mode a library call in the running test resolves now."""
@@ -277,13 +288,17 @@ class CkptsSession:
         __tracebackhide__ = True
         spec = self._test_spec(name)
         self._check_unverified(name, spec)
-        with self._policy(name):
+        with _properties.on_outcome(item, spec), self._policy(name):
             if self.prefetcher is not None:
                 ckpt = self.prefetcher.result(name, self.store)
             else:
                 ckpt = self.store.resolve(spec)
+        stale = self.store.stale_reasons.get(name) if ckpt.source == "stale" else None
         if ckpt.source == "stale":
             self.stats.record(name, "stale", reason=self.store.stale_reasons.get(name))
+        _properties.record(
+            item, name, ckpt.source, sha256=ckpt.sha256, commit=ckpt.revision, reason=stale
+        )
         if item is not None:
             item.stash.setdefault(USED_KEY, {})[name] = ckpt.sha256
         return ckpt
@@ -311,8 +326,11 @@ class CkptsSession:
         :meth:`resolve_for_test` does for whole files: return, ``skip`` or ``fail``."""
         __tracebackhide__ = True
         spec = self._test_spec(name)
-        with self._policy(name):
+        with _properties.on_outcome(item, spec), self._policy(name):
             got = self._read_tensors(spec, tensor_names)
+        _properties.record(
+            item, name, got.source, sha256=spec.sha256, commit=got.commit, reason=got.reason
+        )
         if item is not None and spec.sha256 is not None:
             item.stash.setdefault(USED_KEY, {})[name] = spec.sha256
         return got.tensors
