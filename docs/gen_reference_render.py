@@ -203,7 +203,11 @@ def render_options(collected: Collected) -> str:
         "",
         "## Precedence",
         "",
-        rst_to_md(_docstring_section(settings.__doc__ or "", "Precedence", "README|One frozen")),
+        rst_to_md(
+            _docstring_section(
+                settings.__doc__ or "", "Precedence", "docs/reference|README|One frozen"
+            )
+        ),
         "## Summary",
         "",
         "| option | environment | ini key | default |",

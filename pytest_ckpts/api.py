@@ -1,4 +1,4 @@
-"""``get_checkpoint()`` and friends: the library API (README "Library API").
+"""``get_checkpoint()`` and friends: the library API (docs/how-to/writing-tests.md "The library API").
 
 Inside a pytest run the plugin registers a resolver here, so a test that calls
 ``get_checkpoint()`` directly shares the run's store (one probe, one lock, one
@@ -48,7 +48,7 @@ def use_backend(backend: Backend) -> Callable[[], None]:
 
 
 def _standalone(name: str) -> tuple[Manifest, Store]:
-    """Outside pytest: the environment decides (README "Library API")."""
+    """Outside pytest: the environment decides (docs/how-to/writing-tests.md "The library API")."""
     from .manifest import load_manifest
     from .store import Store
 
@@ -78,7 +78,7 @@ def fetch_tensors(name: str, tensor_names: Sequence[str]) -> dict[str, Any]:
     returns name -> ``torch.Tensor`` in the order asked. Raises ``TensorIndexError``
     (no, stale or edited index; unknown tensor), ``ChecksumMismatchError`` (bytes that
     do not match the index), ``CheckpointSkipped`` and ``CheckpointDownloadError`` as
-    :func:`get_checkpoint` does. README "Reading a few tensors of a huge checkpoint".
+    :func:`get_checkpoint` does. docs/how-to/big-checkpoints.md "Reading a few tensors of a huge checkpoint".
     """
     names = [tensor_names] if isinstance(tensor_names, str) else list(tensor_names)
     if _BACKENDS:  # inside a pytest run: the run's session (store, mode, summary)

@@ -3,7 +3,7 @@
 huggingface_hub provides the HTTP session, headers, URLs and upload protocol; this
 module owns the *retry loop* because the client's own loops have no cap on the total
 wait (a ``Retry-After: 3600`` sleeps an hour, an unreachable hub costs ~23 s per file;
-README "Retries and the retry budget" lists what was measured). Every request goes through :meth:`HubClient._send`:
+docs/how-to/ci.md "Retries and the retry budget" lists what was measured). Every request goes through :meth:`HubClient._send`:
 
 - transient failures (429, 500, 502, 503, 504, resets, cut bodies, read timeouts) are
   retried with backoff and jitter, honouring ``Retry-After``, within the run's
@@ -14,7 +14,7 @@ README "Retries and the retry budget" lists what was measured). Every request go
 - permanent failures (401, 403, 404, not found) are never retried.
 
 The token goes only to the public hub or to ``HF_ENDPOINT`` (set by the machine), unless
-the user trusts the manifest's own ``config.endpoint`` (README "Tokens"). It is held by a
+the user trusts the manifest's own ``config.endpoint`` (docs/how-to/ci.md "Tokens"). It is held by a
 :class:`_BearerAuth` whose ``repr`` hides it, so ``pytest -l`` never shows it.
 """
 
@@ -158,7 +158,7 @@ class HubClient:
 
     # ------------------------------------------------------------------ auth
     def _token(self) -> str | None:
-        """The user's token, if this endpoint may see it (README "Tokens")."""
+        """The user's token, if this endpoint may see it (docs/how-to/ci.md "Tokens")."""
         from huggingface_hub import get_token
 
         endpoint = self.endpoint.rstrip("/")

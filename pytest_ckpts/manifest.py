@@ -1,6 +1,6 @@
 """Parse and validate ``checkpoints/checkpoints.yaml`` into frozen dataclasses.
 
-The format is the one in the README's manifest section, plus a few optional keys.
+The format is the one docs/manifest.md "The manifest" shows, plus a few optional keys.
 Validation is strict and happens once, up front: a typo in a key or a sha256 that YAML
 read as a number should stop the run at start-up with the file, the entry and the key
 named, not surface as a confusing download failure twenty minutes into CI.

@@ -1,7 +1,7 @@
 """How long to keep asking a hub, and what a run remembers about it.
 
 A *retry budget* is the total number of seconds one process may spend waiting between
-attempts in a run (README "Retries and the retry budget"): transient failures (429,
+attempts in a run (docs/how-to/ci.md "Retries and the retry budget"): transient failures (429,
 5xx, resets, cut bodies, read timeouts) are retried with exponential backoff and jitter,
 honouring ``Retry-After``, until the budget is spent. A ``Retry-After`` longer than what
 is left fails at once and says so.
@@ -170,7 +170,7 @@ class RunState:
 
 @dataclass
 class Failure:
-    """How a request failed (README "Retries and the retry budget")."""
+    """How a request failed (docs/how-to/ci.md "Retries and the retry budget")."""
 
     kind: str  # transient | unreachable | permanent
     status: int | None

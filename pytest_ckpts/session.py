@@ -226,7 +226,7 @@ class CkptsSession:
 
     @contextmanager
     def _policy(self, name: str) -> Iterator[None]:
-        """The run's policy for what the store raises: skip, or fail (README "Run modes").
+        """The run's policy for what the store raises: skip, or fail (docs/modes.md "Run modes").
 
         Not available by policy or hub down (``auto``): skip naming why. A mismatch, a bad
         tensor index or a local cache failure: fail, in every mode. Hub down under

@@ -10,7 +10,7 @@ Precedence, highest first, for every setting that has all four sources:
 The run mode has one extra level: ``SKIP_CHECKPOINT_DOWNLOAD=true`` sits between the
 command line and ``PYTEST_CKPTS_MODE`` (it is CI's kill switch: only an explicit
 ``--ckpts`` beats it), and ``HF_HUB_OFFLINE=1`` turns the *default* into ``offline``.
-README "Precedence" lists the same order.
+docs/reference/options.md "Precedence" is generated from this docstring.
 
 One frozen :class:`Settings` is built by :meth:`Settings.from_pytest` (the plugin),
 :meth:`Settings.from_args` (the ``pytest-ckpts`` CLI) or :meth:`Settings.from_env`

@@ -1,6 +1,6 @@
 """What happened to each checkpoint in a run: mergeable across xdist workers.
 
-One record per checkpoint name, in the shape of the JSON report (README "Reports for fleets"):
+One record per checkpoint name, in the shape of the JSON report (docs/reference/report.md "The JSON report (`--ckpts-report`)"):
 ``status`` is one of downloaded, cached, stale, skipped, failed; ``bytes`` is what this
 run transferred; ``reason`` is set for skipped, failed and stale. Workers send
 ``to_json()`` in ``workeroutput``; the controller ``merge``s them.

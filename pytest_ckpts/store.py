@@ -8,7 +8,7 @@ fast path (stamp) → lock → look again → download → verify → stamp → 
 - Otherwise a per-file lock (any number of processes: one download), a second look, a
   download, a hash compared with the manifest, a stamp. A cached copy that fails the
   check is downloaded again once; a fresh download that fails is deleted and the
-  mismatch is remembered for the run (README "Run modes": never downloaded again).
+  mismatch is remembered for the run (docs/modes.md "Run modes": never downloaded again).
 - Stale-while-error: when a branch cannot be resolved because the hub is down,
   rate-limited or the retry budget is spent, the verified copy of the commit the
   branch last resolved to is used, and reported as ``stale``.

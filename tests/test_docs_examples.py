@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,35 @@ def test_every_block_is_run_or_says_why_not() -> None:
 def test_the_readme_and_the_guides_have_examples_that_run() -> None:
     names = {_id(p) for p in RUNNABLE}
     assert {"README.md", "docs/getting-started/first-test.md", "docs/how-to/ci.md"} <= names
+
+
+_CITATION = re.compile(r'(README|docs/[\w./-]+\.md)\s+"([^"\n]+)"')
+
+
+def _headings(page: Path) -> set[str]:
+    text = page.read_text(encoding="utf-8")
+    found = re.findall(r"^#+ (.+?)(?: \{#[^}]*\})?\s*$", text, re.M)
+    return {h.replace("`", "").strip() for h in found}
+
+
+def test_code_and_docs_cite_sections_that_exist() -> None:
+    """Docstrings and pages point at documentation as `docs/x.md "Heading"` (or
+    `README "Heading"`); a section moved or renamed must not leave them dangling."""
+    sources = [
+        *(ROOT / "pytest_ckpts").rglob("*.py"),
+        *(ROOT / "examples").rglob("*.py"),
+        *(p for p in (ROOT / "tests").glob("*.py") if p.name != Path(__file__).name),
+        *(ROOT / ".github" / "workflows").glob("*.yml"),
+        *(p for p in (ROOT / "docs").rglob("*.md") if "reference" not in p.parts),
+        ROOT / "CONTRIBUTING.md",
+    ]
+    dangling = []
+    for source in sources:
+        for page, heading in _CITATION.findall(source.read_text(encoding="utf-8")):
+            target = ROOT / ("README.md" if page == "README" else page)
+            if not target.is_file() or heading.replace("`", "") not in _headings(target):
+                dangling.append(f'{source.relative_to(ROOT)}: {page} "{heading}"')
+    assert not dangling, "citations of sections that do not exist:\n" + "\n".join(dangling)
 
 
 # --------------------------------------------------------------------------- the runner itself
