@@ -42,6 +42,20 @@ def test_the_readme_and_the_guides_have_examples_that_run() -> None:
     assert {"README.md", "docs/getting-started/first-test.md", "docs/how-to/ci.md"} <= names
 
 
+def test_readme_is_the_front_door() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 200
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    # .ci/run installs and tests exactly as the README's second set-up command says
+    assert 'pip install torch==2.13.0 && pip install -e ".[dev]" && python -m pytest -n 2' in readme
+    assert "pip install -q torch==2.13.0" in ci
+    assert 'pip install -q -e ".[dev]"' in ci
+    assert "python -m pytest -n 2\n" in ci
+    assert "pytest examples/demo && pytest examples/demo" in readme
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme):
+        assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+
+
 _CITATION = re.compile(r'(README|docs/[\w./-]+\.md)\s+"([^"\n]+)"')
 
 
