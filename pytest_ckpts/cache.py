@@ -26,7 +26,7 @@ A *stamp* records (size, mtime, ctime, inode, sha256) after a successful hash. A
 resolve trusts the file when ``stat`` still agrees: microseconds instead of a re-hash.
 A rewrite that restores mtime still changes ctime (only the kernel sets it), and a copy
 into place gets a new inode or ctime. A cache restored by a CI cache action therefore
-re-hashes every file once and is stamped again (README "CI recipe" gives the cost).
+re-hashes every file once and is stamped again (docs/how-to/ci.md "The recipe (GitHub Actions)" gives the cost).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class CacheInfo:
     cached: list[str] = field(default_factory=list)  # manifest names with a cached file
     missing: list[str] = field(default_factory=list)
     incomplete: list[Path] = field(default_factory=list)
-    tensor_bytes: int = 0  # verified pieces kept by partial reads (README "Reading a few tensors of a huge checkpoint")
+    tensor_bytes: int = 0  # verified pieces kept by partial reads (docs/how-to/big-checkpoints.md "Reading a few tensors of a huge checkpoint")
     tensor_files: int = 0
 
     @property

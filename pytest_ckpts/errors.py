@@ -2,7 +2,7 @@
 
 Every message starts with ``pytest-ckpts:`` and names what a user needs to act:
 the checkpoint, the file, the revision, both hashes, and the flag or environment
-variable that changes the outcome. The classes keep the built-in bases README "Library API" lists
+variable that changes the outcome. The classes keep the built-in bases docs/how-to/writing-tests.md "The library API" lists
 (``ValueError`` for checksum problems, ``RuntimeError`` for hub failures) so code
 written against the original downloader keeps catching them.
 """
@@ -114,7 +114,7 @@ class CheckpointDownloadError(CheckpointsError, RuntimeError):
     """The hub could not deliver a file (unreachable, auth, not found, broken transfer).
 
     The message names repo, path in repo, revision, endpoint and cause, never the token.
-    ``kind`` is how the failure was classified (README "Retries and the retry budget"):
+    ``kind`` is how the failure was classified (docs/how-to/ci.md "Retries and the retry budget"):
 
     - ``"transient"``: 429, 5xx, a reset or cut body, a read timeout; retried within the
       budget, and once the budget is spent it stays transient (a stale copy may be used);

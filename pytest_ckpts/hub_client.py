@@ -3,7 +3,7 @@
 huggingface_hub provides the HTTP session, headers, URLs and upload protocol; this
 module owns the *retry loop* because the client's own loops have no cap on the total
 wait (a ``Retry-After: 3600`` sleeps an hour, an unreachable hub costs ~23 s per file;
-README "Retries and the retry budget" lists what was measured). Every request goes through :meth:`HubClient._send`:
+docs/how-to/ci.md "Retries and the retry budget" lists what was measured). Every request goes through :meth:`HubClient._send`:
 
 - transient failures (429, 500, 502, 503, 504, resets, cut bodies, read timeouts) are
   retried with backoff and jitter, honouring ``Retry-After`` (on a 429 without it, the
@@ -16,7 +16,7 @@ README "Retries and the retry budget" lists what was measured). Every request go
 - permanent failures (401, 403, 404, not found) are never retried.
 
 The token goes only to the public hub or to ``HF_ENDPOINT`` (set by the machine), unless
-the user trusts the manifest's own ``config.endpoint`` (README "Tokens"). It is held by a
+the user trusts the manifest's own ``config.endpoint`` (docs/how-to/ci.md "Tokens"). It is held by a
 :class:`_BearerAuth` whose ``repr`` hides it, so ``pytest -l`` never shows it (``_hub_auth``).
 """
 
@@ -84,7 +84,7 @@ def resolve_endpoint(manifest: Manifest) -> str:
 
 def redact(text: str, token: str | None) -> str:
     """Remove the token, URL userinfo and credential-shaped strings from text that may
-    reach a terminal or a log (README "Tokens")."""
+    reach a terminal or a log (docs/how-to/ci.md "Tokens")."""
     return _scrub(text, secrets_of(env_value("HF_ENDPOINT"), token))
 
 
@@ -109,7 +109,7 @@ def _content_range(response: Any, begin: int, end: int) -> int | None:
 
 
 def failure_hint(failure: Failure) -> str:
-    """The fix a permanent failure suggests (README "Retries and the retry budget")."""
+    """The fix a permanent failure suggests (docs/how-to/ci.md "Retries and the retry budget")."""
     if failure.status in (401, 403):
         return "the repo needs a token with read access: set HF_TOKEN or run `hf auth login`"
     if failure.status == 404 and "Revision" in failure.text:
@@ -134,7 +134,7 @@ class HubClient(EndpointAuth):
     progress: bool = False
     sleep: Callable[[float], object] = time.sleep
     clock: Callable[[], float] = time.monotonic
-    #: set by the prefetcher: stopping it ends this client's transfers (README "Prefetch")
+    #: set by the prefetcher: stopping it ends this client's transfers (docs/how-to/ci.md "Prefetch")
     stop: TransferStop | None = None
     _probes: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     #: body bytes received per checkpoint name by :meth:`download`, finished or not (reports)

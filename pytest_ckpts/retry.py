@@ -1,7 +1,7 @@
 """How long to keep asking a hub, and what a run remembers about it.
 
 A *retry budget* is the total number of seconds one process may spend on retries in a
-run (README "Retries and the retry budget"): transient failures (429, 5xx, resets, cut
+run (docs/how-to/ci.md "Retries and the retry budget"): transient failures (429, 5xx, resets, cut
 bodies, read timeouts) are retried with exponential backoff and jitter, honouring
 ``Retry-After`` (or, on a 429 without it, the reset the ``RateLimit`` header names),
 until the budget is spent. Every retry costs the budget its wall time (the wait and the
@@ -207,7 +207,7 @@ class RunState:
 
 @dataclass
 class Failure:
-    """How a request failed (README "Retries and the retry budget")."""
+    """How a request failed (docs/how-to/ci.md "Retries and the retry budget")."""
 
     kind: str  # transient | unreachable | permanent
     status: int | None

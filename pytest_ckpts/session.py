@@ -195,7 +195,7 @@ class CkptsSession:
 
     def shares(self, settings: Settings) -> bool:
         """Whether a library call that resolved ``settings`` at call time is this run's:
-        same manifest, mode and cache directory (README "Library API")."""
+        same manifest, mode and cache directory (docs/how-to/writing-tests.md "The library API")."""
         if self.manifest is None or settings.manifest is None:
             return False
         if settings.mode is not self.settings.mode:
@@ -259,7 +259,7 @@ class CkptsSession:
 
     @contextmanager
     def _policy(self, name: str) -> Iterator[None]:
-        """The run's policy for what the store raises: skip, or fail (README "Run modes").
+        """The run's policy for what the store raises: skip, or fail (docs/modes.md "Run modes").
 
         Not available by policy or hub down (``auto``): skip naming why. A mismatch, a bad
         tensor index or a local cache failure: fail, in every mode. Hub down under

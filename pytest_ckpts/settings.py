@@ -10,7 +10,7 @@ Precedence, highest first, for every setting that has all four sources:
 The run mode has one extra level: ``SKIP_CHECKPOINT_DOWNLOAD=true`` sits between the
 command line and ``PYTEST_CKPTS_MODE`` (it is CI's kill switch: only an explicit
 ``--ckpts`` beats it), and ``HF_HUB_OFFLINE=1`` turns the *default* into ``offline``.
-README "Precedence" lists the same order.
+docs/reference/options.md "Precedence" is generated from this docstring.
 
 One frozen :class:`Settings` is built by :meth:`Settings.from_pytest` (the plugin),
 :meth:`Settings.from_args` (the ``pytest-ckpts`` CLI) or :meth:`Settings.from_env`
@@ -180,7 +180,7 @@ def find_manifest(start: Path | None = None, env: Mapping[str, str] | None = Non
 
 def hf_cache_dirs(env: Mapping[str, str] | None = None) -> tuple[Path, Path | None]:
     """huggingface_hub's own cache, read from the environment now (the client reads it once,
-    at import): the cache of a manifest without ``cache_dir`` (README "The manifest").
+    at import): the cache of a manifest without ``cache_dir`` (docs/manifest.md "The manifest").
 
     ``(home, hub)``: ``home`` is ``HF_HOME`` (else ``$XDG_CACHE_HOME/huggingface``, else
     ``~/.cache/huggingface``), where pytest-ckpts keeps its own state (``.ckpts/``); ``hub``
@@ -224,7 +224,7 @@ def resolve_mirrors(
 ) -> tuple[tuple[str, ...] | None, str]:
     """Mirror templates and their source: command line > env > (None: the manifest's
     ``config.mirrors``). A higher source replaces the lower list; an empty value (the
-    variable set to "", ``--ckpts-mirror ""``) turns mirrors off (README "Mirrors")."""
+    variable set to "", ``--ckpts-mirror ""``) turns mirrors off (docs/mirrors.md "What happens on a fetch")."""
     from .sources.template import SecretText, parse_mirror
 
     raw = (os.environ if env is None else env).get(ENV["mirrors"])
@@ -268,7 +268,7 @@ class Settings:
     trust_manifest_endpoint: bool = False
     update_baselines: bool = False
     baselines_dir: Path = Path("tests/baselines")
-    #: mirror URL templates; None: the manifest's ``config.mirrors`` (README "Mirrors")
+    #: mirror URL templates; None: the manifest's ``config.mirrors`` (docs/mirrors.md "What happens on a fetch")
     mirrors: tuple[str, ...] | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -287,7 +287,7 @@ class Settings:
         """The plugin's settings: ``--ckpts-*`` > ``PYTEST_CKPTS_*`` > ini > default.
 
         The environment is read as it is now. ``discover=True`` is a library call inside
-        a test (README "Library API"): with no manifest from the option, the environment
+        a test (docs/how-to/writing-tests.md "The library API"): with no manifest from the option, the environment
         or ini, it is the first ``checkpoints/checkpoints.yaml`` walking up from the
         current directory (a test may ``chdir`` into another project), else the run's
         ``<rootdir>/checkpoints/checkpoints.yaml``.

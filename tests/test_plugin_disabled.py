@@ -1,5 +1,5 @@
 """A suite that uses the marker and ini keys also runs with ``-p no:ckpts`` (issue 18):
-the README's recipe, extracted from the README and run as written."""
+the recipe of docs/how-to/writing-tests.md, extracted from the page and run as written."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "how-to" / "writing-tests.md"
 
 INI = """\
 [pytest]
@@ -44,8 +44,8 @@ NO_WARNINGS = (
 
 
 def _recipe() -> str:
-    """The README's conftest for ``-p no:ckpts`` runs."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    """The documented conftest for ``-p no:ckpts`` runs."""
+    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(encoding="utf-8"), re.S)
     (recipe,) = [b for b in blocks if "-p no:ckpts" in b and "pytest_addoption" in b]
     return textwrap.dedent(recipe)
 
@@ -61,7 +61,7 @@ def test_without_the_recipe_strict_runs_stop(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*'requires_checkpoints' not found in `markers`*"])
 
 
-def test_readme_recipe_runs_with_the_plugin_disabled(pytester: pytest.Pytester) -> None:
+def test_documented_recipe_runs_with_the_plugin_disabled(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
     pytester.makeconftest(_recipe())
     pytester.makepyfile(test_it=TESTS)
@@ -72,7 +72,7 @@ def test_readme_recipe_runs_with_the_plugin_disabled(pytester: pytest.Pytester) 
     result.assert_outcomes(passed=1, deselected=1)
 
 
-def test_readme_recipe_marker_registered_without_the_plugin(pytester: pytest.Pytester) -> None:
+def test_documented_recipe_marker_registered_without_the_plugin(pytester: pytest.Pytester) -> None:
     """--strict-markers alone: the marker the recipe registers is known."""
     pytester.makeconftest(_recipe())
     pytester.makepyfile(test_it=TESTS.replace("(checkpoints)", "()"))
@@ -80,7 +80,7 @@ def test_readme_recipe_marker_registered_without_the_plugin(pytester: pytest.Pyt
     result.assert_outcomes(passed=2)
 
 
-def test_readme_recipe_changes_nothing_with_the_plugin(pytester: pytest.Pytester) -> None:
+def test_documented_recipe_changes_nothing_with_the_plugin(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
     pytester.makeconftest(_recipe())
     pytester.makepyfile(test_it=TESTS)

@@ -1,4 +1,4 @@
-"""The store's mirror step: verified cache → **mirrors** → hub (README "Mirrors").
+"""The store's mirror step: verified cache → **mirrors** → hub (docs/mirrors.md "What happens on a fetch").
 
 Kept beside the store rather than in it: :class:`MirrorSupport` gives ``Store`` its
 ``mirrors`` setting (keyword-only fields) and the ``mirror_set`` it builds on first use;
