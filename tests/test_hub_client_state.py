@@ -85,3 +85,40 @@ def test_fetch_and_upload_restore_hf_constants_and_send_no_telemetry(
     assert result["telemetry_thread"] is False
     assert hub.stats.count("GET", "/api/agent-harnesses") == 0
     assert hub.stats.count(path_contains="/api/telemetry") == 0
+
+
+def test_overlapping_uploads_restore_what_was_there_before_both() -> None:
+    """Two threads' scoped changes never interleave (a save of the other's value would
+    leave the constant set for good)."""
+    import threading
+
+    from huggingface_hub import constants
+
+    from pytest_ckpts._hf_state import hf_constants
+
+    before = constants.HF_HUB_DISABLE_XET
+    a_in, b_in = threading.Event(), threading.Event()
+    release, b_release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with hf_constants(HF_HUB_DISABLE_XET=not before):
+            a_in.set()
+            release.wait(30)
+
+    def second() -> None:
+        a_in.wait(30)
+        with hf_constants(HF_HUB_DISABLE_XET=not before):
+            b_in.set()
+            b_release.wait(30)  # leaves after the first
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    a_in.wait(30)
+    b_in.wait(1.0)  # without the lock the second is inside by now; with it, it waits
+    release.set()
+    threads[0].join(30)
+    b_release.set()
+    threads[1].join(30)
+    assert b_in.is_set()
+    assert before == constants.HF_HUB_DISABLE_XET
