@@ -20,6 +20,7 @@ the user trusts the manifest's own ``config.endpoint`` (README "Tokens"). It is 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -35,7 +36,7 @@ from typing import Any
 
 from ._transfer import etag_of, link_snapshot, make_dir, open_for_write, progress_bar, write_chunk
 from .cache import Cache, contained
-from .errors import CacheError, CheckpointDownloadError, RetrySignal, UsageFailure
+from .errors import CacheError, CheckpointDownloadError, Fix, Kind, RetrySignal, UsageFailure
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import (
     TRANSIENT_STATUS,
@@ -46,7 +47,7 @@ from .retry import (
     classify_exception,
     classify_response,
 )
-from .settings import ENV, env_value
+from .settings import env_value
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -60,9 +61,10 @@ __all__ = [
 logger = logging.getLogger("pytest_ckpts")
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-_OFFLINE_HINT = (
-    "remembered for this run; use --ckpts=offline (CLI: --offline) to run from the cache, "
-    "or check HF_ENDPOINT / config.endpoint"
+#: Ways out when the hub cannot be reached (each front end names its own options).
+_OFFLINE_FIXES = (
+    Fix.set("mode", "offline", why="to run from the cache"),
+    Fix.say("check HF_ENDPOINT / config.endpoint"),
 )
 
 
@@ -85,6 +87,16 @@ def disable_telemetry() -> None:
     from huggingface_hub import constants
 
     constants.HF_HUB_DISABLE_TELEMETRY = True
+
+
+def hf_cause(exc: BaseException) -> str:
+    """A huggingface_hub error as a short cause, from its fields (class, status, the
+    server's message), not from its text."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    server = getattr(exc, "server_message", None)
+    cause = type(exc).__name__ + (f" (HTTP {status})" if status else "")
+    return f"{cause}: {server}" if server else cause
 
 
 def _auth_class() -> type[Any]:
@@ -185,13 +197,21 @@ class HubClient:
         )
 
     def _error(
-        self, spec: CheckpointSpec | None, what: str, failure: Failure, hint: str
+        self,
+        spec: CheckpointSpec | None,
+        what: str,
+        failure: Failure,
+        fixes: tuple[Fix, ...] = (),
+        note: str = "",
     ) -> CheckpointDownloadError:
+        cause = self.redact(failure.text + (f" ({note})" if note else ""))
         return CheckpointDownloadError(
-            self.redact(f"pytest-ckpts: {what}: {failure.text}" + (f" ({hint})" if hint else "")),
+            self.redact(f"pytest-ckpts: {what}: ") + cause + ("." if fixes else ""),
             name=spec.name if spec else None,
             status=failure.status,
             kind=failure.kind,
+            cause=cause,
+            fixes=fixes,
         )
 
     def dead(self) -> str | None:
@@ -211,7 +231,13 @@ class HubClient:
         while True:
             dead = self.dead()
             if dead is not None:
-                raise self._error(spec, what, Failure("unreachable", None, dead), _OFFLINE_HINT)
+                raise self._error(
+                    spec,
+                    what,
+                    Failure(Kind.UNREACHABLE, None, dead),
+                    _OFFLINE_FIXES,
+                    "remembered for this run",
+                )
             try:
                 return attempt_once()
             except RetrySignal as retry:
@@ -220,11 +246,13 @@ class HubClient:
                 raise
             except Exception as exc:
                 failure = classify_exception(exc, probing=probing)
-            if failure.kind == "unreachable":
+            if failure.kind is Kind.UNREACHABLE:
                 failure.text = f"hub unreachable at {self.endpoint}: {failure.text}"
                 self.run_state.mark_failed(self.endpoint, failure.text)
-                raise self._error(spec, what, failure, _OFFLINE_HINT) from None
-            if failure.kind != "transient":
+                raise self._error(
+                    spec, what, failure, _OFFLINE_FIXES, "remembered for this run"
+                ) from None
+            if failure.kind is not Kind.TRANSIENT:
                 raise self._error(spec, what, failure, self._hint(failure)) from None
             wait = (
                 failure.retry_after if failure.retry_after is not None else backoff_delay(attempt)
@@ -232,15 +260,14 @@ class HubClient:
             if not self.budget.take(wait):
                 left = self.budget.left
                 if failure.retry_after is not None and failure.retry_after > left:
-                    hint = (
+                    note = (
                         f"the hub asked to wait {failure.retry_after:.0f}s (Retry-After), more "
-                        f"than the {left:.0f}s left of the retry budget "
-                        f"(--ckpts-retry-budget / {ENV['retry_budget']})"
+                        f"than the {left:.0f}s left of the retry budget"
                     )
                 else:
-                    hint = (
+                    note = (
                         f"gave up after {attempt + 1} attempts: the retry budget of "
-                        f"{self.budget.total:.0f}s is spent (--ckpts-retry-budget)"
+                        f"{self.budget.total:.0f}s is spent"
                     )
                 if self.budget.left < 1.0:
                     self.run_state.mark_failed(
@@ -248,22 +275,26 @@ class HubClient:
                         f"hub at {self.endpoint} kept failing ({failure.text}) and the retry "
                         "budget is spent",
                     )
-                raise self._error(spec, what, failure, hint) from None
+                fixes = (Fix.set("retry_budget", why="to wait longer"),)
+                raise self._error(spec, what, failure, fixes, note) from None
             logger.info("pytest-ckpts: %s: %s; retrying in %.1fs", what, failure.text, wait)
             self.sleep(wait)
             attempt += 1
 
     @staticmethod
-    def _hint(failure: Failure) -> str:
+    def _hint(failure: Failure) -> tuple[Fix, ...]:
         if failure.status in (401, 403):
-            return "the repo needs a token with read access: set HF_TOKEN or run `hf auth login`"
-        if failure.status == 404 and "Revision" in failure.text:
-            return "check the revision in the manifest"
-        if failure.status == 404 and "Entry" in failure.text:
-            return "check hf_path in the manifest"
+            return (
+                Fix.say("the repo needs a token with read access: set HF_TOKEN"),
+                Fix.say("run `hf auth login`"),
+            )
+        if failure.status == 404 and failure.code == "RevisionNotFound":
+            return (Fix.say("check the revision in the manifest"),)
+        if failure.status == 404 and failure.code == "EntryNotFound":
+            return (Fix.say("check hf_path in the manifest"),)
         if failure.status == 404:
-            return "check hf_repo/repo, revision and repo_type in the manifest"
-        return ""
+            return (Fix.say("check hf_repo/repo, revision and repo_type in the manifest"),)
+        return ()
 
     def _session(self) -> Any:
         from huggingface_hub.utils import get_session  # type: ignore[attr-defined]
@@ -293,11 +324,15 @@ class HubClient:
                 self._probes[key] = known
         if "commit" in known:
             return str(known["commit"])
+        fixes = tuple(Fix(**f) for f in known.get("fixes", ()))
         raise CheckpointDownloadError(
-            f"pytest-ckpts: checkpoint '{spec.name}' from {self.describe(spec)}: {known['error']}",
+            f"pytest-ckpts: checkpoint '{spec.name}' from {self.describe(spec)}: {known['error']}"
+            + ("." if fixes else ""),
             name=spec.name,
             status=known.get("status"),
             kind=known["kind"],
+            cause=known["error"],
+            fixes=fixes,
         )
 
     def _do_probe(self, spec: CheckpointSpec) -> dict[str, Any]:
@@ -328,33 +363,41 @@ class HubClient:
                 raise self._error(
                     None,
                     what,
-                    Failure("unreachable", None, "the answer is not JSON: not a Hugging Face Hub"),
-                    "",
+                    Failure(
+                        Kind.UNREACHABLE, None, "the answer is not JSON: not a Hugging Face Hub"
+                    ),
                 ) from None
             return body
 
         try:
             body = self._send(None, what, once, probing=True)
-        except CheckpointDownloadError as exc:
-            cause = str(exc).removeprefix(f"pytest-ckpts: {what}: ")
-            return {"error": cause, "kind": exc.kind, "status": exc.status}
+        except CheckpointDownloadError as exc:  # JSON-able: workers get it in workerinput
+            return {
+                "error": exc.cause,
+                "kind": exc.kind.value,
+                "status": exc.status,
+                "fixes": [dataclasses.asdict(f) for f in exc.fixes],
+            }
         commit = body.get("sha") if isinstance(body, dict) else None
         if not isinstance(commit, str) or not is_pinned(commit):
             return {
                 "error": "the hub gave no commit",
-                "kind": "permanent",
+                "kind": Kind.PERMANENT.value,
                 "status": None,
             }
         return {"commit": commit}
 
-    def _probe_hint(self, failure: Failure) -> str:
+    def _probe_hint(self, failure: Failure) -> tuple[Fix, ...]:
         if failure.status in (401, 403):
             if self.has_token():
-                return "the hub refused the token; check HF_TOKEN or `hf auth login`"
-            return "the repo needs authentication; set HF_TOKEN or run `hf auth login`"
+                return (Fix.say("the hub refused the token: check HF_TOKEN or `hf auth login`"),)
+            return (
+                Fix.say("the repo needs authentication: set HF_TOKEN"),
+                Fix.say("run `hf auth login`"),
+            )
         if failure.status == 404:
-            return "check hf_repo/repo and revision in the manifest"
-        return ""
+            return (Fix.say("check hf_repo/repo and revision in the manifest"),)
+        return ()
 
     def probes_to_json(self) -> dict[str, dict[str, Any]]:
         """Probe answers (commits and failures) for xdist workers (``workerinput``)."""
@@ -506,9 +549,9 @@ def read_range(
             if total is None:
                 got_range = response.headers.get("Content-Range") or "no Content-Range"
                 text = f"HTTP {response.status_code} ({got_range}) for bytes={begin}-{end - 1}"
-                hint = "partial reads need a hub that serves byte ranges"
-                failure = Failure("permanent", int(response.status_code), text)
-                raise client._error(spec, what, failure, hint)
+                note = "partial reads need a hub that serves byte ranges"
+                failure = Failure(Kind.PERMANENT, int(response.status_code), text)
+                raise client._error(spec, what, failure, (), note)
             want = min(end, total) - begin
             chunks: list[bytes] = []
             got = 0
@@ -519,7 +562,7 @@ def read_range(
                 chunks.append(chunk)
             if got != want:
                 cut = f"body of {got} bytes, not the {want} asked for"
-                raise RetrySignal(Failure("transient", None, cut))
+                raise RetrySignal(Failure(Kind.TRANSIENT, None, cut))
             return Ranged(b"".join(chunks), total, time.perf_counter() - started)
 
     result: Ranged = client._send(spec, what, once)
@@ -569,7 +612,7 @@ def create_commit(
             )
         ) from None
     except hf_errors.HfHubHTTPError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = hf_cause(exc)
         raise UsageFailure(
             client.redact(f"pytest-ckpts: upload to {where} failed: {first}")
         ) from None

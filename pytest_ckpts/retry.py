@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import Kind
+
 __all__ = [
     "TRANSIENT_STATUS",
     "Failure",
@@ -172,10 +174,11 @@ class RunState:
 class Failure:
     """How a request failed (README "Retries and the retry budget")."""
 
-    kind: str  # transient | unreachable | permanent
+    kind: Kind
     status: int | None
     text: str
     retry_after: float | None = None
+    code: str | None = None  # the hub's X-Error-Code (RevisionNotFound, EntryNotFound, ...)
 
 
 def classify_exception(exc: BaseException, *, probing: bool) -> Failure:
@@ -183,13 +186,13 @@ def classify_exception(exc: BaseException, *, probing: bool) -> Failure:
 
     name = f"{type(exc).__name__}: {exc}".rstrip(": ")
     if isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)):
-        return Failure("unreachable", None, name)
+        return Failure(Kind.UNREACHABLE, None, name)
     if isinstance(exc, httpx2.TimeoutException):
-        kind = "unreachable" if probing else "transient"
+        kind = Kind.UNREACHABLE if probing else Kind.TRANSIENT
         return Failure(kind, None, f"no answer in time ({name or 'timeout'})")
     if isinstance(exc, (httpx2.TransportError, OSError)):
-        return Failure("transient", None, f"connection broken ({name})")
-    return Failure("permanent", None, name)
+        return Failure(Kind.TRANSIENT, None, f"connection broken ({name})")
+    return Failure(Kind.PERMANENT, None, name)
 
 
 def classify_response(response: Any) -> Failure:
@@ -201,5 +204,5 @@ def classify_response(response: Any) -> Failure:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if status == 429:
             text += " (rate-limited: authenticated requests get higher limits; set HF_TOKEN)"
-        return Failure("transient", status, text, retry_after)
-    return Failure("permanent", status, text)
+        return Failure(Kind.TRANSIENT, status, text, retry_after, code or None)
+    return Failure(Kind.PERMANENT, status, text, code=code or None)
