@@ -193,9 +193,10 @@ class CheckpointsError(Exception):
         self.details = details
         super().__init__(*args)
 
-    def render(self, words: Words = env_words) -> str:
-        """The whole message with the fixes in ``words`` (one line first, then details)."""
-        text = (PREFIX if self._prefixed else "") + self.summary
+    def render(self, words: Words = env_words, *, prefix: bool = True) -> str:
+        """The whole message with the fixes in ``words`` (one line first, then details);
+        ``prefix=False`` leaves out ``pytest-ckpts:`` (a CLI row names the tool already)."""
+        text = (PREFIX if self._prefixed and prefix else "") + self.summary
         if self.details:
             text += "\n" + self.details
         fix = fixes_sentence(self.fixes, words)
