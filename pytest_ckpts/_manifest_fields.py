@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _yaml
+from ._redact import redact_url
 from ._yaml import show
 from .errors import ManifestError, YamlProblem
 from .integrity import SHA256_RE
@@ -348,6 +349,9 @@ def check_endpoint(ctx: Ctx, node: yaml.Node) -> str:
     value = str_value(ctx, node, entry=None, key="endpoint").strip().rstrip("/")
     if not value.startswith(("http://", "https://")):
         raise ctx.error(
-            f"{show(value)} is not an http(s) URL", entry=None, key="endpoint", node=node
+            f"{show(redact_url(value))} is not an http(s) URL",
+            entry=None,
+            key="endpoint",
+            node=node,
         )
     return value

@@ -164,8 +164,8 @@ class FromHub(Source):
         got: dict[str, bytes] = {}
         missing = _load_cached(store, spec, commit, pieces, got)
         if missing:
-            if is_pinned(spec.revision):  # one short probe per run says "is the hub there"
-                store.probe(spec)
+            if is_pinned(spec.revision) and store.mirror_set is None:
+                store.probe(spec)  # one short probe per run says "is the hub there"
             with _piece_locks(store, spec, commit, missing):
                 missing = _load_cached(store, spec, commit, missing, got)  # others' work
                 for group in _groups(missing, self.merge_gap):
@@ -193,11 +193,14 @@ class FromHub(Source):
     def _fetch_group(self, group: list[Piece], got: dict[str, bytes]) -> None:
         store, spec = self.store, self.spec
         begin, end = group[0].begin, max(p.end for p in group)
-        if group == [self.index.header] and end > HEADER_PROBE:
+        where = f"bytes {begin}-{end - 1} from {store.describe(spec, self.commit)}"
+        mirrored = self._from_mirror(group, begin, end) if end > begin else None
+        if mirrored is not None:
+            body, where = mirrored
+        elif group == [self.index.header] and end > HEADER_PROBE:
             body = self._header(end)
         else:
             body = self._range(begin, end) if end > begin else b""  # empty tensors: nothing
-        where = f"bytes {begin}-{end - 1} from {store.describe(spec, self.commit)}"
         for p in sorted(group, key=lambda p: p.label != ""):  # the header first
             data = verified(
                 store.manifest, spec, self.index, p, body[p.begin - begin : p.end - begin], where
@@ -208,6 +211,31 @@ class FromHub(Source):
                 atomic_write_bytes(path, data)
             except OSError as exc:  # read-only cache: the bytes are verified all the same
                 logger.debug("pytest-ckpts: cannot keep piece %s: %s", path, exc)
+
+    def _from_mirror(self, group: list[Piece], begin: int, end: int) -> tuple[bytes, str] | None:
+        """Bytes ``[begin, end)`` from the first mirror that has the file and serves the
+        index's bytes (docs/mirrors.md); None: ask the hub."""
+        mirrors = self.store.mirror_set
+        found = mirrors.read_range(self.spec, begin, end) if mirrors is not None else None
+        if found is None:
+            return None
+        body, mirror = found
+        if any(
+            hashlib.sha256(body[p.begin - begin : p.end - begin]).hexdigest() != p.sha256
+            for p in group
+        ):
+            logger.warning(
+                "pytest-ckpts: mirror %s served bytes %d-%d of '%s' that do not match its "
+                "tensor index; reading them from the hub",
+                mirror.label,
+                begin,
+                end - 1,
+                self.spec.name,
+            )
+            return None
+        self.nbytes += len(body)
+        self.requests += 1
+        return body, f"bytes {begin}-{end - 1} from mirror {mirror.label}"
 
 
 # --------------------------------------------------------------------------- the piece cache

@@ -122,11 +122,17 @@ def write_chunk(f: Any, chunk: bytes, path: Path, spec: CheckpointSpec, response
 def link_snapshot(link: Path, blob: Path, spec: CheckpointSpec) -> None:
     """Point the snapshot path at the blob, relative as huggingface_hub does (copy if no symlinks)."""
     make_dir(link.parent, spec)
+    target = os.path.relpath(blob, link.parent)
+    try:  # no link yet (a cold cache): one symlink, itself atomic; no temp name, no rename
+        os.symlink(target, link)
+        return
+    except OSError:
+        pass  # a link to replace, or no symlinks here: the temp name and rename below
     tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
     try:
         tmp.unlink(missing_ok=True)
         try:
-            os.symlink(os.path.relpath(blob, link.parent), tmp)
+            os.symlink(target, tmp)
         except OSError:
             import shutil
 

@@ -1,15 +1,23 @@
 """The checkpoint cache on disk: paths, verification stamps, info and prune. No network.
 
-The layout is huggingface_hub's own (``<repo_type>s--<owner>--<name>/{blobs,snapshots,
-refs}``), so ``hf_hub_download(..., local_files_only=True)`` and ``try_to_load_from_cache``
-find what we stored, and ours alone lives under ``.ckpts/``::
+Files live in a huggingface_hub cache (``<repo_type>s--<owner>--<name>/{blobs,snapshots,
+refs}``), so ``hf_hub_download(..., local_files_only=True)``, ``try_to_load_from_cache``,
+``scan_cache_dir`` and ``hf cache ls`` read what we stored; ours alone lives in ``.ckpts/``
+beside it, never inside it (huggingface_hub's scan reports any foreign entry as corrupt)::
 
-    <cache>/models--acme--ckpts/snapshots/<commit>/<hf_path>  -> ../../blobs/<etag>
-    <cache>/models--acme--ckpts/refs/<branch>                 the commit a branch last resolved to
-    <cache>/.ckpts/stamps/<repo folder>/<blob>.json           what we knew when we last hashed it
-    <cache>/.ckpts/locks/<key>.lock                           one download per file, any process
-    <cache>/.ckpts/tensors/<repo folder>/<commit>/<hf_path>/<sha256>.bin
+    <root>/hub/models--acme--ckpts/snapshots/<commit>/<hf_path> -> ../../blobs/<etag>
+    <root>/hub/models--acme--ckpts/refs/<branch>              the commit a branch last resolved to
+    <root>/.ckpts/stamps/<repo folder>/stamps.jsonl         what we knew when we last hashed each blob
+    <root>/.ckpts/locks/<key>.lock                            one download per file, any process
+    <root>/.ckpts/tensors/<repo folder>/<commit>/<hf_path>/<sha256>.bin
                                                               verified pieces of partial reads
+
+``<root>`` is the manifest's ``cache_dir`` (or ``--ckpts-cache-dir``): it is laid out like
+``HF_HOME``, and ``<root>/hub`` is what ``hf cache ls --cache-dir`` reads. Without a
+``cache_dir`` the cache is huggingface_hub's own: ``<root>`` is ``HF_HOME`` and the hub
+cache ``HF_HUB_CACHE`` (``Cache.hub_dir``) when that is set elsewhere. A cache written by
+earlier versions of pytest-ckpts kept the repo folders in ``<root>`` itself: :meth:`Cache.ready`
+moves them into ``hub/`` once, under a lock (a read-only one is read where it is).
 
 Every path built from manifest or server text goes through :func:`contained`: a revision
 such as ``../../x`` can never name a file outside the cache.
@@ -24,24 +32,31 @@ re-hashes every file once and is stamped again (README "CI recipe" gives the cos
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._stamps import LOG_NAME, Stamp, StampLog, blob_of, stamp_log, stamp_log_for
 from .errors import CacheError
 from .integrity import atomic_write_text
 from .manifest import CheckpointSpec, Manifest, is_pinned
+from .settings import hf_cache_dirs
 
 __all__ = ["Cache", "CacheInfo", "PruneResult", "Stamp", "contained", "repo_folder_name"]
 
 logger = logging.getLogger("pytest_ckpts")
 
 META_DIR = ".ckpts"
+HUB_DIR = "hub"  # huggingface_hub's cache inside a cache_dir, as in HF_HOME
 INCOMPLETE = ".incomplete"
+#: what huggingface_hub keeps in its cache folder: moved from the old layout into ``hub/``
+_REPO_PREFIXES = ("models--", "datasets--", "spaces--")
+#: huggingface_hub's own lock folder: pytest-ckpts never writes it, so a cache_dir that has
+#: one is shared with huggingface_hub's tools and is read in place, never moved
+_HUB_ENTRIES = (".locks",)
 
 
 def repo_folder_name(*, repo_id: str, repo_type: str) -> str:
@@ -72,43 +87,6 @@ def contained(root: Path, relative: str, *, what: str) -> Path:
             f"{root} (no '..', absolute paths, backslashes or empty parts). Fix the manifest."
         )
     return root.joinpath(*parts)
-
-
-@dataclass(frozen=True)
-class Stamp:
-    """What we knew about a file when we last hashed it."""
-
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    ino: int
-    sha256: str
-    verified_at: float = 0.0
-
-    @classmethod
-    def of(cls, path: Path, sha256: str) -> Stamp:
-        st = path.stat()
-        return cls(
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
-            ctime_ns=st.st_ctime_ns,
-            ino=st.st_ino,
-            sha256=sha256,
-            verified_at=time.time(),
-        )
-
-    def matches(self, path: Path) -> bool:
-        """``path`` still has the size, times and inode it had when hashed."""
-        try:
-            st = path.stat()
-        except OSError:
-            return False
-        return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == (
-            self.size,
-            self.mtime_ns,
-            self.ctime_ns,
-            self.ino,
-        )
 
 
 @dataclass
@@ -147,13 +125,81 @@ def _walk_files(root: Path) -> Iterator[Path]:
 
 @dataclass(frozen=True)
 class Cache:
-    """Paths and stamps under one cache root. Cheap to build; touches disk only when asked."""
+    """Paths and stamps under one cache root. Cheap to build; touches disk only when asked.
+
+    ``root`` holds our state (``.ckpts/``); the huggingface_hub cache is ``hub_dir``, by
+    default ``root/hub``.
+    """
 
     root: Path
+    hub_dir: Path | None = None
+
+    @classmethod
+    def locate(cls, cache_dir: Path | None, env: Mapping[str, str] | None = None) -> Cache:
+        """The cache of ``cache_dir`` (the manifest's or an override), else huggingface_hub's
+        own (``HF_HUB_CACHE``, ``HF_HOME``, read now)."""
+        home, hub = hf_cache_dirs(env)
+        if cache_dir is not None and not _same_dir(cache_dir, hub or home / HUB_DIR):
+            return cls(cache_dir)
+        return cls(home, hub)  # a cache_dir naming huggingface_hub's cache is that cache
+
+    @property
+    def hub(self) -> Path:
+        """huggingface_hub's cache folder: what ``hf cache ls --cache-dir`` and
+        ``scan_cache_dir`` read, and ``HF_HUB_CACHE`` for other tools."""
+        return self.hub_dir if self.hub_dir is not None else self.root / HUB_DIR
+
+    def ready(self) -> Cache:
+        """This cache, its old layout (repo folders in ``root``) moved into ``hub/`` first.
+
+        Done once, under a lock, each move a rename (atomic, stamps stay valid); a repo
+        folder also present in ``hub/`` is merged file by file. A cache that cannot be
+        changed (read-only, a lock that cannot be made) is read where it is, and so is one
+        huggingface_hub writes to as well (it has ``.locks/``): moving it would break the
+        other tools using it. Costs one ``scandir`` of ``root`` when there is nothing to move.
+        """
+        if self.hub_dir is not None:
+            return self._state_out_of_hub()
+        old = _old_entries(self.root)
+        if not old:
+            return self
+        if ".locks" in old:  # huggingface_hub itself writes here: other tools use this folder
+            return Cache(self.root, self.root)
+        from filelock import FileLock, Timeout
+
+        lock_path = self.root / META_DIR / "locks" / "layout.lock"
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(lock_path), timeout=600):
+                moved = _move_into(self.root, self.hub)
+        except (OSError, Timeout) as exc:
+            logger.debug("pytest-ckpts: reading the cache %s in place: %s", self.root, exc)
+            return Cache(self.root, self.root)
+        if moved:
+            logger.info(
+                "pytest-ckpts: moved %d folder(s) of the cache %s into %s (huggingface_hub's "
+                "cache tools read that folder)",
+                moved,
+                self.root,
+                self.hub,
+            )
+        return self
+
+    def _state_out_of_hub(self) -> Cache:
+        """State an earlier version kept inside huggingface_hub's cache (a ``cache_dir``
+        naming it) moves beside it, once; where that cannot be done it stays."""
+        inside, state = self.hub / META_DIR, self.root / META_DIR
+        if self.hub != self.root and inside.is_dir() and not state.exists():
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                os.rename(inside, state)
+            except OSError as exc:
+                logger.debug("pytest-ckpts: cannot move %s to %s: %s", inside, state, exc)
+        return self
 
     # ------------------------------------------------------------------ paths
     def repo_dir(self, spec: CheckpointSpec) -> Path:
-        return self.root / repo_folder_name(repo_id=spec.repo, repo_type=spec.repo_type)
+        return self.hub / repo_folder_name(repo_id=spec.repo, repo_type=spec.repo_type)
 
     def snapshot(self, spec: CheckpointSpec, commit: str) -> Path:
         """Where the file of ``spec`` at ``commit`` lives (a link into ``blobs/``)."""
@@ -180,9 +226,17 @@ class Cache:
         owner = f"{os.getpid()}-{threading.get_ident()}"
         return self.blobs(spec) / f".{self.lock_key(spec)}.{owner}{INCOMPLETE}"
 
-    def stamp_path(self, spec: CheckpointSpec, blob: Path) -> Path:
+    def stamps_root(self) -> Path:
+        """Where stamps live (the one line that places them; ``_stamps`` has the format)."""
+        return self.root / META_DIR / "stamps"
+
+    def stamps_dir(self, spec: CheckpointSpec) -> Path:
         folder = repo_folder_name(repo_id=spec.repo, repo_type=spec.repo_type)
-        return self.root / META_DIR / "stamps" / folder / f"{blob.name}.json"
+        return self.stamps_root() / folder
+
+    def stamp_path(self, spec: CheckpointSpec, blob: Path) -> Path:
+        """The file that holds ``blob``'s stamp: its repo's stamp log (see ``_stamps``)."""
+        return self.stamps_dir(spec) / LOG_NAME
 
     # ------------------------------------------------------------------ partial reads
     def tensors_root(self, spec: CheckpointSpec) -> Path:
@@ -250,25 +304,28 @@ class Cache:
         return path if path.exists() else None
 
     # ------------------------------------------------------------------ stamps
-    def read_stamp(self, spec: CheckpointSpec, blob: Path) -> Stamp | None:
-        try:
-            data = json.loads(self.stamp_path(spec, blob).read_text("utf-8"))
-            return Stamp(
-                size=int(data["size"]),
-                mtime_ns=int(data["mtime_ns"]),
-                ctime_ns=int(data["ctime_ns"]),
-                ino=int(data["ino"]),
-                sha256=str(data["sha256"]),
-                verified_at=float(data.get("verified_at", 0.0)),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+    def _stamp_log(self, spec: CheckpointSpec) -> StampLog:
+        key = (os.fspath(self.root), spec.repo_type, spec.repo)  # no path built when known
+        return stamp_log_for(key, lambda: self.stamps_dir(spec) / LOG_NAME)
 
-    def trusted_stamp(self, spec: CheckpointSpec, path: Path) -> Stamp | None:
-        """The stamp vouching for ``path`` as the manifest's bytes, if stat still agrees."""
-        blob = path.resolve()
-        stamp = self.read_stamp(spec, blob)
-        if stamp is None or not stamp.matches(blob):
+    def read_stamp(self, spec: CheckpointSpec, blob: Path) -> Stamp | None:
+        return self._stamp_log(spec).get(blob.name)
+
+    def trusted_stamp(
+        self, spec: CheckpointSpec, path: Path, st: os.stat_result | None = None
+    ) -> Stamp | None:
+        """The stamp vouching for ``path`` as the manifest's bytes, if stat still agrees.
+
+        ``st``: ``os.stat(path)`` when the caller has it. No hashing, no realpath once
+        this process has seen ``path`` lead to this inode.
+        """
+        try:
+            st = st if st is not None else os.stat(path)
+        except OSError:
+            return None
+        name = os.path.basename(blob_of(path, st))
+        stamp = self._stamp_log(spec).lookup(name, lambda s: s.agrees(st))
+        if stamp is None:
             return None
         if spec.sha256 is not None and stamp.sha256 != spec.sha256:
             return None
@@ -276,21 +333,11 @@ class Cache:
 
     def write_stamp(self, spec: CheckpointSpec, blob: Path, stamp: Stamp) -> bool:
         """Store ``stamp``; False on a read-only cache (the caller keeps it in memory)."""
-        try:
-            atomic_write_text(
-                self.stamp_path(spec, blob), json.dumps(asdict(stamp), sort_keys=True)
-            )
-        except OSError as exc:
-            logger.debug("pytest-ckpts: cannot write stamp for %s: %s", blob, exc)
-            return False
-        return True
+        return self._stamp_log(spec).append(blob.name, stamp)
 
     def revoke_stamp(self, spec: CheckpointSpec, blob: Path) -> None:
         """A mismatch was found: this file must be hashed again before it is trusted."""
-        try:
-            self.stamp_path(spec, blob).unlink(missing_ok=True)
-        except OSError as exc:
-            logger.debug("pytest-ckpts: cannot revoke stamp for %s: %s", blob, exc)
+        self._stamp_log(spec).forget([blob.name])
 
     def discard(self, spec: CheckpointSpec, path: Path) -> None:
         """Remove a bad copy (its snapshot link, blob and stamp)."""
@@ -304,12 +351,10 @@ class Cache:
 
     # ------------------------------------------------------------------ info / prune
     def repo_dirs(self) -> list[Path]:
-        if not self.root.is_dir():
+        if not self.hub.is_dir():
             return []
         return sorted(
-            p
-            for p in self.root.iterdir()
-            if p.is_dir() and p.name.startswith(("models--", "datasets--"))
+            p for p in self.hub.iterdir() if p.is_dir() and p.name.startswith(_REPO_PREFIXES)
         )
 
     def info(self, manifest: Manifest) -> CacheInfo:
@@ -346,6 +391,7 @@ class Cache:
                 keep_blobs.add(path.resolve())
         result = PruneResult()
         for repo in self.repo_dirs():
+            forgotten: list[str] = []
             for f in sorted(_walk_files(repo / "snapshots")):
                 if f.absolute() not in keep_links:
                     result.removed_links += 1
@@ -364,10 +410,12 @@ class Cache:
                     result.removed_blobs.append(blob)
                     if not dry_run:
                         blob.unlink()
-                        stamp = self.root / META_DIR / "stamps" / repo.name / f"{blob.name}.json"
-                        stamp.unlink(missing_ok=True)
+                        forgotten.append(blob.name)
+            if forgotten:
+                stamp_log(self.stamps_root() / repo.name / LOG_NAME).forget(forgotten)
             if not dry_run:
                 _remove_empty_dirs(repo / "snapshots")
+                _drop_dangling_refs(repo)
                 if not any(_walk_files(repo / "blobs")) and not any(
                     _walk_files(repo / "snapshots")
                 ):
@@ -413,7 +461,7 @@ class Cache:
         if name.startswith("."):  # ours: .<lock key>.<pid>.incomplete
             lock = self.root / META_DIR / "locks" / f"{name[1:].split('.')[0]}.lock"
         else:  # huggingface_hub's own: <etag>.incomplete, locked in <cache>/.locks/
-            lock = self.root / ".locks" / repo.name / f"{name}.lock"
+            lock = self.hub / ".locks" / repo.name / f"{name}.lock"
         if not lock.exists():
             return True
         try:
@@ -433,6 +481,66 @@ class Cache:
                     f.unlink()
             except OSError:
                 pass
+
+
+def _old_entries(root: Path) -> list[str]:
+    """Names in ``root`` that belong in ``hub/`` (a cache in the layout before ``hub/``)."""
+    try:
+        with os.scandir(root) as entries:
+            return [
+                e.name
+                for e in entries
+                if e.name.startswith(_REPO_PREFIXES) or e.name in _HUB_ENTRIES
+            ]
+    except OSError:
+        return []
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _move_into(root: Path, hub: Path) -> int:
+    """Move the old layout's folders from ``root`` into ``hub``; how many were moved."""
+    names = _old_entries(root)  # again, under the lock: another process may have done it
+    if not names:
+        return 0
+    hub.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        source, target = root / name, hub / name
+        if not target.exists():
+            os.rename(source, target)
+        else:
+            _merge(source, target)
+    return len(names)
+
+
+def _merge(source: Path, target: Path) -> None:
+    """Move every file of ``source`` missing in ``target`` there, then drop ``source``."""
+    import shutil
+
+    for dirpath, _dirs, files in os.walk(source):
+        here = Path(dirpath)
+        dest = target / here.relative_to(source)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if not os.path.lexists(dest / f):
+                os.rename(here / f, dest / f)  # snapshot links are relative: still valid
+    shutil.rmtree(source)
+
+
+def _drop_dangling_refs(repo: Path) -> None:
+    """Refs naming a commit with no snapshot left: huggingface_hub's scan calls them corrupt."""
+    for ref in _walk_files(repo / "refs"):
+        try:
+            commit = ref.read_text().strip()
+        except OSError:
+            continue
+        if not is_pinned(commit) or not (repo / "snapshots" / commit).is_dir():
+            ref.unlink(missing_ok=True)
 
 
 def _iter_dir(path: Path) -> Iterable[Path]:

@@ -30,7 +30,9 @@ class Checkpoint:
     revision: str
     description: str = ""
     verified: bool = True
-    source: str = "cached"  # "cached" or "downloaded"
+    source: str = "cached"  # "cached", "downloaded" or "stale"
+    #: the mirror the bytes came from (redacted), None for the hub or the cache
+    mirror: str | None = None
 
     def __fspath__(self) -> str:
         return os.fspath(self.path)

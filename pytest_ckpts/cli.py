@@ -157,10 +157,14 @@ def cmd_fetch(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
                 f"({ckpt.path}): {why or 'the hub failed'}"
             )
         note = "" if ckpt.verified else "  (unverified: no sha256 in the manifest)"
+        note += f"  (from mirror {ckpt.mirror})" if ckpt.mirror else ""
         return f"{ckpt.source:<10}  {spec.name}  {_size(ckpt.size)}  {ckpt.path}{note}"
 
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        lines = list(pool.map(one, specs))  # results in manifest order, whatever finishes first
+    if args.jobs <= 1:  # sequential: no thread to hand each file to and back
+        lines = [one(spec) for spec in specs]
+    else:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            lines = list(pool.map(one, specs))  # in manifest order, whatever finishes first
     for line in lines:
         out.write(line + "\n")
     return EXIT_FAILED if any(line.startswith("FAILED") for line in lines) else EXIT_OK
@@ -206,12 +210,12 @@ def cmd_verify(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int
 
 def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
     store = _store(args, manifest)
-    layout = store.layout
-    if args.cache_command == "key":
+    if args.cache_command == "key":  # the same wherever the cache lives: no disk, no network
         from .cachekey import cache_key
 
-        out.write(cache_key(manifest, manifest.select(args.names), store.hub.endpoint) + "\n")
+        out.write(cache_key(manifest, manifest.select(args.names), store.hub.base_url) + "\n")
         return EXIT_OK
+    layout = store.layout
     if args.cache_command == "info":
         info = layout.info(manifest)
         for repo, size in info.repos.items():
@@ -224,7 +228,9 @@ def cmd_cache(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
                 f"{_plural(info.tensor_files, 'file')}\n"
             )
         out.write(
-            f"cache: {layout.root}\ntotal: {_size(info.total)} in "
+            f"cache: {layout.root}\nhub cache: {layout.hub} (huggingface_hub's tools read it: "
+            f"hf cache ls --cache-dir {layout.hub}, or HF_HUB_CACHE={layout.hub})\n"
+            f"total: {_size(info.total)} in "
             f"{_plural(len(info.repos), 'repo')}; {len(info.cached)}/{len(manifest)} "
             "manifest entries cached\n"
         )
@@ -299,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--offline",
         action="store_true",
         help="never touch the network: only what is cached (like pytest's --ckpts=offline)",
+    )
+    parser.add_argument(
+        "--mirror",
+        metavar="URL",
+        action="append",
+        default=None,
+        help=f"fetch from this mirror before the hub (repeatable; replaces {ENV['mirrors']} "
+        'and config.mirrors; --mirror "" turns mirrors off)',
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -379,12 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("info", help="cache size and what is cached")
     kp = csub.add_parser(
         "key",
-        help="one-line digest of what the cache will hold (for actions/cache keys; no network)",
+        help="one-line digest of what the cache will hold (for actions/cache keys; no network; "
+        "the same wherever the cache lives)",
     )
     kp.add_argument("names", nargs="*", metavar="NAME")
     pp = csub.add_parser("prune", help="remove cached files the manifest no longer names")
     pp.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     p.set_defaults(func=cmd_cache)
+    from .cli_mirror import add_mirror_parser
+
+    add_mirror_parser(sub)
     return parser
 
 

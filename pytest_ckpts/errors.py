@@ -47,7 +47,9 @@ __all__ = [
     "Kind",
     "ManifestError",
     "ManifestNotFoundError",
+    "MirrorUnavailable",
     "NoExperimentHashError",
+    "SettingError",
     "TensorIndexError",
     "UnsafeCheckpointError",
     "UntrustedPickleError",
@@ -325,6 +327,11 @@ class UsageFailure(CheckpointsError):
     """A problem the user fixes by changing the command or the manifest (CLI exit 2)."""
 
 
+class SettingError(UsageFailure, ValueError):
+    """A setting's value that cannot be used (an option, a variable, an ini or manifest
+    key): a ``ValueError`` as before, with the message's fields (``summary``) kept."""
+
+
 class CheckpointsWarning(UserWarning):
     """Something about the manifest or the cache deserves attention but does not stop the run."""
 
@@ -502,13 +509,29 @@ class RetrySignal(CheckpointsError):
         self.failure = failure
 
 
+class MirrorUnavailable(CheckpointsError):
+    """A mirror could not serve a file (internal: the store moves on to the next source).
+
+    ``kind``: ``"missing"`` (no such object: next source, quietly), ``"refused"`` (401,
+    403, a missing backend: remembered for the run), ``"unreachable"`` (remembered for
+    the run) or ``"transient"`` (retried within the retry budget). The message names
+    the mirror redacted, never its credentials.
+    """
+
+    def __init__(self, kind: str, text: str, *, retry_after: float | None = None) -> None:
+        super().__init__(text)
+        self.kind = kind
+        self.text = text
+        self.retry_after = retry_after
+
+
 class DecompressError(CheckpointsError):
     """The compressed stream is corrupt, truncated or unreadable (the archive reader's
     worker thread); the archive code turns it into an ``ArchiveError``."""
 
 
 class CommitRejected(CheckpointsError):
-    """A commit the local hub refuses: ``status``, ``code`` (X-Error-Code) and message."""
+    """A commit (or ref change) the local hub refuses: ``status``, ``code`` (X-Error-Code), message."""
 
     status: int
 

@@ -15,7 +15,7 @@ README "Retries and the retry budget" lists what was measured). Every request go
 
 The token goes only to the public hub or to ``HF_ENDPOINT`` (set by the machine), unless
 the user trusts the manifest's own ``config.endpoint`` (README "Tokens"). It is held by a
-:class:`_BearerAuth` whose ``repr`` hides it, so ``pytest -l`` never shows it.
+:class:`_BearerAuth` whose ``repr`` hides it, so ``pytest -l`` never shows it (``_hub_auth``).
 """
 
 from __future__ import annotations
@@ -28,12 +28,15 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._hub_auth import DEFAULT_ENDPOINT, EndpointAuth
+from ._redact import redact as _scrub
+from ._redact import secrets_of
 from ._transfer import etag_of, link_snapshot, make_dir, open_for_write, progress_bar, write_chunk
 from .cache import Cache, contained
 from .errors import CacheError, CheckpointDownloadError, Fix, Kind, RetrySignal, UsageFailure
@@ -60,7 +63,6 @@ __all__ = [
 
 logger = logging.getLogger("pytest_ckpts")
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 #: Ways out when the hub cannot be reached (each front end names its own options).
 _OFFLINE_FIXES = (
     Fix.set("mode", "offline", why="to run from the cache"),
@@ -74,8 +76,9 @@ def resolve_endpoint(manifest: Manifest) -> str:
 
 
 def redact(text: str, token: str | None) -> str:
-    """Remove the token from text that may reach a terminal or a log."""
-    return text.replace(token, "***") if token else text
+    """Remove the token, URL userinfo and credential-shaped strings from text that may
+    reach a terminal or a log (README "Tokens")."""
+    return _scrub(text, secrets_of(env_value("HF_ENDPOINT"), token))
 
 
 def disable_telemetry() -> None:
@@ -97,25 +100,6 @@ def hf_cause(exc: BaseException) -> str:
     server = getattr(exc, "server_message", None)
     cause = type(exc).__name__ + (f" (HTTP {status})" if status else "")
     return f"{cause}: {server}" if server else cause
-
-
-def _auth_class() -> type[Any]:
-    import httpx2
-
-    class _BearerAuth(httpx2.Auth):
-        """Adds the token to the first request only (redirects to a CDN drop it)."""
-
-        def __init__(self, token: str) -> None:
-            self._token = token
-
-        def __repr__(self) -> str:
-            return "<token ***>"
-
-        def auth_flow(self, request: Any) -> Generator[Any, Any, None]:
-            request.headers["Authorization"] = f"Bearer {self._token}"
-            yield request
-
-    return _BearerAuth
 
 
 @dataclass(frozen=True)
@@ -149,8 +133,8 @@ def _content_range(response: Any, begin: int, end: int) -> int | None:
     return total if last == end or last == total < end else None
 
 
-@dataclass
-class HubClient:
+@dataclass(repr=False)  # EndpointAuth's repr: the endpoint without its userinfo
+class HubClient(EndpointAuth):
     """One endpoint's client for a run: probes, downloads and uploads with one policy."""
 
     endpoint: str
@@ -162,38 +146,20 @@ class HubClient:
     progress: bool = False
     sleep: Callable[[float], None] = time.sleep
     _probes: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    #: body bytes received per checkpoint name by :meth:`download`, finished or not (reports)
+    received: dict[str, int] = field(default_factory=dict, repr=False)
     _probe_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _built_headers: dict[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def for_manifest(cls, manifest: Manifest, **kwargs: Any) -> HubClient:
         return cls(endpoint=resolve_endpoint(manifest), **kwargs)
 
-    # ------------------------------------------------------------------ auth
-    def _token(self) -> str | None:
-        """The user's token, if this endpoint may see it (README "Tokens")."""
-        from huggingface_hub import get_token
-
-        endpoint = self.endpoint.rstrip("/")
-        machine = (env_value("HF_ENDPOINT") or "").rstrip("/")
-        if self.trust_endpoint or endpoint in (DEFAULT_ENDPOINT, machine):
-            return get_token()
-        return None
-
-    def has_token(self) -> bool:
-        return self._token() is not None
-
-    def _auth(self) -> Any:
-        token = self._token()
-        return _auth_class()(token) if token else None
-
-    def redact(self, text: str) -> str:
-        return redact(text, self._token())
-
     # ------------------------------------------------------------------ the loop
     def describe(self, spec: CheckpointSpec, revision: str | None = None) -> str:
         return (
             f"repo '{spec.repo}' ({spec.repo_type}), path '{spec.hf_path}', "
-            f"revision '{revision or spec.revision}', endpoint {self.endpoint}"
+            f"revision '{revision or spec.revision}', endpoint {self.shown}"
         )
 
     def _error(
@@ -216,7 +182,7 @@ class HubClient:
 
     def dead(self) -> str | None:
         """Why this endpoint must not be asked again in this run, if so."""
-        return self.run_state.failure(self.endpoint)
+        return self.run_state.failure(self.shown)
 
     def _send(
         self,
@@ -245,10 +211,10 @@ class HubClient:
             except (CacheError, CheckpointDownloadError):
                 raise
             except Exception as exc:
-                failure = classify_exception(exc, probing=probing)
+                failure = self._heard(classify_exception(exc, probing=probing))
             if failure.kind is Kind.UNREACHABLE:
-                failure.text = f"hub unreachable at {self.endpoint}: {failure.text}"
-                self.run_state.mark_failed(self.endpoint, failure.text)
+                failure.text = f"hub unreachable at {self.shown}: {failure.text}"
+                self.run_state.mark_failed(self.shown, failure.text)
                 raise self._error(
                     spec, what, failure, _OFFLINE_FIXES, "remembered for this run"
                 ) from None
@@ -271,8 +237,8 @@ class HubClient:
                     )
                 if self.budget.left < 1.0:
                     self.run_state.mark_failed(
-                        self.endpoint,
-                        f"hub at {self.endpoint} kept failing ({failure.text}) and the retry "
+                        self.shown,
+                        f"hub at {self.shown} kept failing ({failure.text}) and the retry "
                         "budget is spent",
                     )
                 fixes = (Fix.set("retry_budget", why="to wait longer"),)
@@ -303,10 +269,13 @@ class HubClient:
         return get_session()
 
     def _headers(self) -> dict[str, str]:
-        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+        """huggingface_hub's headers (user agent; no token: ``_auth`` adds it), built once
+        per client (~0.1 ms each time); a copy, so a caller may add its own."""
+        if self._built_headers is None:
+            from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
-        headers: dict[str, str] = build_hf_headers(token=False, library_name="pytest-ckpts")
-        return headers
+            self._built_headers = build_hf_headers(token=False, library_name="pytest-ckpts")
+        return dict(self._built_headers)
 
     # ------------------------------------------------------------------ probe
     def probe(self, spec: CheckpointSpec) -> str:
@@ -339,10 +308,10 @@ class HubClient:
         import httpx2
 
         url = (
-            f"{self.endpoint}/api/{spec.repo_type}s/{spec.repo}/revision/"
+            f"{self.base_url}/api/{spec.repo_type}s/{spec.repo}/revision/"
             f"{urllib.parse.quote(spec.revision, safe='')}"
         )
-        what = f"cannot resolve revision '{spec.revision}' of repo '{spec.repo}' ({spec.repo_type}) at {self.endpoint}"
+        what = f"cannot resolve revision '{spec.revision}' of repo '{spec.repo}' ({spec.repo_type}) at {self.shown}"
 
         def once() -> Any:
             response = self._session().get(
@@ -352,10 +321,11 @@ class HubClient:
                 timeout=httpx2.Timeout(self.probe_timeout),
                 follow_redirects=True,
             )
+            self._listen(response)
             if response.status_code in TRANSIENT_STATUS:
-                raise RetrySignal(classify_response(response))
+                raise RetrySignal(self._heard(classify_response(response)))
             if response.status_code >= 400:
-                failure = classify_response(response)
+                failure = self._heard(classify_response(response))
                 raise self._error(None, what, failure, self._probe_hint(failure))
             try:
                 body = response.json()
@@ -399,6 +369,14 @@ class HubClient:
             return (Fix.say("check hf_repo/repo and revision in the manifest"),)
         return ()
 
+    def known_commit(self, spec: CheckpointSpec) -> str | None:
+        """The commit ``spec``'s revision resolved to in this run, if it was asked."""
+        if is_pinned(spec.revision):
+            return spec.revision
+        known = self._probes.get("\0".join((spec.repo_type, spec.repo, spec.revision)), {})
+        commit = known.get("commit")
+        return commit if isinstance(commit, str) else None
+
     def probes_to_json(self) -> dict[str, dict[str, Any]]:
         """Probe answers (commits and failures) for xdist workers (``workerinput``)."""
         return dict(self._probes)
@@ -417,7 +395,7 @@ class HubClient:
         import httpx2
 
         url = (
-            f"{self.endpoint}/{'datasets/' if spec.repo_type == 'dataset' else ''}{spec.repo}"
+            f"{self.base_url}/{'datasets/' if spec.repo_type == 'dataset' else ''}{spec.repo}"
             f"/resolve/{commit}/{urllib.parse.quote(spec.hf_path)}"
         )
         headers = self._headers()
@@ -428,10 +406,11 @@ class HubClient:
         with self._session().stream(
             "GET", url, headers=headers, auth=self._auth(), timeout=timeout, follow_redirects=True
         ) as response:
+            self._listen(response)
             if response.status_code in TRANSIENT_STATUS:
-                raise RetrySignal(classify_response(response))
+                raise RetrySignal(self._heard(classify_response(response)))
             if response.status_code >= 400:
-                failure = classify_response(response)
+                failure = self._heard(classify_response(response))
                 raise self._error(spec, what, failure, self._hint(failure))
             yield response
 
@@ -444,7 +423,13 @@ class HubClient:
         on_bytes: Callable[[int], None] | None = None,
     ) -> Downloaded:
         """Stream ``spec`` at ``commit`` into ``cache`` (see :func:`download`)."""
-        return download(self, spec, commit, cache, on_bytes)
+
+        def counted(n: int) -> None:  # one thread per name at a time: the file lock
+            self.received[spec.name] = self.received.get(spec.name, 0) + n
+            if on_bytes is not None:
+                on_bytes(n)
+
+        return download(self, spec, commit, cache, counted)
 
     def read_range(
         self, spec: CheckpointSpec, commit: str, begin: int, end: int, *, what: str = ""
@@ -547,7 +532,9 @@ def read_range(
         with client._get_file(spec, commit, what, f"bytes={begin}-{end - 1}") as response:
             total = _content_range(response, begin, end)
             if total is None:
-                got_range = response.headers.get("Content-Range") or "no Content-Range"
+                got_range = client.redact(
+                    response.headers.get("Content-Range") or "no Content-Range"
+                )
                 text = f"HTTP {response.status_code} ({got_range}) for bytes={begin}-{end - 1}"
                 note = "partial reads need a hub that serves byte ranges"
                 failure = Failure(Kind.PERMANENT, int(response.status_code), text)
@@ -594,7 +581,7 @@ def create_commit(
     saved_xet = constants.HF_HUB_DISABLE_XET
     if client.endpoint != DEFAULT_ENDPOINT:
         constants.HF_HUB_DISABLE_XET = True
-    where = f"repo '{repo}' ({repo_type}) at {client.endpoint}"
+    where = f"repo '{repo}' ({repo_type}) at {client.shown}"
     try:
         info: Any = api.create_commit(
             repo_id=repo,

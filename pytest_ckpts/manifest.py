@@ -45,7 +45,7 @@ from ._manifest_fields import (
     str_value,
 )
 from ._yaml import show
-from .errors import Fix, ManifestError, ManifestNotFoundError, YamlProblem
+from .errors import CheckpointsError, Fix, ManifestError, ManifestNotFoundError, YamlProblem
 from .settings import DEFAULT_MANIFEST, ENV, env_value, find_manifest
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ _ENTRY_KEYS = (
     "size",
     "tensor_index",
 )
-_CONFIG_KEYS = ("hf_repo", "cache_dir", "revision", "endpoint", "repo_type")
+_CONFIG_KEYS = ("hf_repo", "cache_dir", "revision", "endpoint", "repo_type", "mirrors")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -119,11 +119,14 @@ class Manifest:
     path: Path
     root: Path
     entries: Mapping[str, CheckpointSpec]
-    cache_dir: Path
+    #: ``config.cache_dir`` made absolute; None: huggingface_hub's own cache (``Cache.locate``)
+    cache_dir: Path | None
     hf_repo: str | None = None
     revision: str = "main"
     repo_type: str = "model"
-    endpoint: str | None = None
+    endpoint: str | None = field(default=None, repr=False)  # may hold userinfo: never shown
+    #: ``config.mirrors``: URL templates tried before the hub (README "Mirrors")
+    mirrors: tuple[str, ...] = ()
 
     def __contains__(self, name: object) -> bool:
         return name in self.entries
@@ -245,7 +248,35 @@ def _parse_config(ctx: Ctx, node: yaml.Node) -> dict[str, Any]:
             config[k] = check_endpoint(ctx, vn)
         elif k == "cache_dir":
             config[k] = str_value(ctx, vn, entry=None, key="cache_dir")
+        elif k == "mirrors":
+            config[k] = _parse_mirrors(ctx, vn)
     return config
+
+
+def _parse_mirrors(ctx: Ctx, node: yaml.Node) -> tuple[str, ...]:
+    """``config.mirrors``: a list of mirror URL templates (README "Mirrors")."""
+    import yaml
+
+    from .sources.template import SecretText, parse_mirror
+
+    if is_null(node):
+        return ()
+    if not isinstance(node, yaml.SequenceNode):
+        raise ctx.error(
+            'must be a list of mirror URLs, e.g. mirrors: ["s3://bucket/ckpts/{sha256}"]',
+            key="mirrors",
+            node=node,
+        )
+    found = []
+    for item in node.value:
+        text = str_value(ctx, item, entry=None, key="mirrors")
+        try:
+            parse_mirror(text, source="config.mirrors")
+        except ValueError as exc:
+            why = exc.summary if isinstance(exc, CheckpointsError) else str(exc)
+            raise ctx.error(why, key="mirrors", node=item) from None
+        found.append(SecretText(text.strip()))
+    return tuple(found)
 
 
 def _parse_entry(
@@ -358,17 +389,18 @@ def parse_manifest(text: str, path: Path) -> Manifest:
         local_names[clash_key] = name
         entries[name] = spec
 
-    cache_setting = config.get("cache_dir", "./checkpoints")
-    cache_dir = Path(os.path.expanduser(cache_setting))
-    if not cache_dir.is_absolute():
+    cache_setting = config.get("cache_dir")
+    cache_dir = None if cache_setting is None else Path(os.path.expanduser(cache_setting))
+    if cache_dir is not None and not cache_dir.is_absolute():
         cache_dir = root / cache_dir
     return Manifest(
         path=path,
         root=root,
         entries=MappingProxyType(entries),
-        cache_dir=Path(os.path.normpath(cache_dir)),
+        cache_dir=None if cache_dir is None else Path(os.path.normpath(cache_dir)),
         hf_repo=config.get("hf_repo"),
         revision=config.get("revision", "main"),
         repo_type=config.get("repo_type", "model"),
         endpoint=config.get("endpoint"),
+        mirrors=config.get("mirrors", ()),
     )

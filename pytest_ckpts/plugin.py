@@ -6,12 +6,16 @@ kept on the one ``CkptsSession``; the hooks below only route pytest events to it
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
 from collections.abc import Generator
 from typing import Any
 
 import pytest
 
 from . import fixtures, hookspecs, mlflow_fixtures
+from ._properties import record as record_properties
 from .errors import CheckpointDownloadError, CheckpointSkipped, ManifestError
 from .marker import MARKER, BadMarker, add_implied_marker, marked_names, marker_problem
 from .session import RESOLVED_KEY, SESSION_KEY, CkptsSession, get_session, plugin_text
@@ -108,6 +112,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 session.stats.record(
                     name, "skipped", reason=f"downloads disabled ({session.mode_source})"
                 )
+                record_properties(
+                    item, name, "skipped", reason=f"downloads disabled ({session.mode_source})"
+                )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -126,7 +133,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(problem, pytrace=False)
     resolved = item.stash.setdefault(RESOLVED_KEY, {})
     for name in names:
-        resolved[name] = session.resolve_for_test(name, item)
+        with session.stats.attempt(name):  # a timeout or Ctrl-C mid-resolve: a failed row
+            resolved[name] = session.resolve_for_test(name, item)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -156,20 +164,30 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     ckpts = get_session(session.config)
     ckpts.stop_prefetch()
+    from .report import settle, write_reports
+
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
+        settle(ckpts)
         workeroutput["ckpts_stats"] = ckpts.stats.to_json()
         return
-    from .report import write_reports
-
-    write_reports(ckpts)
+    for line in write_reports(ckpts):  # a report never changes the run's outcome
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line, yellow=True)
+        else:
+            sys.stderr.write(line + "\n")
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return
-    from .report import summary_lines
+    from .report import report_option_warning, summary_lines
 
+    args = [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args]
+    moved = report_option_warning(args, config.invocation_params.dir, config.rootpath)
+    if moved:
+        terminalreporter.write_line(moved, yellow=True)
     session = get_session(config)
     if session.stats.empty:
         return

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+from . import _properties
 from .errors import (
     CacheError,
     CheckpointDownloadError,
@@ -145,6 +146,7 @@ class _HookObserver:
             sha256=checkpoint.sha256,
             commit=checkpoint.revision,
             size=checkpoint.size,
+            source=checkpoint.mirror or ("hub" if checkpoint.source == "downloaded" else "cache"),
         )
         self._config.hook.pytest_ckpts_resolved(config=self._config, checkpoint=checkpoint)
 
@@ -174,13 +176,14 @@ class CkptsSession:
             from .store import Store
 
             assert self.manifest is not None
-            cache_dir = self.settings.cache_dir or self.manifest.cache_dir
+            layout = Cache.locate(self.settings.cache_dir or self.manifest.cache_dir)
             self._store = Store.from_settings(
                 self.manifest,
                 self.settings,
-                cache_dir=cache_dir,
+                cache_dir=layout.root,
+                hub_dir=layout.hub_dir,
                 observer=_HookObserver(self.config, self.stats),
-                run_state=RunState(Cache(cache_dir).runs_dir() / f"{self.run_id}.json"),
+                run_state=RunState(layout.runs_dir() / f"{self.run_id}.json"),
             )
             workerinput = getattr(self.config, "workerinput", None)
             if workerinput and workerinput.get("ckpts_probes"):
@@ -249,9 +252,17 @@ class CkptsSession:
             return False
         if settings.mode is not self.settings.mode:
             return False
-        ours = self.settings.cache_dir or self.manifest.cache_dir
-        theirs = settings.cache_dir or self.manifest.cache_dir
-        return _same(settings.manifest, self.manifest.path) and _same(ours, theirs)
+        from .cache import Cache
+
+        # the run's cache as the run located it; the call's as the environment says now
+        # (a test may set HF_HUB_CACHE / HF_HOME, which a manifest without cache_dir follows)
+        ours = Cache(self.store.cache, self.store.hub_dir)
+        theirs = Cache.locate(settings.cache_dir or self.manifest.cache_dir)
+        return (
+            _same(settings.manifest, self.manifest.path)
+            and _same(ours.root, theirs.root)
+            and _same(ours.hub, theirs.hub)
+        )
 
     def call_mode(self) -> Mode:
         """The mode a library call in the running test resolves now."""
@@ -317,10 +328,12 @@ class CkptsSession:
                 reason = _named(name, exc)
                 self.stats.record(name, "skipped", reason=reason)
                 _skip(reason)
-            self.stats.record(name, "failed", reason=_reason(exc))
+            reason = _reason(exc)
+            self.stats.record(name, "failed", reason=reason)
             if isinstance(exc, CheckpointDownloadError):
-                _fail(f"{plugin_text(exc)}\n(--ckpts=require turns hub failures into errors)")
-            _fail(plugin_text(exc))
+                text = f"{plugin_text(exc)}\n(--ckpts=require turns hub failures into errors)"
+                _fail(text, reason)
+            _fail(plugin_text(exc), reason)
 
     def library_outcome(self, exc: BaseException) -> None:
         """A library call in a ``requires_checkpoints`` test raised ``exc``: skip it the
@@ -334,13 +347,17 @@ class CkptsSession:
         __tracebackhide__ = True
         spec = self._test_spec(name)
         self._check_unverified(name, spec)
-        with self._policy(name):
+        with _properties.on_outcome(item, spec), self._policy(name):
             if self.prefetcher is not None:
                 ckpt = self.prefetcher.result(name, self.store)
             else:
                 ckpt = self.store.resolve(spec)
+        stale = self.store.stale_reasons.get(name) if ckpt.source == "stale" else None
         if ckpt.source == "stale":
             self.stats.record(name, "stale", reason=self.store.stale_reasons.get(name))
+        _properties.record(
+            item, name, ckpt.source, sha256=ckpt.sha256, commit=ckpt.revision, reason=stale
+        )
         if item is not None:
             item.stash.setdefault(USED_KEY, {})[name] = ckpt.sha256
         return ckpt
@@ -368,8 +385,11 @@ class CkptsSession:
         :meth:`resolve_for_test` does for whole files: return, ``skip`` or ``fail``."""
         __tracebackhide__ = True
         spec = self._test_spec(name)
-        with self._policy(name):
+        with _properties.on_outcome(item, spec), self._policy(name):
             got = self._read_tensors(spec, tensor_names)
+        _properties.record(
+            item, name, got.source, sha256=spec.sha256, commit=got.commit, reason=got.reason
+        )
         if item is not None and spec.sha256 is not None:
             item.stash.setdefault(USED_KEY, {})[name] = spec.sha256
         return got.tensors
@@ -423,15 +443,19 @@ def _same(a: Path, b: Path) -> bool:
 def _skip(reason: str) -> NoReturn:
     """Skip pointing at the test, not at this plugin (``-rs`` groups by location)."""
     __tracebackhide__ = True
-    raise pytest.skip.Exception(reason, _use_item_location=True)
+    outcome = pytest.skip.Exception(reason, _use_item_location=True)
+    outcome.ckpts_reason = reason  # type: ignore[attr-defined]  # for junit properties
+    raise outcome
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, reason: str | None = None) -> NoReturn:
     """Fail with ``message`` alone: raised while handling the store's error, a plain
     ``pytest.fail`` would print that error again under "During handling of the above
-    exception"."""
+    exception". ``reason``: the one line junit properties record (a field, not parsed)."""
     __tracebackhide__ = True
-    raise pytest.fail.Exception(message, pytrace=False) from None
+    outcome = pytest.fail.Exception(message, pytrace=False)
+    outcome.ckpts_reason = reason  # type: ignore[attr-defined]
+    raise outcome from None
 
 
 def _named(name: str, exc: BaseException) -> str:

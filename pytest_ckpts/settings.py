@@ -37,6 +37,7 @@ __all__ = [
     "add_pytest_options",
     "env_value",
     "find_manifest",
+    "hf_cache_dirs",
     "mode_option",
     "parse_mode",
     "resolve_mode",
@@ -53,6 +54,7 @@ ENV = {
     "retry_budget": "PYTEST_CKPTS_RETRY_BUDGET",
     "prefetch": "PYTEST_CKPTS_PREFETCH",
     "trust_manifest_endpoint": "PYTEST_CKPTS_TRUST_MANIFEST_ENDPOINT",
+    "mirrors": "PYTEST_CKPTS_MIRRORS",
 }
 SKIP_SWITCH = "SKIP_CHECKPOINT_DOWNLOAD"
 _TRUE = ("1", "true", "yes", "on")
@@ -173,6 +175,29 @@ def find_manifest(start: Path | None = None, env: Mapping[str, str] | None = Non
     return None
 
 
+def hf_cache_dirs(env: Mapping[str, str] | None = None) -> tuple[Path, Path | None]:
+    """huggingface_hub's own cache, read from the environment now (the client reads it once,
+    at import): the cache of a manifest without ``cache_dir`` (README "The manifest").
+
+    ``(home, hub)``: ``home`` is ``HF_HOME`` (else ``$XDG_CACHE_HOME/huggingface``, else
+    ``~/.cache/huggingface``), where pytest-ckpts keeps its own state (``.ckpts/``); ``hub``
+    is ``HF_HUB_CACHE`` (else the legacy ``HUGGINGFACE_HUB_CACHE``) when set and not
+    ``home/hub``, else None: the hub cache is ``home/hub``, as for huggingface_hub.
+    """
+
+    def path(text: str) -> Path:
+        return Path(os.path.expandvars(os.path.expanduser(text))).absolute()
+
+    home_text = env_value("HF_HOME", env)
+    if home_text is None:
+        xdg = env_value("XDG_CACHE_HOME", env) or os.path.join("~", ".cache")
+        home_text = os.path.join(xdg, "huggingface")
+    home = path(home_text)
+    hub_text = env_value("HF_HUB_CACHE", env) or env_value("HUGGINGFACE_HUB_CACHE", env)
+    hub = None if hub_text is None else path(hub_text)
+    return home, (None if hub is None or hub == home / "hub" else hub)
+
+
 def _pick(
     name: str,
     cli: Any,
@@ -189,6 +214,26 @@ def _pick(
     if ini is not None and ini != "":
         return str(ini), f"ini ckpts_{name}"
     return None, "default"
+
+
+def resolve_mirrors(
+    cli: list[str] | None, cli_label: str, env: Mapping[str, str] | None = None
+) -> tuple[tuple[str, ...] | None, str]:
+    """Mirror templates and their source: command line > env > (None: the manifest's
+    ``config.mirrors``). A higher source replaces the lower list; an empty value (the
+    variable set to "", ``--ckpts-mirror ""``) turns mirrors off (README "Mirrors")."""
+    from .sources.template import SecretText, parse_mirror
+
+    raw = (os.environ if env is None else env).get(ENV["mirrors"])
+    if cli is not None:
+        texts, source = [w for value in cli for w in value.split()], cli_label
+    elif raw is not None:
+        texts, source = raw.split(), f"env {ENV['mirrors']}"
+    else:
+        return None, "manifest config.mirrors"
+    for text in texts:
+        parse_mirror(text, source=source)  # ValueError naming the source
+    return tuple(SecretText(t) for t in texts), source.removeprefix("env ")
 
 
 def _flag(text: str, source: str) -> bool:
@@ -220,6 +265,8 @@ class Settings:
     trust_manifest_endpoint: bool = False
     update_baselines: bool = False
     baselines_dir: Path = Path("tests/baselines")
+    #: mirror URL templates; None: the manifest's ``config.mirrors`` (README "Mirrors")
+    mirrors: tuple[str, ...] | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -308,6 +355,9 @@ class Settings:
             None,
         )
         trust = text is not None and _flag(text, sources["trust_manifest_endpoint"])
+        mirrors, sources["mirrors"] = resolve_mirrors(
+            config.getoption("ckpts_mirrors"), "--ckpts-mirror"
+        )
         report = config.getoption("ckpts_report")
         baselines = Path(str(config.getini("ckpts_baselines_dir") or "tests/baselines"))
         return cls(
@@ -324,6 +374,7 @@ class Settings:
             baselines_dir=baselines
             if baselines.is_absolute()
             else Path(config.rootpath) / baselines,
+            mirrors=mirrors,
             sources=sources,
         )
 
@@ -341,6 +392,7 @@ class Settings:
         budget_text = env_value(ENV["retry_budget"], env)
         prefetch_text = env_value(ENV["prefetch"], env)
         trust_text = env_value(ENV["trust_manifest_endpoint"], env)
+        mirrors, sources["mirrors"] = resolve_mirrors(None, "", env)
         for name, text in (
             ("retry_budget", budget_text),
             ("prefetch", prefetch_text),
@@ -363,6 +415,7 @@ class Settings:
             ),
             trust_manifest_endpoint=bool(trust_text)
             and _flag(str(trust_text), ENV["trust_manifest_endpoint"]),
+            mirrors=mirrors,
             sources=sources,
         )
 
@@ -378,6 +431,8 @@ class Settings:
         if getattr(args, "cache_dir", None):
             changes["cache_dir"] = Path(args.cache_dir).expanduser().absolute()
             sources["cache_dir"] = "--cache-dir"
+        if getattr(args, "mirror", None) is not None:
+            changes["mirrors"], sources["mirrors"] = resolve_mirrors(args.mirror, "--mirror", env)
         return cls(**{**base.__dict__, **changes, "sources": sources})
 
 
@@ -432,13 +487,26 @@ def add_pytest_options(parser: Any) -> None:
         f"while tests run (default 4, 0 off; env {ENV['prefetch']}, ini ckpts_prefetch).",
     )
     group.addoption(
+        "--ckpts-mirror",
+        dest="ckpts_mirrors",
+        metavar="URL",
+        action="append",
+        default=None,
+        help="fetch checkpoints from this mirror before the hub (repeatable, tried in order; "
+        "a folder, file://, http(s)://, s3://, gs:// URL template with {sha256} {name} {repo} "
+        "{revision} {path} {filename}; default layout {sha256}). Replaces "
+        f"{ENV['mirrors']} (whitespace separated) and the manifest's config.mirrors; "
+        '--ckpts-mirror "" turns mirrors off. Bytes are trusted only if their sha256 matches.',
+    )
+    group.addoption(
         "--ckpts-report",
         dest="ckpts_report",
         metavar="PATH",
         default=None,
         help="write a JSON report of every checkpoint (status, sha256, commit, bytes, "
         "seconds, reason) to PATH; a GitHub step summary is appended when "
-        "GITHUB_STEP_SUMMARY is set.",
+        "GITHUB_STEP_SUMMARY is set. Write it as --ckpts-report=PATH: after a space, an "
+        "existing PATH is taken for a test path when pytest picks rootdir.",
     )
     group.addoption(
         "--ckpts-strict",

@@ -2,18 +2,21 @@
 
 One record per checkpoint name, in the shape of the JSON report (README "Reports for fleets"):
 ``status`` is one of downloaded, cached, stale, skipped, failed; ``bytes`` is what this
-run transferred; ``reason`` is set for skipped, failed and stale. Workers send
+run transferred; ``reason`` is set for skipped, failed and stale; ``source`` says where
+the bytes came from: ``cache``, ``hub`` or the (redacted) mirror (README "Mirrors"). Workers send
 ``to_json()`` in ``workeroutput``; the controller ``merge``s them.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["STATUSES", "Stats"]
+__all__ = ["STATUSES", "Stats", "is_mirror"]
 
 #: Report statuses, strongest first: when workers disagree the strongest wins.
 STATUSES = ("failed", "downloaded", "stale", "cached", "skipped")
@@ -30,7 +33,13 @@ def _blank(name: str) -> dict[str, Any]:
         "size": None,
         "seconds": 0.0,
         "reason": None,
+        "source": None,
     }
+
+
+def is_mirror(source: str | None) -> bool:
+    """A ``source`` naming a mirror (not the cache, the hub or nothing)."""
+    return source not in (None, "cache", "hub")
 
 
 @dataclass
@@ -41,6 +50,7 @@ class Stats:
     hashed_bytes: int = 0
     hash_seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _events: Counter[str] = field(default_factory=Counter, repr=False, compare=False)
 
     def record(
         self,
@@ -53,20 +63,58 @@ class Stats:
         sha256: str | None = None,
         commit: str | None = None,
         size: int | None = None,
+        source: str | None = None,
     ) -> None:
-        """Note an event; the strongest status seen for ``name`` wins."""
+        """Note an event; the strongest status seen for ``name`` wins (with its source)."""
         with self._lock:
+            self._events[name] += 1
             rec = self.records.setdefault(name, _blank(name))
             current = rec["status"]
             if current is None or _RANK[status] <= _RANK[current]:
                 rec["status"] = status
                 if reason is not None or status in ("downloaded", "cached"):
                     rec["reason"] = reason
+                if source is not None:
+                    rec["source"] = source
             rec["bytes"] += nbytes
             rec["seconds"] += seconds
             for key, value in (("sha256", sha256), ("commit", commit), ("size", size)):
                 if value is not None:
                     rec[key] = value
+
+    @contextmanager
+    def attempt(self, name: str) -> Iterator[None]:
+        """Resolve ``name`` inside: if something stops it before it records an outcome
+        (a test timeout, Ctrl-C, ``pytest.exit``), record it as ``failed``, saying what."""
+        before = self._events[name]
+        try:
+            yield
+        except BaseException as exc:
+            if self._events[name] == before:
+                text = str(exc).strip().splitlines()
+                what = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+                self.record(name, "failed", reason=f"interrupted before it finished ({what})")
+            raise
+
+    def add_received(self, received: Mapping[str, int]) -> None:
+        """Fold in the bytes transfers actually received per checkpoint (a transfer cut
+        short records nothing else): a checkpoint with no outcome yet is ``failed``."""
+        for name, nbytes in received.items():
+            rec = self.records.get(name)
+            if rec is None or rec["status"] is None:
+                reason = "the download stopped before it finished (the test or the run ended)"
+                self.record(name, "failed", nbytes=nbytes, reason=reason)
+            elif nbytes > rec["bytes"]:
+                rec["bytes"] = nbytes
+
+    def fill(self, name: str, **known: Any) -> None:
+        """Set ``sha256``, ``commit`` or ``size`` of ``name`` where they are still unknown."""
+        rec = self.records.get(name)
+        if rec is None:
+            return
+        for key, value in known.items():
+            if rec.get(key) is None and value is not None:
+                rec[key] = value
 
     def by_status(self, status: str) -> dict[str, dict[str, Any]]:
         return {n: r for n, r in self.records.items() if r["status"] == status}
@@ -89,15 +137,26 @@ class Stats:
                 sha256=rec.get("sha256"),
                 commit=rec.get("commit"),
                 size=rec.get("size"),
+                source=rec.get("source"),
             )
         self.hashed_bytes += int(data.get("hashed_bytes", 0))
         self.hash_seconds += float(data.get("hash_seconds", 0.0))
 
     def report_rows(self) -> list[dict[str, Any]]:
         """The ``checkpoints`` list of the JSON report, sorted by name."""
-        keys = ("name", "status", "sha256", "commit", "bytes", "size", "seconds", "reason")
+        keys = (
+            "name",
+            "status",
+            "source",
+            "sha256",
+            "commit",
+            "bytes",
+            "size",
+            "seconds",
+            "reason",
+        )
         return [
-            {k: (round(r[k], 3) if k == "seconds" else r[k]) for k in keys}
+            {k: (round(r[k], 3) if k == "seconds" else r.get(k)) for k in keys}
             for _, r in sorted(self.records.items())
             if r["status"] is not None
         ]

@@ -1,6 +1,6 @@
 """Resolve a manifest entry to a verified local file: the sequence, nothing else.
 
-fast path (stamp) → lock → look again → download → verify → stamp → retry once.
+fast path (stamp) → lock → look again → mirrors → download → verify → stamp → retry once.
 
 - The commit comes from the manifest (a pinned 40-hex revision) or from one bounded
   probe per run (a branch); see :mod:`pytest_ckpts.hub_client`.
@@ -9,6 +9,9 @@ fast path (stamp) → lock → look again → download → verify → stamp → 
   download, a hash compared with the manifest, a stamp. A cached copy that fails the
   check is downloaded again once; a fresh download that fails is deleted and the
   mismatch is remembered for the run (README "Run modes": never downloaded again).
+- Mirrors (README "Mirrors"): an entry with a sha256 is streamed from the first mirror
+  holding the right bytes before the hub is asked (a pinned entry: no hub request at
+  all); the step lives in :mod:`pytest_ckpts.sources.step`.
 - Stale-while-error: when a branch cannot be resolved because the hub is down,
   rate-limited or the retry budget is spent, the verified copy of the commit the
   branch last resolved to is used, and reported as ``stale``.
@@ -20,6 +23,7 @@ This module knows nothing of pytest.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ._stamps import blob_of
 from ._transfer import blocked_dir_error
 from .cache import Cache, Stamp
 from .checkpoint import Checkpoint
@@ -42,6 +47,7 @@ from .integrity import calculate_sha256
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import RetryBudget, RunState
 from .settings import Mode, Settings
+from .sources.step import MirrorSupport, from_mirrors, may_mirror, unresolved
 
 __all__ = ["DEFAULT_ENDPOINT", "NullObserver", "Observer", "Store", "redact", "resolve_endpoint"]
 
@@ -79,7 +85,7 @@ class NullObserver:
 
 
 @dataclass
-class Store:
+class Store(MirrorSupport):
     """Resolves manifest entries to verified files in ``cache_dir``.
 
     ``offline=True`` never touches the network: a missing file raises
@@ -104,10 +110,15 @@ class Store:
     #: the hub failure behind each stale copy (name -> error), for front ends' own words
     stale_errors: dict[str, CheckpointDownloadError] = field(default_factory=dict, repr=False)
     _memory: dict[str, Stamp] = field(default_factory=dict, repr=False)
+    #: huggingface_hub's cache when it is not ``cache_dir/hub`` (``HF_HUB_CACHE``)
+    hub_dir: Path | None = None
+    _layout: Cache | None = field(default=None, repr=False)
+    _snapshots: dict[tuple[str, str, str, str], Path] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.cache_dir is None:
-            self.cache_dir = self.manifest.cache_dir
+        if self.hub_dir is None:  # none given, none in the manifest: huggingface_hub's own
+            located = Cache.locate(self.cache_dir or self.manifest.cache_dir)
+            self.cache_dir, self.hub_dir = located.root, located.hub_dir
         if self.run_state is None:
             self.run_state = RunState()
         if self.client is None:
@@ -129,6 +140,7 @@ class Store:
             "rehash": settings.rehash,
             "retry_budget": settings.retry_budget,
             "trust_endpoint": settings.trust_manifest_endpoint,
+            "mirrors": settings.mirrors if settings.mirrors is not None else manifest.mirrors,
         }
         return cls(manifest, **{**values, **overrides})
 
@@ -140,7 +152,10 @@ class Store:
 
     @property
     def layout(self) -> Cache:
-        return Cache(self.cache)
+        """The cache's paths; an old layout is moved into ``hub/`` on first use."""
+        if self._layout is None:
+            self._layout = Cache(self.cache, self.hub_dir).ready()
+        return self._layout
 
     @property
     def hub(self) -> HubClient:
@@ -151,17 +166,21 @@ class Store:
     def cache_dir_arg(self) -> Path | None:
         """The cache directory a ``pytest-ckpts`` command must be told (``--cache-dir``):
         None when it is the manifest's default, which the command finds by itself."""
-        default = self.manifest.cache_dir
-        if self.cache == default or self.cache.resolve() == default.resolve():
+        default = Cache.locate(self.manifest.cache_dir)
+        if (default.root, default.hub_dir) == (self.cache, self.hub_dir):
             return None
-        return self.cache
+        return self.hub_dir if self.hub_dir is not None else self.cache
 
     def run_fix(self, *command: str, why: str = "") -> Fix:
         """A ``pytest-ckpts`` command as a fix, on the cache directory in force."""
         return Fix.run(*command, cache_dir=self.cache_dir_arg, why=why)
 
     def snapshot_path(self, spec: CheckpointSpec, commit: str) -> Path:
-        return self.layout.snapshot(spec, commit)
+        key = (spec.repo_type, spec.repo, spec.hf_path, commit)
+        path = self._snapshots.get(key)  # built and checked once per run (warm: ~1000s)
+        if path is None:
+            path = self._snapshots[key] = self.layout.snapshot(spec, commit)
+        return path
 
     def cached_commit(self, spec: CheckpointSpec) -> str | None:
         return self.layout.cached_commit(spec)
@@ -171,8 +190,10 @@ class Store:
 
     def is_trusted(self, spec: CheckpointSpec) -> bool:
         """Cached and its stamp vouches for the expected bytes (cheap: stat only)."""
-        path = self.cached_path(spec)
-        return path is not None and self._trusted(spec, path) is not None
+        commit = self.cached_commit(spec)
+        return (
+            commit is not None and self._trusted(spec, self.snapshot_path(spec, commit)) is not None
+        )
 
     def describe(self, spec: CheckpointSpec, revision: str | None = None) -> str:
         return self.hub.describe(spec, revision)
@@ -180,9 +201,16 @@ class Store:
     def probe(self, spec: CheckpointSpec) -> str:
         return self.hub.probe(spec)
 
+    def resolve_warm(self, spec: CheckpointSpec) -> Checkpoint | None:
+        """``spec`` resolved if it is pinned and its stamp vouches for its file (one
+        ``stat``: no lock, no network, no hashing); None when it needs more than that."""
+        if not is_pinned(spec.revision):
+            return None
+        return self._fast_path(spec, self.snapshot_path(spec, spec.revision), spec.revision)
+
     def needs_network(self, spec: CheckpointSpec) -> bool:
-        """True unless a pinned entry is cached and trusted (a warm pinned run asks nothing)."""
-        return not (is_pinned(spec.revision) and self.is_trusted(spec))
+        """True unless a pinned entry is cached and trusted, or may come from a mirror."""
+        return not (is_pinned(spec.revision) and (self.is_trusted(spec) or may_mirror(self, spec)))
 
     # ------------------------------------------------------------------ resolve
     def resolve(self, spec: CheckpointSpec, *, force_download: bool = False) -> Checkpoint:
@@ -202,7 +230,7 @@ class Store:
                     return ready
             return self._locked(spec, path, commit, force_download)
         except CheckpointDownloadError as exc:
-            stale = self._stale(spec, exc)
+            stale = self._stale(spec, exc) or unresolved(self, spec, exc)
             if stale is None:
                 raise
             return stale
@@ -288,14 +316,16 @@ class Store:
     def _locked(
         self, spec: CheckpointSpec, path: Path, commit: str, force_download: bool
     ) -> Checkpoint:
-        from filelock import FileLock, Timeout
+        from ._lock import LockTimeout, acquire
 
         lock_path = self.layout.lock_path(spec)
         try:
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(lock_path), timeout=self.lock_timeout)
-            lock.acquire()
-        except Timeout:
+            try:
+                lock = acquire(lock_path, self.lock_timeout)
+            except FileNotFoundError:  # first download into this cache
+                lock_path.parent.mkdir(parents=True, exist_ok=True)
+                lock = acquire(lock_path, self.lock_timeout)
+        except LockTimeout:
             raise CheckpointDownloadError(
                 f"pytest-ckpts: timed out after {self.lock_timeout:.0f}s waiting for another "
                 f"process to download '{spec.name}' (lock {lock_path}). If no other "
@@ -354,8 +384,8 @@ class Store:
                     spec.sha256,
                 )
         try:
-            if is_pinned(spec.revision):
-                self.hub.probe(spec)  # one short request decides "is the hub there" for the run
+            if (mirrored := from_mirrors(self, spec, commit, not force_download)) is not None:
+                return mirrored  # else pinned: one short hub probe decided "is the hub there"
             got = self.hub.download(spec, commit, self.layout)
         except CheckpointDownloadError as exc:
             if corrupted is None:
@@ -393,13 +423,18 @@ class Store:
 
     # ------------------------------------------------------------------ stamps
     def _trusted(self, spec: CheckpointSpec, path: Path) -> Stamp | None:
-        blob = str(path.resolve())
-        remembered = self._memory.get(blob)
-        if remembered is not None and remembered.matches(Path(blob)):
+        """The stamp vouching for ``path`` now: one ``stat`` (following the snapshot link)
+        compared with what this store hashed, else with the cache's stamp log."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        remembered = self._memory.get(os.fspath(path))
+        if remembered is not None and remembered.agrees(st):
             return remembered if spec.sha256 in (None, remembered.sha256) else None
         if self.rehash:
             return None
-        return self.layout.trusted_stamp(spec, path)
+        return self.layout.trusted_stamp(spec, path, st)
 
     def _fast_path(self, spec: CheckpointSpec, path: Path, commit: str) -> Checkpoint | None:
         stamp = self._trusted(spec, path)
@@ -408,14 +443,15 @@ class Store:
     def _hash_and_stamp(
         self, spec: CheckpointSpec, path: Path, streamed: str | None = None
     ) -> tuple[bool, str, Stamp]:
-        blob = path.resolve()
+        blob = Path(blob_of(path))
         started = time.perf_counter()
         actual = streamed if streamed is not None else calculate_sha256(blob)
         ok = spec.sha256 is None or actual == spec.sha256
         self.observer.on_verify(spec, path, actual, ok, time.perf_counter() - started)
         stamp = Stamp.of(blob, actual)
         if ok:
-            self._memory[str(blob)] = stamp
+            # no fsync: the stamp holds only while stat of the blob agrees (see _stamps)
+            self._memory[os.fspath(path)] = stamp
             self.layout.write_stamp(spec, blob, stamp)
         else:
             self.layout.revoke_stamp(spec, blob)

@@ -40,6 +40,7 @@ _SCRUB = (
     "MLFLOW_EXPERIMENT_ID",
     "MLFLOW_SKIP_ARTIFACT_LOGGING",
     "SOURCE_DATE_EPOCH",
+    "PYTEST_CKPTS_MIRRORS",
 )
 
 
@@ -74,11 +75,15 @@ def _keep_native_modules(request: pytest.FixtureRequest) -> None:
 def _isolated_env(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
-    """No test sees the caller's tokens, modes or caches; HF_HOME lives under tmp."""
+    """No test sees the caller's tokens, modes or caches; HF_HOME lives under tmp.
+
+    One HF_HOME per test: a manifest without ``cache_dir`` uses huggingface_hub's cache
+    (HF_HUB_CACHE), so neither the suite nor its pytester runs write to
+    ~/.cache/huggingface, and no test sees another's downloads.
+    """
     for name in _SCRUB:
         monkeypatch.delenv(name, raising=False)
-    hf_home = tmp_path_factory.getbasetemp() / "hf_home"
-    hf_home.mkdir(exist_ok=True)
+    hf_home = tmp_path_factory.mktemp("hf_home")
     monkeypatch.setenv("HF_HOME", str(hf_home))
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
     return

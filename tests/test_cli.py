@@ -53,7 +53,7 @@ def test_list_fetch_verify_round_trip(manifest: Path, hub: LocalHub) -> None:
 
 def test_verify_exits_1_on_flipped_byte(manifest: Path) -> None:
     assert cli("fetch", "-q")[0] == 0
-    blob = next((manifest.parent / "models--acme--ckpts" / "blobs").iterdir())
+    blob = next((manifest.parent / "hub" / "models--acme--ckpts" / "blobs").iterdir())
     data = bytearray(blob.read_bytes())
     data[10] ^= 0xFF
     blob.write_bytes(bytes(data))
@@ -97,13 +97,13 @@ def test_cache_info_and_prune(manifest: Path) -> None:
     manifest.write_text(text[: text.index("  ldm:")] + text[text.index("config:") :])
     code, out = cli("cache", "prune", "--dry-run")
     assert "would remove" in out
-    blobs_dir = manifest.parent / "models--acme--ckpts" / "blobs"
+    blobs_dir = manifest.parent / "hub" / "models--acme--ckpts" / "blobs"
     assert len(list(blobs_dir.iterdir())) == 2  # a dry run removes nothing
     assert "1/1 manifest entries cached" in cli("cache", "info")[1]
     code, out = cli("cache", "prune")
     assert code == 0
     assert "removed" in out
-    blobs = list((manifest.parent / "models--acme--ckpts" / "blobs").iterdir())
+    blobs = list((manifest.parent / "hub" / "models--acme--ckpts" / "blobs").iterdir())
     assert [b.name for b in blobs] == [hashlib.sha256(FILES["vae"]).hexdigest()]
     assert manifest.is_file()  # the manifest next to the cache is never touched
     assert cli("verify")[0] == 0

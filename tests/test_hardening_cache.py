@@ -77,7 +77,7 @@ def test_ref_path_refuses_revisions_leaving_the_cache(tmp_path: Path, revision: 
 def test_real_revisions_stay_under_refs(tmp_path: Path, revision: str) -> None:
     cache = Cache(tmp_path / "cache")
     ref = cache.ref_path(_spec(revision))
-    refs = tmp_path / "cache" / "models--acme--ckpts" / "refs"
+    refs = tmp_path / "cache" / "hub" / "models--acme--ckpts" / "refs"
     assert ref == refs.joinpath(*revision.split("/"))
     assert ref.resolve().is_relative_to(refs.resolve())
 
@@ -115,7 +115,7 @@ def test_branches_with_slashes_resolve_and_record_their_ref(
     ckpt = Store(manifest).resolve(spec)
     assert ckpt.path.read_bytes() == DATA
     assert ckpt.revision == commit
-    ref = manifest.cache_dir / "models--acme--ckpts" / "refs" / revision
+    ref = manifest.cache_dir / "hub" / "models--acme--ckpts" / "refs" / revision
     assert ref.read_text().strip() == commit
     # offline, the recorded ref finds the file again
     assert Store(manifest, offline=True).resolve(spec).source == "cached"
@@ -295,7 +295,7 @@ def test_prune_keeps_huggingface_hub_in_flight_file(project: Path, hub: LocalHub
     blobs.mkdir(parents=True)
     part = blobs / ("ab" * 32 + ".incomplete")
     part.write_bytes(b"part")
-    lock = cache.root / ".locks" / "models--acme--ckpts" / ("ab" * 32 + ".lock")
+    lock = cache.hub / ".locks" / "models--acme--ckpts" / ("ab" * 32 + ".lock")
     lock.parent.mkdir(parents=True)
     with FileLock(str(lock)):
         # prune in a second process: filelock is reentrant within this one

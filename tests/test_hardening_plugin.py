@@ -353,7 +353,7 @@ def test_plugin_run_after_verify_mismatch_downloads_again(
         """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
-    blob = next((pytester.path / "checkpoints" / "models--acme--ckpts" / "blobs").iterdir())
+    blob = next((pytester.path / "checkpoints" / "hub" / "models--acme--ckpts" / "blobs").iterdir())
     st = blob.stat()
     with open(blob, "r+b") as f:
         f.write(b"\0" * 64)

@@ -119,7 +119,7 @@ def test_manifest_outside_checkpoints_dir_uses_its_own_dir(tmp_path: Path) -> No
     path.parent.mkdir()
     path.write_text("checkpoints: {}\nconfig: {hf_repo: o/r}\n")
     assert project_root_for(path) == tmp_path / "conf"
-    assert load_manifest(path).cache_dir == tmp_path / "conf" / "checkpoints"
+    assert load_manifest(path).cache_dir is None  # huggingface_hub's own cache
 
 
 def test_find_manifest_walks_up_and_env_wins(

@@ -68,7 +68,7 @@ def test_auto_downloads_then_warm_run_is_cached(
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(
         [
-            "ckpts: mode=auto (default), manifest=checkpoints*checkpoints.yaml (4 entries), cache=checkpoints",
+            "ckpts: mode=auto (default), manifest=checkpoints*checkpoints.yaml (4 entries), cache=checkpoints/hub",
             "*= checkpoints =*",
             "2 downloaded (*), 0 cached, 0 skipped*",
             "downloaded ldm: *",

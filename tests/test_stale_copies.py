@@ -190,7 +190,7 @@ def test_force_download_with_the_hub_down_exits_1_keeping_the_cached_copy(
         path = Cache(project / "checkpoints").cached_path(load_manifest(manifest).get("vae"))
         assert path is not None
         assert path.read_bytes() == FILES["vae"]
-        shutil.rmtree(project / "checkpoints" / "models--acme--ckpts")
+        shutil.rmtree(project / "checkpoints" / "hub" / "models--acme--ckpts")
 
 
 def test_spent_retry_budget_serves_the_restored_copy_with_one_probe_series(

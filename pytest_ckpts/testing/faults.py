@@ -169,6 +169,7 @@ class Fault:
     bytes_per_second: float | None = None
     start: int = 0
     end: int | None = None
+    echo_auth: bool = False
 
     def matches(self, method: str, path: str, route: str) -> bool:
         if self.method is not None and self.method != method:
@@ -213,16 +214,19 @@ class FaultPlan:
         route: str | None = None,
         retry_after: int | None = None,
         http_date: bool = False,
+        echo_auth: bool = False,
     ) -> None:
         """Answer the next ``n`` matching requests with ``status`` and an error body.
 
         ``retry_after`` adds ``Retry-After`` (seconds; an HTTP date with ``http_date``).
+        ``echo_auth`` plays a hostile or careless hub: the request's ``Authorization``
+        header is echoed in the error message, the body and the status line's reason.
         The server never handles them: nothing is stored.
         """
         self._add(
             Fault(
                 "fail", _count(n), method, path_contains, route, status=status,
-                retry_after=retry_after, http_date=http_date,
+                retry_after=retry_after, http_date=http_date, echo_auth=echo_auth,
             )
         )  # fmt: skip
 

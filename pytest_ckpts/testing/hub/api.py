@@ -10,8 +10,8 @@ from functools import partial
 from typing import Any
 
 from ...errors import CommitRejected
-from .content import Blob, Repo, clean_path, lfs_pointer, wants_lfs
-from .wire import WireHandler
+from .content import Blob, clean_path, lfs_pointer, wants_lfs
+from .gitapi import GitApiHandler
 
 TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
@@ -24,8 +24,8 @@ XET_MESSAGE = (
 Handler = Callable[[], None]
 
 
-class ApiHandler(WireHandler):
-    """``/api/...`` routes and the LFS upload protocol."""
+class ApiHandler(GitApiHandler):
+    """``/api/...`` routes and the LFS upload protocol (refs and history: ``gitapi``)."""
 
     def _api_route(
         self, parts: list[str], method: str, query: dict[str, list[str]]
@@ -33,20 +33,26 @@ class ApiHandler(WireHandler):
         """``(route kind, handler)`` for ``/api/<parts>``."""
         if parts == ["repos", "create"] and method == "POST":
             return "upload", self._create_repo
+        if parts == ["repos", "delete"] and method == "DELETE":
+            return "upload", self._delete_repo
         if parts == ["validate-yaml"] and method == "POST":  # README.md metadata check
             return "api", lambda: self._json(200, {"errors": [], "warnings": []})
         if not parts or parts[0] not in TYPES:
             return "api", None
         repo_type, rest = TYPES[parts[0]], parts[1:]
+        blobs = query.get("blobs", ["false"])[-1].lower() in ("1", "true")  # files_metadata
         if len(rest) in (1, 2) and method == "GET":
-            return "revision", lambda: self._repo_info(repo_type, "/".join(rest), "main")
+            return "revision", lambda: self._repo_info(repo_type, "/".join(rest), "main", blobs)
         for i in (2, 1):
             if len(rest) <= i:
                 continue
             verb, repo_id, tail = rest[i], "/".join(rest[:i]), rest[i + 1 :]
             revision = tail[0] if tail else "main"
+            git = self._git_route(repo_type, repo_id, verb, tail, method, query)
+            if git is not None:
+                return "refs", git
             if verb == "revision" and method == "GET" and len(tail) == 1:
-                return "revision", partial(self._repo_info, repo_type, repo_id, revision)
+                return "revision", partial(self._repo_info, repo_type, repo_id, revision, blobs)
             if verb == "tree" and method == "GET":
                 recursive = query.get("recursive", ["false"])[-1].lower() in ("1", "true")
                 under = "/".join(tail[1:]).strip("/")
@@ -61,16 +67,6 @@ class ApiHandler(WireHandler):
                 return "upload", lambda: self._error(404, None, XET_MESSAGE)
         return "api", None
 
-    def _repo(self, repo_type: str, repo_id: str) -> Repo | None:
-        """The repo, or None once a 404/401 went out (private repos need a token)."""
-        repo = self.hub.content.repo(repo_type, repo_id)
-        if repo is None:
-            self._error(404, "RepoNotFound", f"Repository {repo_id!r} ({repo_type}) not found")
-            return None
-        if repo.private and self._denied(private=True):
-            return None
-        return repo
-
     def _tree_or_404(
         self, repo_type: str, repo_id: str, revision: str
     ) -> tuple[str, dict[str, Blob]] | None:
@@ -80,7 +76,7 @@ class ApiHandler(WireHandler):
             self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
             return None
 
-    def _repo_info(self, repo_type: str, repo_id: str, revision: str) -> None:
+    def _repo_info(self, repo_type: str, repo_id: str, revision: str, blobs: bool = False) -> None:
         repo = self._repo(repo_type, repo_id)
         found = None if repo is None else self._tree_or_404(repo_type, repo_id, revision)
         if repo is None or found is None:
@@ -93,7 +89,7 @@ class ApiHandler(WireHandler):
             "disabled": False,
             "gated": False,
             "tags": [],
-            "siblings": [{"rfilename": p, "size": b.size} for p, b in sorted(tree.items())],
+            "siblings": [_sibling(p, b, blobs) for p, b in sorted(tree.items())],
         }
         if repo_type == "model":
             info["modelId"] = repo_id
@@ -143,7 +139,10 @@ class ApiHandler(WireHandler):
         url = f"{self.hub.endpoint}/{PREFIX[repo_type]}{repo_id}"
         private = body.get("visibility") == "private" or body.get("private") is True
         if not self.hub.content.create_new_repo(repo_id, repo_type, private):
-            self._error(409, None, "You already created this repo", {"X-Repo-Url": url})
+            # the Hub's 409 carries the url: `create_repo(exist_ok=True)` returns it
+            self._error(
+                409, None, "You already created this repo", {"X-Repo-Url": url}, {"url": url}
+            )
             return
         self._json(200, {"url": url, "name": repo_id, "id": repo_id})
 
@@ -220,13 +219,14 @@ class ApiHandler(WireHandler):
         deleted_files: set[str] = set()
         deleted_dirs: list[str] = []
         parent: str | None = None
+        header: dict[str, Any] = {}
         for line in raw.decode("utf-8").splitlines():
             if not line.strip():
                 continue
             item = json.loads(line)
             key, value = item.get("key"), item.get("value", {})
             if key == "header":
-                parent = value.get("parentCommit")
+                header, parent = value, value.get("parentCommit")
             elif key == "file":
                 path = clean_path(value["path"])
                 blobs[path] = Blob.of(path, base64.b64decode(value["content"]), lfs=False)
@@ -245,10 +245,30 @@ class ApiHandler(WireHandler):
                 return
         try:
             commit = self.hub.content.commit_on_head(
-                repo_id, repo_type, revision, parent, blobs, deleted_files, deleted_dirs
+                repo_id,
+                repo_type,
+                revision,
+                parent,
+                blobs,
+                deleted_files,
+                deleted_dirs,
+                str(header.get("summary") or ""),
+                str(header.get("description") or ""),
             )
         except CommitRejected as rejected:
             self._error(rejected.status, rejected.code, str(rejected))
             return
         url = f"{self.hub.endpoint}/{PREFIX[repo_type]}{repo_id}/commit/{commit}"
         self._json(200, {"success": True, "commitOid": commit, "commitUrl": url, "hookOutput": ""})
+
+
+def _sibling(path: str, blob: Blob, blobs: bool) -> dict[str, Any]:
+    """One file of ``model_info``; with ``blobs`` (``files_metadata=True``) its git blob id
+    and, for an LFS file, ``lfs: {sha256, size, pointerSize}``, as the Hub sends them."""
+    entry: dict[str, Any] = {"rfilename": path, "size": blob.size}
+    if blobs:
+        entry["blobId"] = blob.git_oid
+        if blob.lfs:
+            pointer = len(lfs_pointer(blob.sha256, blob.size))
+            entry["lfs"] = {"sha256": blob.sha256, "size": blob.size, "pointerSize": pointer}
+    return entry

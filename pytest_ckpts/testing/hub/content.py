@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ...errors import CommitRejected
+from .refs import CommitMeta, RefsMixin
 
 __all__ = ["Blob", "Content", "HubContent", "Repo", "lfs_pointer", "wants_lfs"]
 
@@ -152,10 +154,15 @@ class Repo:
     private: bool = False
     branches: dict[str, str] = field(default_factory=lambda: {"main": EMPTY_COMMIT})
     commits: dict[str, dict[str, Blob]] = field(default_factory=lambda: {EMPTY_COMMIT: {}})
+    tags: dict[str, str] = field(default_factory=dict)
+    #: parent, title, date of each commit (``list_repo_commits``)
+    log: dict[str, CommitMeta] = field(
+        default_factory=lambda: {EMPTY_COMMIT: CommitMeta(None, "initial commit", date=time.time())}
+    )
 
     def resolve(self, revision: str) -> str | None:
-        """The commit a branch name or a commit sha names, or None."""
-        commit = self.branches.get(revision, revision)
+        """The commit a branch, a tag or a commit sha names, or None."""
+        commit = self.branches.get(revision) or self.tags.get(revision) or revision
         return commit if commit in self.commits else None
 
 
@@ -163,7 +170,7 @@ class Readable(Protocol):
     def read(self, size: int, /) -> bytes: ...
 
 
-class HubContent:
+class HubContent(RefsMixin):
     """Every repo of one hub plus the LFS content uploaded to it, behind one lock.
 
     LFS content uploaded over HTTP is spilled to a temp dir (inside ``upload_dir``
@@ -199,6 +206,8 @@ class HubContent:
         revision: str,
         blobs: Mapping[str, Blob],
         deleted: Callable[[str], bool] | None = None,
+        message: str = "",
+        description: str = "",
     ) -> str:
         """Commit on top of ``revision`` (a new name starts an empty branch); the new sha.
 
@@ -218,6 +227,8 @@ class HubContent:
                 digest.update(f"{path}\0{tree[path].sha256}{mark}\n".encode())
             commit = digest.hexdigest()
             repo.commits[commit] = tree
+            if commit not in repo.log:  # the same files on the same parent: the same commit
+                repo.log[commit] = CommitMeta(parent, message, description, time.time())
             repo.branches[revision] = commit
             return commit
 
@@ -230,6 +241,8 @@ class HubContent:
         blobs: Mapping[str, Blob],
         deleted_files: set[str],
         deleted_dirs: list[str],
+        message: str = "",
+        description: str = "",
     ) -> str:
         """An HTTP commit: checks the branch exists, ``parentCommit`` and deleted paths.
 
@@ -253,7 +266,7 @@ class HubContent:
             def deleted(path: str) -> bool:
                 return path in deleted_files or any(path.startswith(d) for d in deleted_dirs)
 
-            return self.commit(repo_id, repo_type, revision, blobs, deleted)
+            return self.commit(repo_id, repo_type, revision, blobs, deleted, message, description)
 
     # -- lookups
     def repo(self, repo_type: str, repo_id: str) -> Repo | None:
@@ -329,6 +342,8 @@ class HubContent:
         """The temp dir for LFS uploads, made on first use."""
         with self._lock:
             if self._upload_dir is None:
+                if self._upload_parent is not None:  # the local_hub fixture names one in tmp_path
+                    self._upload_parent.mkdir(parents=True, exist_ok=True)
                 self._upload_dir = Path(
                     tempfile.mkdtemp(prefix="pytest-ckpts-hub-", dir=self._upload_parent)
                 )

@@ -7,7 +7,9 @@ request log can name what a request was for:
 ``head``      ``HEAD /[datasets/]{repo}/resolve/{rev}/{path}`` (the client's metadata call)
 ``file``      ``GET /[datasets/]{repo}/resolve/{rev}/{path}`` (file bodies)
 ``tree``      ``GET /api/.../tree/...``
-``upload``    repo creation, preupload, the LFS batch/upload/verify calls, commits
+``refs``      ``/api/.../{refs,branch,tag,commits}/...``: list refs, create/delete branches and
+              tags, list commits
+``upload``    repo creation and deletion, preupload, the LFS batch/upload/verify calls, commits
 ``api``       the client's telemetry and README checks, unknown ``/api`` paths
 ``other``     anything else
 """
@@ -25,7 +27,7 @@ from .content import Blob
 
 __all__ = ["ROUTE_KINDS", "HubHandler"]
 
-ROUTE_KINDS = ("revision", "head", "file", "tree", "upload", "api", "other")
+ROUTE_KINDS = ("revision", "head", "file", "tree", "refs", "upload", "api", "other")
 _EMPTY_AGENT_REGISTRY: dict[str, object] = {"standardEnvVars": [], "harnesses": {}}
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _INVERT = bytes(255 - i for i in range(256))
@@ -44,6 +46,12 @@ class HubHandler(ApiHandler):
         self._dispatch()
 
     def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -96,7 +104,11 @@ class HubHandler(ApiHandler):
         self._drain()
         retry_after = fail.retry_after_header()
         headers = {"Retry-After": retry_after} if retry_after is not None else None
-        self._error(fail.status, "InjectedFault", f"injected failure {fail.status}", headers)
+        message, reason = f"injected failure {fail.status}", None
+        if fail.echo_auth:  # a hostile hub: the credentials go back in every text it sends
+            sent = self.headers.get("Authorization", "(none)")
+            message, reason = f"{message}; you sent Authorization: {sent}", f"Denied {sent}"
+        self._error(fail.status, "InjectedFault", message, headers, reason=reason)
         return True
 
     def _swallow(self) -> None:

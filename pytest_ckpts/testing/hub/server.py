@@ -211,7 +211,7 @@ class LocalHub:
             clean_path(path): Blob.of(clean_path(path), content, lfs=lfs)
             for path, content in files.items()
         }
-        return self.content.commit(repo_id, repo_type, revision, blobs)
+        return self.content.commit(repo_id, repo_type, revision, blobs, message=message)
 
     def commit_sha(self, repo_id: str, revision: str = "main", *, repo_type: str = "model") -> str:
         """The commit a branch (or commit sha) names; ``KeyError`` if there is none."""

@@ -129,8 +129,9 @@ class WireHandler(BaseHTTPRequestHandler):
         *,
         headers: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        reason: str | None = None,
     ) -> None:
-        self.send_response(status)
+        self.send_response(status, reason)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         for k, v in (headers or {}).items():
@@ -145,13 +146,36 @@ class WireHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), content_type=content_type)
 
     def _error(
-        self, status: int, code: str | None, message: str, headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        body: Mapping[str, object] | None = None,
+        *,
+        reason: str | None = None,
     ) -> None:
+        """The Hub's error form: ``{"error": message, ...body}``, ``X-Error-Code``/``-Message``."""
         extra = dict(headers or {})
         if code is not None:
             extra["X-Error-Code"] = code
         extra["X-Error-Message"] = message
-        self._send(status, json.dumps({"error": message}).encode(), headers=extra)
+        payload = {"error": message, **(body or {})}
+        self._send(status, json.dumps(payload).encode(), headers=extra, reason=reason)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own answers (an unsupported method, a malformed request)
+        in the Hub's JSON error form, not its HTML page."""
+        text = message or self.responses.get(code, ("Error",))[0]
+        payload = json.dumps({"error": text}).encode()
+        self.send_response(code)
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("X-Error-Message", text)
+        self.end_headers()
+        if getattr(self, "command", None) != "HEAD":
+            self.wfile.write(payload)
 
     def _abort(self, *, reset: bool) -> None:
         self._flush_headers()
