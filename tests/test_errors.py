@@ -234,7 +234,7 @@ def _corrupt_cached(root: Path, hub: LocalHub, monkeypatch: pytest.MonkeyPatch) 
     make_manifest(root, hub, FILES)
     monkeypatch.chdir(root)
     assert _cli("fetch", "-q")[0] == 0
-    blob = next((root / "checkpoints" / "models--acme--ckpts" / "blobs").iterdir())
+    blob = next((root / "checkpoints" / "hub" / "models--acme--ckpts" / "blobs").iterdir())
     data = bytearray(blob.read_bytes())
     data[10] ^= 0xFF
     blob.write_bytes(bytes(data))
