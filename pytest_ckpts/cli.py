@@ -28,6 +28,7 @@ from .errors import (
 )
 from .manifest import CheckpointSpec, Manifest, load_manifest
 from .settings import ENV, Settings, count_option
+from .stats import human_size as _size
 from .store import Store
 
 __all__ = ["main"]
@@ -67,17 +68,6 @@ def _text(exc: BaseException, settings: Settings | None = None) -> str:
 
 def _plural(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word if n == 1 else (plural or word + 's')}"
-
-
-def _size(nbytes: int | None) -> str:
-    if nbytes is None:
-        return "-"
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _table(rows: list[list[str]], out: TextIO) -> None:

@@ -55,10 +55,11 @@ def add_mirror_parser(sub: Any) -> None:
 
 
 def cmd_mirror(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
-    from .cli import _size, _store, cli_words
+    from .cli import _store, cli_words
     from .sources.backends import FolderBackend
     from .sources.fetch import MirrorSet
     from .sources.push import Outcome, push_one, verify_one
+    from .stats import human_size as _size
 
     store = _store(args, manifest, progress=False)
     mirrors = MirrorSet.parse(

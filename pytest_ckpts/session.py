@@ -176,7 +176,7 @@ class CkptsSession:
             from .store import Store
 
             assert self.manifest is not None
-            layout = Cache.locate(self.settings.cache_dir or self.manifest.cache_dir)
+            layout = Cache.in_force(self.settings.cache_dir, self.manifest)
             self._store = Store.from_settings(
                 self.manifest,
                 self.settings,
@@ -257,7 +257,7 @@ class CkptsSession:
         # the run's cache as the run located it; the call's as the environment says now
         # (a test may set HF_HUB_CACHE / HF_HOME, which a manifest without cache_dir follows)
         ours = Cache(self.store.cache, self.store.hub_dir)
-        theirs = Cache.locate(settings.cache_dir or self.manifest.cache_dir)
+        theirs = Cache.in_force(settings.cache_dir, self.manifest)
         return (
             _same(settings.manifest, self.manifest.path)
             and _same(ours.root, theirs.root)

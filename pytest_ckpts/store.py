@@ -117,7 +117,7 @@ class Store(MirrorSupport):
 
     def __post_init__(self) -> None:
         if self.hub_dir is None:  # none given, none in the manifest: huggingface_hub's own
-            located = Cache.locate(self.cache_dir or self.manifest.cache_dir)
+            located = Cache.in_force(self.cache_dir, self.manifest)
             self.cache_dir, self.hub_dir = located.root, located.hub_dir
         if self.run_state is None:
             self.run_state = RunState()
@@ -166,7 +166,7 @@ class Store(MirrorSupport):
     def cache_dir_arg(self) -> Path | None:
         """The cache directory a ``pytest-ckpts`` command must be told (``--cache-dir``):
         None when it is the manifest's default, which the command finds by itself."""
-        default = Cache.locate(self.manifest.cache_dir)
+        default = Cache.in_force(None, self.manifest)
         if (default.root, default.hub_dir) == (self.cache, self.hub_dir):
             return None
         return self.hub_dir if self.hub_dir is not None else self.cache
