@@ -1,5 +1,5 @@
 """Who may see the token, how an endpoint's own credentials are sent, and how what a hub
-says back is scrubbed before anything holds it (README "Tokens").
+says back is scrubbed before anything holds it (docs/how-to/ci.md "Tokens").
 
 :class:`EndpointAuth` is the part of :class:`~pytest_ckpts.hub_client.HubClient` that
 handles secrets: the token goes only to the public hub or to ``HF_ENDPOINT`` (or to a
@@ -52,7 +52,7 @@ class EndpointAuth:
     trust_endpoint: bool
 
     def _token(self) -> str | None:
-        """The user's token, if this endpoint may see it (README "Tokens")."""
+        """The user's token, if this endpoint may see it (docs/how-to/ci.md "Tokens")."""
         from huggingface_hub import get_token
 
         endpoint = self.endpoint.rstrip("/")

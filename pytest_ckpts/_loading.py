@@ -1,4 +1,4 @@
-"""How ``Checkpoint.load()`` and ``Checkpoint.tensors()`` read a file (README "Loading").
+"""How ``Checkpoint.load()`` and ``Checkpoint.tensors()`` read a file (docs/how-to/big-checkpoints.md "Loading: cheapest first").
 
 Suites load checkpoints of hundreds of MB to many GB, often only to check a few
 tensors, and often in several xdist workers at once. So files are memory-mapped:

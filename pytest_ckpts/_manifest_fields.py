@@ -22,7 +22,7 @@ from .integrity import SHA256_RE
 if TYPE_CHECKING:
     import yaml
 
-#: The "not computed yet" marker for sha256 (the README's manifest format).
+#: The "not computed yet" marker for sha256 (docs/manifest.md "The manifest").
 PLACEHOLDER = "<to_be_calculated>"
 _REPO_TYPES = ("model", "dataset")
 # The Hub's repo id rule (huggingface_hub's validate_repo_id): optional owner, 1-96

@@ -4,7 +4,7 @@
 ``ckpts.<name>.commit`` and, when there is one, ``ckpts.<name>.reason`` go to
 ``item.user_properties``: junit XML (``<property>``), pytest-json-report (``user_properties``)
 and anything reading ``TestReport.user_properties`` get them, from xdist workers too
-(README "pytest-xdist and the report").
+(docs/how-to/ci.md "Reports for fleets").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Keep secrets out of everything pytest-ckpts prints, writes or stores (README "Tokens").
+"""Keep secrets out of everything pytest-ckpts prints, writes or stores (docs/how-to/ci.md "Tokens").
 
 Two kinds of secret reach the project: the Hugging Face token (``HF_TOKEN`` or the token
 file) and credentials written into a URL's userinfo (``HF_ENDPOINT=http://user:pw@host``,

@@ -1,4 +1,4 @@
-"""``get_checkpoint()`` and friends: the library API (README "Library API").
+"""``get_checkpoint()`` and friends: the library API (docs/how-to/writing-tests.md "The library API").
 
 A call resolves its settings when it is made. Outside pytest the environment decides
 (``Settings.from_env``). Inside a test of a run with the plugin, the run's command-line
@@ -86,7 +86,7 @@ def _route() -> tuple[Settings, Backend | None]:
 
 
 def _standalone(name: str, settings: Settings) -> tuple[Manifest, Store]:
-    """A call that shares no run: ``settings`` decide (README "Library API")."""
+    """A call that shares no run: ``settings`` decide (docs/how-to/writing-tests.md "The library API")."""
     from .manifest import load_manifest
     from .store import Store
 
@@ -116,7 +116,7 @@ def fetch_tensors(name: str, tensor_names: Sequence[str]) -> dict[str, Any]:
     returns name -> ``torch.Tensor`` in the order asked. Raises ``TensorIndexError``
     (no, stale or edited index; unknown tensor), ``ChecksumMismatchError`` (bytes that
     do not match the index), ``CheckpointSkipped`` and ``CheckpointDownloadError`` as
-    :func:`get_checkpoint` does. README "Reading a few tensors of a huge checkpoint".
+    :func:`get_checkpoint` does. docs/how-to/big-checkpoints.md "Reading a few tensors of a huge checkpoint".
     """
     names = [tensor_names] if isinstance(tensor_names, str) else list(tensor_names)
     settings, run = _route()

@@ -26,7 +26,7 @@ A *stamp* records (size, mtime, ctime, inode, sha256) after a successful hash. A
 resolve trusts the file when ``stat`` still agrees: microseconds instead of a re-hash.
 A rewrite that restores mtime still changes ctime (only the kernel sets it), and a copy
 into place gets a new inode or ctime. A cache restored by a CI cache action therefore
-re-hashes every file once and is stamped again (README "CI recipe" gives the cost).
+re-hashes every file once and is stamped again (docs/how-to/ci.md "The recipe (GitHub Actions)" gives the cost).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class CacheInfo:
     cached: list[str] = field(default_factory=list)  # manifest names with a cached file
     missing: list[str] = field(default_factory=list)
     incomplete: list[Path] = field(default_factory=list)
-    tensor_bytes: int = 0  # verified pieces kept by partial reads (README "Reading a few tensors of a huge checkpoint")
+    tensor_bytes: int = 0  # verified pieces kept by partial reads (docs/how-to/big-checkpoints.md "Reading a few tensors of a huge checkpoint")
     tensor_files: int = 0
 
     @property
@@ -226,12 +226,13 @@ class Cache:
     def lock_path(self, spec: CheckpointSpec) -> Path:
         return self.root / META_DIR / "locks" / f"{self.lock_key(spec)}.lock"
 
-    def incomplete_path(self, spec: CheckpointSpec) -> Path:
-        """A download in flight: beside its blob (same file system, so rename is atomic)."""
-        import threading
-
-        owner = f"{os.getpid()}-{threading.get_ident()}"
-        return self.blobs(spec) / f".{self.lock_key(spec)}.{owner}{INCOMPLETE}"
+    def incomplete_path(self, spec: CheckpointSpec, commit: str) -> Path:
+        """A download in flight or stopped: beside its blob (same file system, so rename is
+        atomic), named by file and commit so the next download, in any process, continues
+        it (only the holder of the file's lock writes it)."""
+        return contained(
+            self.blobs(spec), f".{self.lock_key(spec)}.{commit}{INCOMPLETE}", what="commit"
+        )
 
     def stamps_root(self) -> Path:
         """Where stamps live (the one line that places them; ``_stamps`` has the format)."""
@@ -465,7 +466,7 @@ class Cache:
         from filelock import FileLock, Timeout
 
         name = incomplete.name[: -len(INCOMPLETE)]
-        if name.startswith("."):  # ours: .<lock key>.<pid>.incomplete
+        if name.startswith("."):  # ours: .<lock key>.<commit>.incomplete
             lock = self.root / META_DIR / "locks" / f"{name[1:].split('.')[0]}.lock"
         else:  # huggingface_hub's own: <etag>.incomplete, locked in <cache>/.locks/
             lock = self.hub / ".locks" / repo.name / f"{name}.lock"

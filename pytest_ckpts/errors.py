@@ -10,7 +10,8 @@ plugin's ``--ckpts-*`` options, the CLI's ``--offline``/``--cache-dir``/``--mani
 docs/architecture.md "Errors" shows the flow.
 
 Every message starts with ``pytest-ckpts:`` and names what a user needs to act. The
-classes keep the built-in bases README "Library API" lists (``ValueError`` for checksum
+classes keep the built-in bases docs/how-to/writing-tests.md "The library API"
+lists (``ValueError`` for checksum
 problems, ``RuntimeError`` for hub failures) so code written against the original
 downloader keeps catching them.
 """
@@ -51,6 +52,7 @@ __all__ = [
     "NoExperimentHashError",
     "SettingError",
     "TensorIndexError",
+    "TransferStopped",
     "UnsafeCheckpointError",
     "UntrustedPickleError",
     "UploadArgumentError",
@@ -75,7 +77,7 @@ METAVAR = {
 
 
 class Kind(str, enum.Enum):
-    """How a hub failure was classified (README "Retries and the retry budget")."""
+    """How a hub failure was classified (docs/how-to/ci.md "Retries and the retry budget")."""
 
     TRANSIENT = "transient"  # 429, 5xx, reset, cut body, read timeout: retried in the budget
     UNREACHABLE = "unreachable"  # refused, DNS, connect timeout: decided once per run
@@ -150,6 +152,16 @@ def foreign_line(exc: BaseException) -> str:
     """The first line of another library's exception (yaml, int(), ...), whose text is its
     only data; never used on pytest-ckpts' own errors, which carry fields."""
     return str(exc).partition("\n")[0] or type(exc).__name__
+
+
+def hub_error_cause(exc: BaseException) -> str:
+    """A huggingface_hub error as a short cause, from its fields (class, status, the
+    server's message), not from its text."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    server = getattr(exc, "server_message", None)
+    cause = type(exc).__name__ + (f" (HTTP {status})" if status else "")
+    return f"{cause}: {server}" if server else cause
 
 
 def fixes_sentence(fixes: tuple[Fix, ...], words: Words) -> str:
@@ -281,8 +293,8 @@ class CheckpointDownloadError(CheckpointsError, RuntimeError):
     """The hub could not deliver a file (unreachable, auth, not found, broken transfer).
 
     The message names repo, path in repo, revision, endpoint and cause, never the token.
-    ``kind`` is how the failure was classified (a :class:`Kind`, README "Retries and the
-    retry budget"):
+    ``kind`` is how the failure was classified (a :class:`Kind`, docs/how-to/ci.md
+    "Retries and the retry budget"):
 
     - ``Kind.TRANSIENT``: 429, 5xx, a reset or cut body, a read timeout; retried within the
       budget, and once the budget is spent it stays transient (a stale copy may be used);
@@ -523,6 +535,11 @@ class MirrorUnavailable(CheckpointsError):
         self.kind = kind
         self.text = text
         self.retry_after = retry_after
+
+
+class TransferStopped(CheckpointsError):
+    """A transfer was told to stop (the session ended: ``-x``, Ctrl-C, ``pytest.exit``);
+    what it wrote stays as a partial file the next download continues with ``Range``."""
 
 
 class DecompressError(CheckpointsError):

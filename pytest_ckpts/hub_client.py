@@ -3,27 +3,27 @@
 huggingface_hub provides the HTTP session, headers, URLs and upload protocol; this
 module owns the *retry loop* because the client's own loops have no cap on the total
 wait (a ``Retry-After: 3600`` sleeps an hour, an unreachable hub costs ~23 s per file;
-README "Retries and the retry budget" lists what was measured). Every request goes through :meth:`HubClient._send`:
+docs/how-to/ci.md "Retries and the retry budget" lists what was measured). Every request goes through :meth:`HubClient._send`:
 
 - transient failures (429, 500, 502, 503, 504, resets, cut bodies, read timeouts) are
-  retried with backoff and jitter, honouring ``Retry-After``, within the run's
-  :class:`~pytest_ckpts.retry.RetryBudget`;
+  retried with backoff and jitter, honouring ``Retry-After`` (on a 429 without it, the
+  ``RateLimit`` reset), within the run's :class:`~pytest_ckpts.retry.RetryBudget`: each
+  retry costs it the failed attempt's wall time plus the wait, and the wait is never
+  below the backoff floor; :data:`~pytest_ckpts.retry.MAX_ATTEMPTS` per request at most;
 - an unreachable endpoint (refused, DNS, connect timeout, no answer to the probe) is
   recorded in the :class:`~pytest_ckpts.retry.RunState`, so every later request of the
   run, in any process, fails at once;
 - permanent failures (401, 403, 404, not found) are never retried.
 
 The token goes only to the public hub or to ``HF_ENDPOINT`` (set by the machine), unless
-the user trusts the manifest's own ``config.endpoint`` (README "Tokens"). It is held by a
+the user trusts the manifest's own ``config.endpoint`` (docs/how-to/ci.md "Tokens"). It is held by a
 :class:`_BearerAuth` whose ``repr`` hides it, so ``pytest -l`` never shows it (``_hub_auth``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import os
 import re
 import threading
 import time
@@ -37,11 +37,21 @@ from typing import Any
 from ._hub_auth import DEFAULT_ENDPOINT, EndpointAuth
 from ._redact import redact as _scrub
 from ._redact import secrets_of
-from ._transfer import etag_of, link_snapshot, make_dir, open_for_write, progress_bar, write_chunk
-from .cache import Cache, contained
-from .errors import CacheError, CheckpointDownloadError, Fix, Kind, RetrySignal, UsageFailure
+from ._transfer import Downloaded, TransferStop, download
+from .cache import Cache
+from .errors import (
+    CacheError,
+    CheckpointDownloadError,
+    Fix,
+    Kind,
+    RetrySignal,
+    TransferStopped,
+    UsageFailure,
+    hub_error_cause,
+)
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import (
+    MAX_ATTEMPTS,
     TRANSIENT_STATUS,
     Failure,
     RetryBudget,
@@ -49,6 +59,7 @@ from .retry import (
     backoff_delay,
     classify_exception,
     classify_response,
+    give_up_hint,
 )
 from .settings import env_value
 
@@ -68,6 +79,7 @@ _OFFLINE_FIXES = (
     Fix.set("mode", "offline", why="to run from the cache"),
     Fix.say("check HF_ENDPOINT / config.endpoint"),
 )
+_REMEMBERED = "remembered for this run"
 
 
 def resolve_endpoint(manifest: Manifest) -> str:
@@ -77,7 +89,7 @@ def resolve_endpoint(manifest: Manifest) -> str:
 
 def redact(text: str, token: str | None) -> str:
     """Remove the token, URL userinfo and credential-shaped strings from text that may
-    reach a terminal or a log (README "Tokens")."""
+    reach a terminal or a log (docs/how-to/ci.md "Tokens")."""
     return _scrub(text, secrets_of(env_value("HF_ENDPOINT"), token))
 
 
@@ -90,27 +102,6 @@ def disable_telemetry() -> None:
     from huggingface_hub import constants
 
     constants.HF_HUB_DISABLE_TELEMETRY = True
-
-
-def hf_cause(exc: BaseException) -> str:
-    """A huggingface_hub error as a short cause, from its fields (class, status, the
-    server's message), not from its text."""
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    server = getattr(exc, "server_message", None)
-    cause = type(exc).__name__ + (f" (HTTP {status})" if status else "")
-    return f"{cause}: {server}" if server else cause
-
-
-@dataclass(frozen=True)
-class Downloaded:
-    """One finished transfer: the snapshot path, its sha256 (hashed while it streamed)."""
-
-    path: Path
-    sha256: str
-    nbytes: int  # bytes transferred by this call (resumed parts counted once)
-    seconds: float
-    resumed: bool = False  # a cut was continued with a Range request
 
 
 @dataclass(frozen=True)
@@ -133,6 +124,23 @@ def _content_range(response: Any, begin: int, end: int) -> int | None:
     return total if last == end or last == total < end else None
 
 
+def failure_hint(failure: Failure) -> tuple[Fix, ...]:
+    """The fixes a permanent failure suggests, told apart by the hub's ``X-Error-Code``
+    (docs/how-to/ci.md "Retries and the retry budget")."""
+    if failure.status in (401, 403):
+        return (
+            Fix.say("the repo needs a token with read access: set HF_TOKEN"),
+            Fix.say("run `hf auth login`"),
+        )
+    if failure.status == 404 and failure.code == "RevisionNotFound":
+        return (Fix.say("check the revision in the manifest"),)
+    if failure.status == 404 and failure.code == "EntryNotFound":
+        return (Fix.say("check hf_path in the manifest"),)
+    if failure.status == 404:
+        return (Fix.say("check hf_repo/repo, revision and repo_type in the manifest"),)
+    return ()
+
+
 @dataclass(repr=False)  # EndpointAuth's repr: the endpoint without its userinfo
 class HubClient(EndpointAuth):
     """One endpoint's client for a run: probes, downloads and uploads with one policy."""
@@ -144,7 +152,10 @@ class HubClient(EndpointAuth):
     probe_timeout: float = 5.0
     read_timeout: float = 30.0
     progress: bool = False
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], object] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    #: set by the prefetcher: stopping it ends this client's transfers (docs/how-to/ci.md "Prefetch")
+    stop: TransferStop | None = None
     _probes: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     #: body bytes received per checkpoint name by :meth:`download`, finished or not (reports)
     received: dict[str, int] = field(default_factory=dict, repr=False)
@@ -170,6 +181,8 @@ class HubClient(EndpointAuth):
         fixes: tuple[Fix, ...] = (),
         note: str = "",
     ) -> CheckpointDownloadError:
+        """The error for ``failure``: ``cause`` the hub's answer (and ``note``), ``fixes`` as
+        data (each front end says them in its own words)."""
         cause = self.redact(failure.text + (f" ({note})" if note else ""))
         return CheckpointDownloadError(
             self.redact(f"pytest-ckpts: {what}: ") + cause + ("." if fixes else ""),
@@ -191,76 +204,79 @@ class HubClient(EndpointAuth):
         attempt_once: Callable[[], Any],
         *,
         probing: bool = False,
+        progress: Callable[[], int] | None = None,
     ) -> Any:
-        """Run ``attempt_once`` (one HTTP exchange) under the retry policy."""
-        attempt = 0
+        """Run ``attempt_once`` (one HTTP exchange) under the retry policy.
+
+        ``progress`` (bytes received so far) tells a cut body that brought bytes from
+        one that did not: an attempt that made progress is continued (``Range``) and
+        costs only its wait; the others cost their wall time too and count toward
+        :data:`MAX_ATTEMPTS`.
+        """
+        attempt = 0  # attempts in a row without progress
+        made = 0
         while True:
+            if self.stop is not None:
+                self.stop.check(what)
             dead = self.dead()
             if dead is not None:
-                raise self._error(
-                    spec,
-                    what,
-                    Failure(Kind.UNREACHABLE, None, dead),
-                    _OFFLINE_FIXES,
-                    "remembered for this run",
-                )
+                failure = Failure(Kind.UNREACHABLE, None, dead)
+                raise self._error(spec, what, failure, _OFFLINE_FIXES, _REMEMBERED)
+            started = self.clock()
+            before = progress() if progress is not None else 0
+            made += 1
             try:
                 return attempt_once()
             except RetrySignal as retry:
                 failure = retry.failure
-            except (CacheError, CheckpointDownloadError):
+            except (CacheError, CheckpointDownloadError, TransferStopped):
                 raise
             except Exception as exc:
+                if self.stop is not None:
+                    self.stop.check(what)  # the stop shut the connection down
                 failure = self._heard(classify_exception(exc, probing=probing))
             if failure.kind is Kind.UNREACHABLE:
                 failure.text = f"hub unreachable at {self.shown}: {failure.text}"
                 self.run_state.mark_failed(self.shown, failure.text)
-                raise self._error(
-                    spec, what, failure, _OFFLINE_FIXES, "remembered for this run"
-                ) from None
+                raise self._error(spec, what, failure, _OFFLINE_FIXES, _REMEMBERED) from None
             if failure.kind is not Kind.TRANSIENT:
-                raise self._error(spec, what, failure, self._hint(failure)) from None
-            wait = (
-                failure.retry_after if failure.retry_after is not None else backoff_delay(attempt)
+                raise self._error(spec, what, failure, failure_hint(failure)) from None
+            moved = progress is not None and progress() > before
+            attempt = 0 if moved else attempt + 1
+            asked = failure.retry_after
+            wait = max(asked or 0.0, backoff_delay(max(0, attempt - 1)))
+            cost = wait + (0.0 if moved else max(0.0, self.clock() - started))
+            if attempt >= MAX_ATTEMPTS or not self.budget.take(cost):
+                raise self._give_up(spec, what, failure, made, attempt >= MAX_ATTEMPTS) from None
+            logger.info(
+                "pytest-ckpts: %s: %s; retrying in %.1fs%s",
+                what,
+                failure.text,
+                wait,
+                f" (the hub asked for {asked:.0f}s: {failure.asked_by})" if asked else "",
             )
-            if not self.budget.take(wait):
-                left = self.budget.left
-                if failure.retry_after is not None and failure.retry_after > left:
-                    note = (
-                        f"the hub asked to wait {failure.retry_after:.0f}s (Retry-After), more "
-                        f"than the {left:.0f}s left of the retry budget"
-                    )
-                else:
-                    note = (
-                        f"gave up after {attempt + 1} attempts: the retry budget of "
-                        f"{self.budget.total:.0f}s is spent"
-                    )
-                if self.budget.left < 1.0:
-                    self.run_state.mark_failed(
-                        self.shown,
-                        f"hub at {self.shown} kept failing ({failure.text}) and the retry "
-                        "budget is spent",
-                    )
-                fixes = (Fix.set("retry_budget", why="to wait longer"),)
-                raise self._error(spec, what, failure, fixes, note) from None
-            logger.info("pytest-ckpts: %s: %s; retrying in %.1fs", what, failure.text, wait)
-            self.sleep(wait)
-            attempt += 1
+            self._pause(what, wait)
 
-    @staticmethod
-    def _hint(failure: Failure) -> tuple[Fix, ...]:
-        if failure.status in (401, 403):
-            return (
-                Fix.say("the repo needs a token with read access: set HF_TOKEN"),
-                Fix.say("run `hf auth login`"),
+    def _pause(self, what: str, seconds: float) -> None:
+        """Wait between attempts; a wait that overran costs the budget its wall time."""
+        started = self.clock()
+        wait = self.stop.wait if self.stop is not None and self.sleep is time.sleep else self.sleep
+        wait(seconds)  # a stop ends a real wait at once
+        if self.stop is not None:
+            self.stop.check(what)
+        self.budget.charge(self.clock() - started - seconds)
+
+    def _give_up(
+        self, spec: CheckpointSpec | None, what: str, failure: Failure, attempts: int, capped: bool
+    ) -> CheckpointDownloadError:
+        hint = give_up_hint(failure, self.budget, attempts=attempts, capped=capped)
+        if self.budget.left < 1.0:
+            self.run_state.mark_failed(
+                self.shown,
+                f"hub at {self.shown} kept failing ({failure.text}) and the retry budget is spent",
             )
-        if failure.status == 404 and failure.code == "RevisionNotFound":
-            return (Fix.say("check the revision in the manifest"),)
-        if failure.status == 404 and failure.code == "EntryNotFound":
-            return (Fix.say("check hf_path in the manifest"),)
-        if failure.status == 404:
-            return (Fix.say("check hf_repo/repo, revision and repo_type in the manifest"),)
-        return ()
+        fixes = (Fix.set("retry_budget", why="to wait longer"),)
+        return self._error(spec, what, failure, fixes, hint)
 
     def _session(self) -> Any:
         from huggingface_hub.utils import get_session  # type: ignore[attr-defined]
@@ -330,23 +346,19 @@ class HubClient(EndpointAuth):
             try:
                 body = response.json()
             except ValueError:
-                raise self._error(
-                    None,
-                    what,
-                    Failure(
-                        Kind.UNREACHABLE, None, "the answer is not JSON: not a Hugging Face Hub"
-                    ),
-                ) from None
+                not_hub = "the answer is not JSON: not a Hugging Face Hub"
+                raise self._error(None, what, Failure(Kind.UNREACHABLE, None, not_hub)) from None
             return body
 
         try:
             body = self._send(None, what, once, probing=True)
         except CheckpointDownloadError as exc:  # JSON-able: workers get it in workerinput
+            fixes = [dataclasses.asdict(f) for f in exc.fixes]
             return {
                 "error": exc.cause,
                 "kind": exc.kind.value,
                 "status": exc.status,
-                "fixes": [dataclasses.asdict(f) for f in exc.fixes],
+                "fixes": fixes,
             }
         commit = body.get("sha") if isinstance(body, dict) else None
         if not isinstance(commit, str) or not is_pinned(commit):
@@ -411,8 +423,12 @@ class HubClient(EndpointAuth):
                 raise RetrySignal(self._heard(classify_response(response)))
             if response.status_code >= 400:
                 failure = self._heard(classify_response(response))
-                raise self._error(spec, what, failure, self._hint(failure))
-            yield response
+                raise self._error(spec, what, failure, failure_hint(failure))
+            if self.stop is None:
+                yield response
+                return
+            with self.stop.watch(response):
+                yield response
 
     # ------------------------------------------------------------------ transfers
     def download(
@@ -429,7 +445,7 @@ class HubClient(EndpointAuth):
             if on_bytes is not None:
                 on_bytes(n)
 
-        return download(self, spec, commit, cache, counted)
+        return download(self, spec, commit, cache, counted)  # in _transfer: the file side
 
     def read_range(
         self, spec: CheckpointSpec, commit: str, begin: int, end: int, *, what: str = ""
@@ -447,68 +463,6 @@ class HubClient(EndpointAuth):
 
 
 # --------------------------------------------------------------------------- transfers
-
-
-def download(
-    client: HubClient,
-    spec: CheckpointSpec,
-    commit: str,
-    cache: Cache,
-    on_bytes: Callable[[int], None] | None = None,
-) -> Downloaded:
-    """Stream ``spec`` at ``commit`` into ``cache`` (huggingface_hub's layout).
-
-    The body goes to a temp file beside the blobs, hashed as it arrives; a cut is
-    resumed with a ``Range`` request when the hub allows it. The blob is renamed
-    into place only when complete, so the cache holds whole files or nothing.
-    """
-
-    what = f"failed to download checkpoint '{spec.name}' from {client.describe(spec, commit)}"
-    tmp = cache.incomplete_path(spec)
-    state: dict[str, Any] = {
-        "got": 0,
-        "sent": 0,
-        "digest": hashlib.sha256(),
-        "etag": None,
-        "resumed": False,
-    }
-    started = time.perf_counter()
-    make_dir(tmp.parent, spec)
-
-    def once() -> None:
-        byte_range = f"bytes={state['got']}-" if state["got"] else None
-        with client._get_file(spec, commit, what, byte_range) as response:
-            first = response.history[0] if response.history else response
-            state["etag"] = state["etag"] or etag_of(first) or etag_of(response)
-            if state["got"] and response.status_code != 206:  # no resume: start over
-                state["got"], state["digest"] = 0, hashlib.sha256()
-            state["resumed"] = state["resumed"] or response.status_code == 206
-            mode = "ab" if state["got"] else "wb"
-            with (
-                open_for_write(tmp, mode, spec) as f,
-                progress_bar(client.progress, spec, response, state["got"]) as bar,
-            ):
-                for chunk in response.iter_bytes():
-                    write_chunk(f, chunk, tmp, spec, response)
-                    state["digest"].update(chunk)
-                    state["got"] += len(chunk)
-                    state["sent"] += len(chunk)
-                    if on_bytes is not None:
-                        on_bytes(len(chunk))
-                    bar(len(chunk))
-
-    try:
-        client._send(spec, what, once)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    sha = state["digest"].hexdigest()
-    blob = contained(cache.blobs(spec), str(state["etag"] or sha), what="blob name")
-    os.replace(tmp, blob)
-    link = cache.snapshot(spec, commit)
-    link_snapshot(link, blob, spec)
-    seconds = time.perf_counter() - started
-    return Downloaded(link, sha, int(state["sent"]), seconds, bool(state["resumed"]))
 
 
 def read_range(
@@ -599,7 +553,7 @@ def create_commit(
             )
         ) from None
     except hf_errors.HfHubHTTPError as exc:
-        first = hf_cause(exc)
+        first = hub_error_cause(exc)
         raise UsageFailure(
             client.redact(f"pytest-ckpts: upload to {where} failed: {first}")
         ) from None

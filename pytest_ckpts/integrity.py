@@ -40,7 +40,7 @@ def verify_checksum(file_path: str | os.PathLike[str], expected_sha256: str) -> 
     """Return True when the file's sha256 equals ``expected_sha256``.
 
     Raises ``ChecksumMismatchError`` (a ``ValueError``, message contains
-    "Checksum mismatch") otherwise, as the original downloader's helper did (README "Library API").
+    "Checksum mismatch") otherwise, as the original downloader's helper did (docs/how-to/writing-tests.md "The library API").
     """
     actual = calculate_sha256(file_path)
     expected = expected_sha256.strip().lower()

@@ -1,6 +1,6 @@
 """Parse and validate ``checkpoints/checkpoints.yaml`` into frozen dataclasses.
 
-The format is the one in the README's manifest section, plus a few optional keys.
+The format is the one docs/manifest.md "The manifest" shows, plus a few optional keys.
 Validation is strict and happens once, up front: a typo in a key or a sha256 that YAML
 read as a number should stop the run at start-up with the file, the entry and the key
 named, not surface as a confusing download failure twenty minutes into CI.
@@ -125,7 +125,7 @@ class Manifest:
     revision: str = "main"
     repo_type: str = "model"
     endpoint: str | None = field(default=None, repr=False)  # may hold userinfo: never shown
-    #: ``config.mirrors``: URL templates tried before the hub (README "Mirrors")
+    #: ``config.mirrors``: URL templates tried before the hub (docs/mirrors.md "What happens on a fetch")
     mirrors: tuple[str, ...] = ()
 
     def __contains__(self, name: object) -> bool:
@@ -254,7 +254,7 @@ def _parse_config(ctx: Ctx, node: yaml.Node) -> dict[str, Any]:
 
 
 def _parse_mirrors(ctx: Ctx, node: yaml.Node) -> tuple[str, ...]:
-    """``config.mirrors``: a list of mirror URL templates (README "Mirrors")."""
+    """``config.mirrors``: a list of mirror URL templates (docs/mirrors.md "What happens on a fetch")."""
     import yaml
 
     from .sources.template import SecretText, parse_mirror

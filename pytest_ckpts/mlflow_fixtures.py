@@ -1,4 +1,4 @@
-"""MLflow fixtures (README "MLflow fixtures"), registered by the plugin in every pytest run.
+"""MLflow fixtures (docs/uploads.md "Fixtures"), registered by the plugin in every pytest run.
 
 This module is imported whenever pytest runs with pytest-ckpts installed, so it must
 stay cheap: mlflow (2-3 s to import) and the engine in ``pytest_ckpts.testing.mlflow``

@@ -1,5 +1,5 @@
-"""Verified tensors of a ``.safetensors`` file, read by HTTP ``Range`` (README "Reading a
-few tensors of a huge checkpoint").
+"""Verified tensors of a ``.safetensors`` file, read by HTTP ``Range`` (docs/how-to/big-checkpoints.md
+"Reading a few tensors of a huge checkpoint").
 
 Every byte handed out is checked against the entry's tensor index
 (:mod:`pytest_ckpts.tensor_index`, written by ``pytest-ckpts lock --tensors NAME``).

@@ -118,14 +118,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start fetching what the selected tests need, in order of first use."""
-    names = [n for item in session.items for n in marked_names(item)]
+    """Start fetching what the selected tests need, in order of first use; nothing when
+    no test will run (``--collect-only``, ``--setup-plan``, ``--fixtures``, an empty
+    selection) or for a test marked ``skip``."""
+    if not _tests_will_run(session.config):
+        return
+    names = [
+        n
+        for item in session.items
+        if item.get_closest_marker("skip") is None
+        for n in marked_names(item)
+    ]
     get_session(session.config).start_prefetch(list(dict.fromkeys(names)))
+
+
+def _tests_will_run(config: pytest.Config) -> bool:
+    option = config.option
+    return not any(
+        getattr(option, name, False)
+        for name in ("collectonly", "setupplan", "showfixtures", "show_fixtures_per_test")
+    )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     names = marked_names(item)
-    if not names:
+    if not names or not _tests_will_run(item.config):  # --setup-plan: a plan, no downloads
         return
     session = get_session(item.config)
     problem = marker_problem(session, item)  # marks added by parametrize ids land here

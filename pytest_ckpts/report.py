@@ -6,8 +6,8 @@ with :func:`settle` (bytes of transfers cut short, commits and sizes known from 
 manifest and the probes) before it ships or writes them.
 
 Reports never turn a green run red: a report or step summary that cannot be written is
-one warning line naming the path and why (README "Reports for fleets"). Every text
-cell is scrubbed of secrets (README "Tokens"), and step-summary cells are literal text:
+one warning line naming the path and why (docs/how-to/ci.md "Reports for fleets"). Every text
+cell is scrubbed of secrets (docs/how-to/ci.md "Tokens"), and step-summary cells are literal text:
 the manifest and the hub's answers are untrusted, so nothing in them renders as
 markdown or HTML.
 """

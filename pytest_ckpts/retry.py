@@ -1,10 +1,13 @@
 """How long to keep asking a hub, and what a run remembers about it.
 
-A *retry budget* is the total number of seconds one process may spend waiting between
-attempts in a run (README "Retries and the retry budget"): transient failures (429,
-5xx, resets, cut bodies, read timeouts) are retried with exponential backoff and jitter,
-honouring ``Retry-After``, until the budget is spent. A ``Retry-After`` longer than what
-is left fails at once and says so.
+A *retry budget* is the total number of seconds one process may spend on retries in a
+run (docs/how-to/ci.md "Retries and the retry budget"): transient failures (429, 5xx, resets, cut
+bodies, read timeouts) are retried with exponential backoff and jitter, honouring
+``Retry-After`` (or, on a 429 without it, the reset the ``RateLimit`` header names),
+until the budget is spent. Every retry costs the budget its wall time (the wait and the
+failed request) and at least the backoff floor, even when the hub says ``Retry-After:
+0``; a request is tried at most :data:`MAX_ATTEMPTS` times. A wait the hub asks for
+that is longer than what is left fails at once and says so.
 
 The *run state* is a small JSON file per run under the cache (``.ckpts/runs/<run id>``):
 once an endpoint is found unreachable, or a process spends its budget on it, every other
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import os
 import random
 import threading
@@ -26,6 +30,7 @@ from typing import Any
 from .errors import Kind
 
 __all__ = [
+    "MAX_ATTEMPTS",
     "TRANSIENT_STATUS",
     "Failure",
     "RetryBudget",
@@ -33,7 +38,9 @@ __all__ = [
     "backoff_delay",
     "classify_exception",
     "classify_response",
+    "give_up_hint",
     "parse_retry_after",
+    "ratelimit_reset",
 ]
 
 #: HTTP statuses worth asking again (rate limits and server trouble).
@@ -42,6 +49,9 @@ TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 #: First wait and cap of one backoff step (seconds), before jitter.
 BASE_DELAY = 0.5
 MAX_DELAY = 8.0
+
+#: Attempts of one request at most (the first and its retries), whatever the budget.
+MAX_ATTEMPTS = 10
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -59,38 +69,65 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, float(when.timestamp()) - current)
 
 
-def backoff_delay(attempt: int, *, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: a random wait in [d/2, d], d = 0.5 s * 2^n."""
-    delay = min(MAX_DELAY, BASE_DELAY * (2.0**attempt))
+def ratelimit_reset(headers: Any) -> float | None:
+    """Seconds until the rate-limit window resets, from the Hub's ``RateLimit`` header
+    (``"api";r=0;t=55``), parsed by huggingface_hub's public ``parse_ratelimit_headers``."""
+    try:
+        from huggingface_hub.utils import parse_ratelimit_headers  # type: ignore[attr-defined]
+    except ImportError:  # a huggingface_hub without it: Retry-After and backoff only
+        return None
+    info = parse_ratelimit_headers({str(k): str(v) for k, v in headers.items()})
+    return None if info is None else float(info.reset_in_seconds)
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float = BASE_DELAY,
+    cap: float | None = MAX_DELAY,
+    rng: random.Random | None = None,
+) -> float:
+    """Exponential backoff with jitter: a random wait in [d/2, d], d = base * 2^attempt
+    (at most ``cap``). Half of every step is a floor (no retry is free), the other half
+    is random (processes that failed together do not retry together). The one formula
+    of the project: hub requests and MLflow uploads both use it."""
+    delay = base * (2.0 ** min(attempt, 62))
+    if cap is not None:
+        delay = min(cap, delay)
     return delay / 2 + (rng or random).random() * delay / 2
 
 
 @dataclass
 class RetryBudget:
-    """Seconds this process may still spend waiting between attempts, for the whole run."""
+    """Seconds this process may still spend on retries, for the whole run."""
 
     total: float
     spent: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.total) and self.total >= 0):
+            raise ValueError(
+                f"a retry budget is a finite number of seconds >= 0, not {self.total!r}"
+            )
 
     @property
     def left(self) -> float:
         return max(0.0, self.total - self.spent)
 
     def take(self, seconds: float) -> bool:
-        """Reserve ``seconds`` of waiting; False (nothing reserved) when that is too much."""
+        """Reserve ``seconds``; False (nothing reserved) when that is more than is left."""
         with self._lock:
             if seconds > self.total - self.spent:
                 return False
             self.spent += seconds
             return True
 
-    def sleep(self, seconds: float) -> bool:
-        """Wait ``seconds`` if the budget allows; False at once when it does not."""
-        if not self.take(seconds):
-            return False
-        time.sleep(seconds)
-        return True
+    def charge(self, seconds: float) -> None:
+        """Record ``seconds`` already spent beyond what was reserved (a wait that overran)."""
+        if seconds > 0:
+            with self._lock:
+                self.spent += seconds
 
 
 @dataclass
@@ -172,12 +209,13 @@ class RunState:
 
 @dataclass
 class Failure:
-    """How a request failed (README "Retries and the retry budget")."""
+    """How a request failed (docs/how-to/ci.md "Retries and the retry budget")."""
 
     kind: Kind
     status: int | None
     text: str
-    retry_after: float | None = None
+    retry_after: float | None = None  # seconds the hub asked to wait
+    asked_by: str = "Retry-After"  # the header that asked: Retry-After or RateLimit
     code: str | None = None  # the hub's X-Error-Code (RevisionNotFound, EntryNotFound, ...)
 
 
@@ -202,7 +240,25 @@ def classify_response(response: Any) -> Failure:
     text = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
     if status in TRANSIENT_STATUS:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        asked_by = "Retry-After"
         if status == 429:
             text += " (rate-limited: authenticated requests get higher limits; set HF_TOKEN)"
-        return Failure(Kind.TRANSIENT, status, text, retry_after, code or None)
+            if retry_after is None:
+                retry_after, asked_by = ratelimit_reset(response.headers), "RateLimit"
+        return Failure(Kind.TRANSIENT, status, text, retry_after, asked_by, code or None)
     return Failure(Kind.PERMANENT, status, text, code=code or None)
+
+
+def give_up_hint(failure: Failure, budget: RetryBudget, *, attempts: int, capped: bool) -> str:
+    """Why retrying stopped, and how long the hub asked to wait (the setting that changes
+    the budget is the error's fix, in each front end's words)."""
+    left = budget.left
+    asked = failure.retry_after
+    said = f"the hub asked to wait {asked:.0f}s ({failure.asked_by})" if asked is not None else ""
+    if capped:
+        hint = f"gave up after {attempts} attempts, the most for one request"
+    elif asked is not None and asked > left:
+        hint = f"{said}, more than the {left:.0f}s left of the retry budget"
+    else:
+        hint = f"gave up after {attempts} attempts: the retry budget of {budget.total:g}s is spent"
+    return hint + (f"; {said}" if said and said not in hint else "")

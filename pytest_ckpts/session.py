@@ -84,7 +84,7 @@ def plugin_text(exc: BaseException) -> str:
 
 
 def policy(exc: BaseException, mode: Mode) -> str | None:
-    """The one skip-or-fail decision (README "Run modes") for what resolving raised:
+    """The one skip-or-fail decision (docs/modes.md "Run modes") for what resolving raised:
     ``"skip"``, ``"fail"``, or None (not a checkpoint outcome: the caller re-raises).
 
     Not available by policy, or the hub down outside ``require``: skip naming why. A
@@ -247,7 +247,7 @@ class CkptsSession:
 
     def shares(self, settings: Settings) -> bool:
         """Whether a library call that resolved ``settings`` at call time is this run's:
-        same manifest, mode and cache directory (README "Library API")."""
+        same manifest, mode and cache directory (docs/how-to/writing-tests.md "The library API")."""
         if self.manifest is None or settings.manifest is None:
             return False
         if settings.mode is not self.settings.mode:
@@ -311,7 +311,7 @@ class CkptsSession:
 
     @contextmanager
     def _policy(self, name: str) -> Iterator[None]:
-        """The run's policy for what the store raises: skip, or fail (README "Run modes").
+        """The run's policy for what the store raises: skip, or fail (docs/modes.md "Run modes").
 
         Not available by policy or hub down (``auto``): skip naming why. A mismatch, a bad
         tensor index or a local cache failure: fail, in every mode. Hub down under
@@ -337,7 +337,7 @@ class CkptsSession:
 
     def library_outcome(self, exc: BaseException) -> None:
         """A library call in a ``requires_checkpoints`` test raised ``exc``: skip it the
-        way :func:`policy` says (README "Run modes"); return to let it fail as raised."""
+        way :func:`policy` says (docs/modes.md "Run modes"); return to let it fail as raised."""
         __tracebackhide__ = True
         if policy(exc, self.call_mode()) == "skip":
             raise pytest.skip.Exception(_line(exc), _use_item_location=True) from None

@@ -10,7 +10,7 @@ Precedence, highest first, for every setting that has all four sources:
 The run mode has one extra level: ``SKIP_CHECKPOINT_DOWNLOAD=true`` sits between the
 command line and ``PYTEST_CKPTS_MODE`` (it is CI's kill switch: only an explicit
 ``--ckpts`` beats it), and ``HF_HUB_OFFLINE=1`` turns the *default* into ``offline``.
-README "Precedence" lists the same order.
+docs/reference/options.md "Precedence" is generated from this docstring.
 
 One frozen :class:`Settings` is built by :meth:`Settings.from_pytest` (the plugin),
 :meth:`Settings.from_args` (the ``pytest-ckpts`` CLI) or :meth:`Settings.from_env`
@@ -22,6 +22,7 @@ the only one that names a ``PYTEST_CKPTS_*`` variable.
 from __future__ import annotations
 
 import enum
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -119,8 +120,10 @@ def _number(value: str, *, source: str, kind: type[float] | type[int]) -> float:
             f"pytest-ckpts: invalid value {value!r} from {source}: expected a "
             f"{'whole ' if kind is int else ''}number >= 0"
         ) from None
-    if number < 0:
-        raise ValueError(f"pytest-ckpts: invalid value {value!r} from {source}: must be >= 0")
+    if not math.isfinite(number) or number < 0:  # nan and inf: a budget that never ends
+        raise ValueError(
+            f"pytest-ckpts: invalid value {value!r} from {source}: must be >= 0 and finite"
+        )
     return number
 
 
@@ -177,7 +180,7 @@ def find_manifest(start: Path | None = None, env: Mapping[str, str] | None = Non
 
 def hf_cache_dirs(env: Mapping[str, str] | None = None) -> tuple[Path, Path | None]:
     """huggingface_hub's own cache, read from the environment now (the client reads it once,
-    at import): the cache of a manifest without ``cache_dir`` (README "The manifest").
+    at import): the cache of a manifest without ``cache_dir`` (docs/manifest.md "The manifest").
 
     ``(home, hub)``: ``home`` is ``HF_HOME`` (else ``$XDG_CACHE_HOME/huggingface``, else
     ``~/.cache/huggingface``), where pytest-ckpts keeps its own state (``.ckpts/``); ``hub``
@@ -221,7 +224,7 @@ def resolve_mirrors(
 ) -> tuple[tuple[str, ...] | None, str]:
     """Mirror templates and their source: command line > env > (None: the manifest's
     ``config.mirrors``). A higher source replaces the lower list; an empty value (the
-    variable set to "", ``--ckpts-mirror ""``) turns mirrors off (README "Mirrors")."""
+    variable set to "", ``--ckpts-mirror ""``) turns mirrors off (docs/mirrors.md "What happens on a fetch")."""
     from .sources.template import SecretText, parse_mirror
 
     raw = (os.environ if env is None else env).get(ENV["mirrors"])
@@ -265,7 +268,7 @@ class Settings:
     trust_manifest_endpoint: bool = False
     update_baselines: bool = False
     baselines_dir: Path = Path("tests/baselines")
-    #: mirror URL templates; None: the manifest's ``config.mirrors`` (README "Mirrors")
+    #: mirror URL templates; None: the manifest's ``config.mirrors`` (docs/mirrors.md "What happens on a fetch")
     mirrors: tuple[str, ...] | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -284,7 +287,7 @@ class Settings:
         """The plugin's settings: ``--ckpts-*`` > ``PYTEST_CKPTS_*`` > ini > default.
 
         The environment is read as it is now. ``discover=True`` is a library call inside
-        a test (README "Library API"): with no manifest from the option, the environment
+        a test (docs/how-to/writing-tests.md "The library API"): with no manifest from the option, the environment
         or ini, it is the first ``checkpoints/checkpoints.yaml`` walking up from the
         current directory (a test may ``chdir`` into another project), else the run's
         ``<rootdir>/checkpoints/checkpoints.yaml``.
@@ -473,9 +476,9 @@ def add_pytest_options(parser: Any) -> None:
         metavar="SECONDS",
         type=seconds_option,
         default=None,
-        help="total seconds one process may wait between retries of transient hub errors "
-        f"(429, 5xx, resets) in this run (default 60; env {ENV['retry_budget']}, "
-        "ini ckpts_retry_budget).",
+        help="total seconds one process may spend retrying transient hub errors "
+        "(429, 5xx, resets) in this run, waits and failed requests included; a finite "
+        f"number >= 0 (default 60; env {ENV['retry_budget']}, ini ckpts_retry_budget).",
     )
     group.addoption(
         "--ckpts-prefetch",
@@ -484,7 +487,8 @@ def add_pytest_options(parser: Any) -> None:
         type=count_option,
         default=None,
         help="after collection, fetch the checkpoints the selected tests need, N at a time, "
-        f"while tests run (default 4, 0 off; env {ENV['prefetch']}, ini ckpts_prefetch).",
+        "while tests run; stops when the session ends, keeping partial files the next "
+        f"download continues (default 4, 0 off; env {ENV['prefetch']}, ini ckpts_prefetch).",
     )
     group.addoption(
         "--ckpts-mirror",

@@ -1,9 +1,9 @@
 """What happened to each checkpoint in a run: mergeable across xdist workers.
 
-One record per checkpoint name, in the shape of the JSON report (README "Reports for fleets"):
+One record per checkpoint name, in the shape of the JSON report (docs/reference/report.md "The JSON report (`--ckpts-report`)"):
 ``status`` is one of downloaded, cached, stale, skipped, failed; ``bytes`` is what this
 run transferred; ``reason`` is set for skipped, failed and stale; ``source`` says where
-the bytes came from: ``cache``, ``hub`` or the (redacted) mirror (README "Mirrors"). Workers send
+the bytes came from: ``cache``, ``hub`` or the (redacted) mirror (docs/mirrors.md "What happens on a fetch"). Workers send
 ``to_json()`` in ``workeroutput``; the controller ``merge``s them.
 """
 

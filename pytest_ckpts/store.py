@@ -8,8 +8,8 @@ fast path (stamp) → lock → look again → mirrors → download → verify �
 - Otherwise a per-file lock (any number of processes: one download), a second look, a
   download, a hash compared with the manifest, a stamp. A cached copy that fails the
   check is downloaded again once; a fresh download that fails is deleted and the
-  mismatch is remembered for the run (README "Run modes": never downloaded again).
-- Mirrors (README "Mirrors"): an entry with a sha256 is streamed from the first mirror
+  mismatch is remembered for the run (docs/modes.md "Run modes": never downloaded again).
+- Mirrors (docs/mirrors.md "What happens on a fetch"): an entry with a sha256 is streamed from the first mirror
   holding the right bytes before the hub is asked (a pinned entry: no hub request at
   all); the step lives in :mod:`pytest_ckpts.sources.step`.
 - Stale-while-error: when a branch cannot be resolved because the hub is down,
@@ -257,7 +257,7 @@ class Store(MirrorSupport):
         A branch falls back to the commit it last resolved to, a pinned entry to its
         commit's snapshot. A copy no stamp vouches for (a cache restored by a copy: new
         inodes and ctimes) is hashed once here: served when it matches, a mismatch when
-        it does not (README "Stale copies": never a skip).
+        it does not (docs/explanation/verification.md "Stale copies": never a skip).
         """
         if not exc.hub_down:
             return None
@@ -390,7 +390,7 @@ class Store(MirrorSupport):
         except CheckpointDownloadError as exc:
             if corrupted is None:
                 raise
-            # the copy found here is the answer: a mismatch is never a skip (README "Run modes")
+            # the copy found here is the answer: a mismatch is never a skip (docs/modes.md "Run modes")
             raise self._mismatch(
                 spec,
                 path,

@@ -3,7 +3,7 @@
 These tests call the library inside this suite's own pytest run, through the public
 path only: each sets the environment a script would see (``PYTEST_CKPTS_MANIFEST``,
 ``SKIP_CHECKPOINT_DOWNLOAD``, ...), and a call resolves its settings when it is made, so
-it behaves as outside pytest (README "Library API")."""
+it behaves as outside pytest (docs/how-to/writing-tests.md "The library API")."""
 
 from __future__ import annotations
 

@@ -64,7 +64,7 @@ def test_demo_suite_ci_kill_switch(tmp_path: Path) -> None:
 
 
 def test_demo_manifest_pins_the_commit_the_bundled_hub_serves() -> None:
-    """README's CLI walk-through serves hub_data with `python -m pytest_ckpts.testing.hub`;
+    """docs/getting-started/demo.md "The CLI on the demo checkpoints" serves hub_data with `python -m pytest_ckpts.testing.hub`;
     the demo's conftest serves it too. Both must produce the pinned commit."""
     from pytest_ckpts import load_manifest
     from pytest_ckpts.testing import LocalHub

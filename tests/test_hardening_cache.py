@@ -242,11 +242,12 @@ def _held_lock(lock: Path) -> Iterator[int]:
 
 
 def _incomplete_name(cache: Cache, spec: CheckpointSpec, pid: int) -> Path:
-    """The name ``Cache.incomplete_path`` gives a download of ``spec`` in process ``pid``."""
-    mine = cache.incomplete_path(spec)
-    key = cache.lock_key(spec)
-    assert mine.name.startswith(f".{key}.{os.getpid()}-")
-    return mine.with_name(mine.name.replace(f".{key}.{os.getpid()}-", f".{key}.{pid}-", 1))
+    """The partial file of a download of ``spec`` (named by file and commit, so the next
+    download continues it; the lock tells in flight from abandoned); ``pid`` makes the
+    commit of each test file distinct."""
+    mine = cache.incomplete_path(spec, f"{pid:040x}")
+    assert mine.name.startswith(f".{cache.lock_key(spec)}.")
+    return mine
 
 
 def test_prune_keeps_an_in_flight_download_and_removes_killed_ones(

@@ -1,4 +1,4 @@
-"""Library calls inside a test follow the test's environment (README "Library API").
+"""Library calls inside a test follow the test's environment (docs/how-to/writing-tests.md "The library API").
 
 ``get_checkpoint()``, ``resolve_checkpoint()`` and ``fetch_tensors()`` called in a test
 resolve their settings when they are called: the run's command-line options, then the

@@ -1,4 +1,4 @@
-"""Mirrors (README "Mirrors"): templates, settings, and the store against folder mirrors.
+"""Mirrors (docs/mirrors.md "What happens on a fetch"): templates, settings, and the store against folder mirrors.
 
 Real parts: the local hub over HTTP, real folders, the real huggingface_hub cache reader.
 """

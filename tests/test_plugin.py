@@ -438,7 +438,7 @@ def test_disabled_with_p_no_ckpts(pytester: pytest.Pytester) -> None:
 def test_optional_hook_impls_keep_working_with_the_plugin_disabled(
     pytester: pytest.Pytester,
 ) -> None:
-    """README "Hooks": a conftest implementing our hooks must not break ``-p no:ckpts``."""
+    """docs/how-to/writing-tests.md "Hooks": a conftest implementing our hooks must not break ``-p no:ckpts``."""
     pytester.makeconftest(
         """
         import pytest

@@ -1,4 +1,4 @@
-"""Reports never turn a green run red, and tell the truth (README "Reports for fleets").
+"""Reports never turn a green run red, and tell the truth (docs/how-to/ci.md "Reports for fleets").
 
 - a JSON report or step summary that cannot be written: one warning line, exit status kept;
 - ``--ckpts-report PATH`` (space form) naming an existing file: pytest picks rootdir

@@ -1,4 +1,4 @@
-"""No token and no password in anything the project prints or writes (README "Tokens").
+"""No token and no password in anything the project prints or writes (docs/how-to/ci.md "Tokens").
 
 The local hub plays a hostile hub that echoes the ``Authorization`` header in its error
 message, its body and its status line; the endpoint carries a password in its userinfo

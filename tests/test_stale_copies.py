@@ -1,4 +1,4 @@
-"""A cache restored by a copy while the hub is down (README "Stale copies").
+"""A cache restored by a copy while the hub is down (docs/explanation/verification.md "Stale copies").
 
 ``actions/cache``, rsync or a tar round trip restore the cache with new inodes and
 ctimes and the same mtimes, often at another absolute path: no stamp vouches for the
@@ -223,7 +223,7 @@ def test_restored_pinned_copy_needs_no_hub_and_is_cached(
     pytester: pytest.Pytester, hub: LocalHub, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """A pinned commit is immutable: its restored copy is re-hashed and served as
-    ``cached`` whether or not the hub answers (README "Stale copies")."""
+    ``cached`` whether or not the hub answers (docs/explanation/verification.md "Stale copies")."""
     make_manifest(pytester.path, hub, FILES, pinned=True)
     pytester.makepyfile(test_it=TESTS.replace('== "stale"', "is not None"))
     pytester.runpytest_subprocess(*RUN).assert_outcomes(passed=3)

@@ -46,7 +46,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_ckpts_downloaded(
     config: pytest.Config, name: str, path: Path, nbytes: int, seconds: float
 ) -> None:
-    """Audit downloads (README "Hooks"); ``optionalhook`` keeps ``-p no:ckpts`` working."""
+    """Audit downloads (docs/how-to/writing-tests.md "Hooks"); ``optionalhook`` keeps ``-p no:ckpts`` working."""
     import logging
 
     logging.getLogger("demo").info("downloaded %s: %d bytes in %.2fs", name, nbytes, seconds)

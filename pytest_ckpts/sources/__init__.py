@@ -1,4 +1,4 @@
-"""Sources of checkpoint bytes besides the hub: mirrors (README "Mirrors").
+"""Sources of checkpoint bytes besides the hub: mirrors (docs/mirrors.md "What happens on a fetch").
 
 A mirror is an untrusted source: any folder, HTTP(S) server or object store may serve a
 file, because the manifest's sha256 decides. ``template`` parses and fills in mirror URL

@@ -1,6 +1,6 @@
 """Fetch a manifest entry's bytes from the first mirror that has them, verified as they stream.
 
-Mirrors are untrusted (README "Mirrors"): the sha256 of the manifest decides. For each
+Mirrors are untrusted (docs/mirrors.md "What happens on a fetch"): the sha256 of the manifest decides. For each
 mirror in order:
 
 - a missing object moves on quietly;

@@ -1,4 +1,4 @@
-"""The store's mirror step: verified cache → **mirrors** → hub (README "Mirrors").
+"""The store's mirror step: verified cache → **mirrors** → hub (docs/mirrors.md "What happens on a fetch").
 
 Kept beside the store rather than in it: :class:`MirrorSupport` gives ``Store`` its
 ``mirrors`` setting (keyword-only fields) and the ``mirror_set`` it builds on first use;
@@ -112,7 +112,8 @@ def _place(
     fetched = None
     if have is None:
         make_dir(blob.parent, spec)
-        fetched = mirrors.fetch(spec, store.layout.incomplete_path(spec))
+        # its own temp name: the hub's partial file of this blob is continued by Range
+        fetched = mirrors.fetch(spec, store.layout.incomplete_path(spec, f"mirror-{os.getpid()}"))
         if fetched is None:
             return None
         os.replace(fetched.path, blob)

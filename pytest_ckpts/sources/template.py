@@ -1,6 +1,6 @@
 """Mirror URL templates: parse, check, fill in, redact. Pure text: no I/O, no imports.
 
-A mirror is a URL template (README "Mirrors"): ``/mnt/ckpts/{sha256}``,
+A mirror is a URL template (docs/mirrors.md "What happens on a fetch"): ``/mnt/ckpts/{sha256}``,
 ``https://github.com/ORG/REPO/releases/download/ckpts/{sha256}``, ``s3://bucket/ckpts``.
 Placeholders: ``{sha256}`` ``{name}`` ``{repo}`` ``{revision}`` ``{path}`` ``{filename}``;
 a template without any gets ``/{sha256}`` appended (the layout ``mirror push`` writes).

@@ -14,7 +14,7 @@ and unknown keys are errors (a typo must not silently re-enable uploads)::
     artifacts:
       enabled: true          # false: upload nothing from any stage
       max_retries: 5         # retries after the first attempt
-      base_delay: 2.0        # seconds; exponential backoff with full jitter
+      base_delay: 2.0        # seconds; exponential backoff, a wait in [d/2, d]
     stages:
       training:   {enabled: true, artifact_path: checkpoint.tar.gz}
       hpo:        {enabled: true, artifact_path: best_trial_checkpoint.tar.gz}

@@ -8,12 +8,12 @@ most, not that times mlflow's default of 7 retries.
 from __future__ import annotations
 
 import logging
-import random
 import re
 from collections.abc import Callable
 from typing import TypeVar
 
 from ..errors import UploadError
+from ..retry import backoff_delay
 
 logger = logging.getLogger("pytest_ckpts.uploads")
 
@@ -90,10 +90,12 @@ def call_with_retries(
     sleep: Callable[[float], None],
     on_attempt: Callable[[int], None],
 ) -> T:
-    """Call ``fn``; retry transient failures with exponential backoff and full jitter.
+    """Call ``fn``; retry transient failures with exponential backoff and jitter.
 
-    Attempt ``k`` (0-based) that fails transiently waits ``uniform(0, base_delay *
-    2**k)``: full jitter spreads the retries of many workers hitting one server.
+    Attempt ``k`` (0-based) that fails transiently waits ``uniform(d/2, d)``, ``d =
+    base_delay * 2**k`` (:func:`pytest_ckpts.retry.backoff_delay`, the hub client's
+    formula, uncapped here): the jitter spreads the retries of many workers hitting one
+    server, the floor keeps any retry from being immediate.
     ``on_attempt(n)`` is told the number of every attempt before it is made. A failure
     that is not transient, or the last one, raises :class:`UploadError` naming ``what``.
     """
@@ -120,7 +122,7 @@ def call_with_retries(
                     f"pytest-ckpts: uploading {what} failed after {attempt + 1} attempts"
                     f"{f' (last: HTTP {status})' if status else ''}: {exc}"
                 ) from exc
-            delay = random.uniform(0, base_delay * 2**attempt)
+            delay = backoff_delay(attempt, base=base_delay, cap=None)
             logger.warning(
                 "pytest-ckpts: upload of %s failed (%s); retry %d/%d in %.1fs",
                 what,
