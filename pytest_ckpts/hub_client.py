@@ -309,7 +309,9 @@ class HubClient(EndpointAuth):
                 self._probes[key] = known
         if "commit" in known:
             return str(known["commit"])
-        fixes = tuple(Fix(**f) for f in known.get("fixes", ()))
+        fixes = tuple(  # from JSON (xdist workerinput): the command back to a tuple
+            Fix(**{**f, "command": tuple(f.get("command", ()))}) for f in known.get("fixes", ())
+        )
         raise CheckpointDownloadError(
             f"pytest-ckpts: checkpoint '{spec.name}' from {self.describe(spec)}: {known['error']}"
             + ("." if fixes else ""),

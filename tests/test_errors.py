@@ -284,3 +284,15 @@ def test_skip_reason_is_the_plugins_words(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*is not cached in*or use --ckpts=auto.*"])
     assert CheckpointSkipped.__mro__[1].__name__ == "CheckpointsError"
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist"])
+def test_hub_down_skip_names_pytest_options(pytester: pytest.Pytester, xdist: list[str]) -> None:
+    """The controller's probe answer reaches workers as JSON: its fixes come back as data
+    and the skip says them in pytest's words."""
+    make_manifest(pytester.path, None, FILES, endpoint=dead_endpoint())
+    pytester.makepyfile(_MARKED)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", *xdist, timeout=120)
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*hub unreachable*Use --ckpts=offline to run from the cache*"])
+    assert "PYTEST_CKPTS_MODE" not in result.stdout.str()
