@@ -141,6 +141,37 @@ def failure_hint(failure: Failure) -> tuple[Fix, ...]:
     return ()
 
 
+def probe_hint(failure: Failure, has_token: bool) -> tuple[Fix, ...]:
+    """The fixes a failed revision probe suggests."""
+    if failure.status in (401, 403):
+        if has_token:
+            return (Fix.say("the hub refused the token: check HF_TOKEN or `hf auth login`"),)
+        return (
+            Fix.say("the repo needs authentication: set HF_TOKEN"),
+            Fix.say("run `hf auth login`"),
+        )
+    if failure.status == 404:
+        return (Fix.say("check hf_repo/repo and revision in the manifest"),)
+    return ()
+
+
+def probe_error(spec: CheckpointSpec, where: str, known: dict[str, Any]) -> CheckpointDownloadError:
+    """A remembered probe failure (JSON: xdist workers get it in ``workerinput``) raised
+    for ``spec``, its fixes back as data."""
+    fixes = tuple(
+        Fix(**{**f, "command": tuple(f.get("command", ()))}) for f in known.get("fixes", ())
+    )
+    return CheckpointDownloadError(
+        f"pytest-ckpts: checkpoint '{spec.name}' from {where}: {known['error']}"
+        + ("." if fixes else ""),
+        name=spec.name,
+        status=known.get("status"),
+        kind=known["kind"],
+        cause=known["error"],
+        fixes=fixes,
+    )
+
+
 @dataclass(repr=False)  # EndpointAuth's repr: the endpoint without its userinfo
 class HubClient(EndpointAuth):
     """One endpoint's client for a run: probes, downloads and uploads with one policy."""
@@ -181,8 +212,7 @@ class HubClient(EndpointAuth):
         fixes: tuple[Fix, ...] = (),
         note: str = "",
     ) -> CheckpointDownloadError:
-        """The error for ``failure``: ``cause`` the hub's answer (and ``note``), ``fixes`` as
-        data (each front end says them in its own words)."""
+        """``cause``: the hub's answer (and ``note``); ``fixes``: data, worded by front ends."""
         cause = self.redact(failure.text + (f" ({note})" if note else ""))
         return CheckpointDownloadError(
             self.redact(f"pytest-ckpts: {what}: ") + cause + ("." if fixes else ""),
@@ -309,18 +339,7 @@ class HubClient(EndpointAuth):
                 self._probes[key] = known
         if "commit" in known:
             return str(known["commit"])
-        fixes = tuple(  # from JSON (xdist workerinput): the command back to a tuple
-            Fix(**{**f, "command": tuple(f.get("command", ()))}) for f in known.get("fixes", ())
-        )
-        raise CheckpointDownloadError(
-            f"pytest-ckpts: checkpoint '{spec.name}' from {self.describe(spec)}: {known['error']}"
-            + ("." if fixes else ""),
-            name=spec.name,
-            status=known.get("status"),
-            kind=known["kind"],
-            cause=known["error"],
-            fixes=fixes,
-        )
+        raise probe_error(spec, self.describe(spec), known)
 
     def _do_probe(self, spec: CheckpointSpec) -> dict[str, Any]:
         import httpx2
@@ -344,7 +363,7 @@ class HubClient(EndpointAuth):
                 raise RetrySignal(self._heard(classify_response(response)))
             if response.status_code >= 400:
                 failure = self._heard(classify_response(response))
-                raise self._error(None, what, failure, self._probe_hint(failure))
+                raise self._error(None, what, failure, probe_hint(failure, self.has_token()))
             try:
                 body = response.json()
             except ValueError:
@@ -370,18 +389,6 @@ class HubClient(EndpointAuth):
                 "status": None,
             }
         return {"commit": commit}
-
-    def _probe_hint(self, failure: Failure) -> tuple[Fix, ...]:
-        if failure.status in (401, 403):
-            if self.has_token():
-                return (Fix.say("the hub refused the token: check HF_TOKEN or `hf auth login`"),)
-            return (
-                Fix.say("the repo needs authentication: set HF_TOKEN"),
-                Fix.say("run `hf auth login`"),
-            )
-        if failure.status == 404:
-            return (Fix.say("check hf_repo/repo and revision in the manifest"),)
-        return ()
 
     def known_commit(self, spec: CheckpointSpec) -> str | None:
         """The commit ``spec``'s revision resolved to in this run, if it was asked."""
