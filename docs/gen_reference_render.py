@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from gen_reference_tables import OTHER_ENV
+from gen_reference_tables import EQUALS_METAVARS, OPTIONS_NOTE, OTHER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "reference"
@@ -169,7 +169,8 @@ def settings_rows(collected: Collected) -> list[dict[str, Any]]:
 def _flags(opt: dict[str, Any]) -> str:
     metavar = opt.get("metavar")
     takes_value = opt.get("action") not in ("store_true", "store_false", "count", "append_const")
-    suffix = f" {metavar}" if takes_value and metavar else ""
+    sep = "=" if metavar in EQUALS_METAVARS else " "
+    suffix = f"{sep}{metavar}" if takes_value and metavar else ""
     if opt.get("action") == "append":
         suffix += " (repeatable)"
     return ", ".join(f"`{n}{suffix}`" for n in opt["names"])
@@ -222,7 +223,7 @@ def render_options(collected: Collected) -> str:
             f"| {flags} | {code(r['env'] or '')} | {code(r['ini'][0]) if r['ini'] else ''} | "
             f"{_show_default(r['default'])} |"
         )
-    out += ["", "## Settings", ""]
+    out += ["", OPTIONS_NOTE, "", "## Settings", ""]
     for r in rows:
         title = r["options"][0]["names"][0] if r["options"] else (r["ini"] or (r["env"],))[0]
         out += [f"### `{title}` {{#{_anchor(r)}}}", ""]

@@ -38,6 +38,11 @@ MANIFEST_KEYS: dict[str, str] = {
     "`https://huggingface.co`. Gets `HF_TOKEN` only when you opt in "
     "(`ckpts_trust_manifest_endpoint`).",
     "config.repo_type": "Default repo type of every entry: `model` (default) or `dataset`.",
+    "config.mirrors": "List of mirror URL templates (a folder, `file://`, `http(s)://`, "
+    "`s3://`, `gs://`) tried in order before the hub, for entries with a sha256; "
+    "placeholders `{sha256}` `{name}` `{repo}` `{revision}` `{path}` `{filename}`, default "
+    "layout `/{sha256}`. Replaced by `PYTEST_CKPTS_MIRRORS` / `--ckpts-mirror`. See "
+    "[Mirrors](../mirrors.md).",
 }
 
 #: JSON report fields (``--ckpts-report``): JSON Schema type and meaning.
@@ -50,7 +55,26 @@ REPORT_FIELDS: dict[str, tuple[Any, str]] = {
     "size": (["integer", "null"], "Size of the whole file, when known."),
     "seconds": ("number", "Time spent resolving it in this run."),
     "reason": (["string", "null"], "Why it was skipped, failed or served stale; else null."),
+    "source": (
+        ["string", "null"],
+        "Where the bytes came from: `cache`, `hub` or the mirror URL (credentials "
+        "redacted); null when nothing was served.",
+    ),
 }
+
+#: A note under the options summary: value options and pytest's rootdir.
+OPTIONS_NOTE = (
+    "Give a path or URL value with `=` (`--ckpts-report=PATH`, `--ckpts-mirror=URL`, "
+    "`--ckpts-manifest=PATH`, `--ckpts-cache-dir=DIR`): pytest picks rootdir (and with it "
+    "the ini file, the conftest cut-off and the default manifest) from the command line "
+    "before it loads plugins, when these options are not known yet, so after a space an "
+    "existing path is taken for a test path and rootdir moves towards it. The `=` form is "
+    "read as one option whatever the order. Details: "
+    "[Reports for fleets](../how-to/ci.md#reports-for-fleets)."
+)
+
+#: Metavars of options whose value is a path or URL: shown as ``--opt=VALUE``.
+EQUALS_METAVARS: frozenset[str] = frozenset({"PATH", "DIR", "URL"})
 
 #: Report statuses (the values come from ``pytest_ckpts.stats.STATUSES``).
 REPORT_STATUSES: dict[str, str] = {

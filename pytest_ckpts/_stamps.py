@@ -147,8 +147,10 @@ class StampLog:
         self.path = path
         self._lock = threading.Lock()
         self._entries: dict[str, Stamp] = {}
-        self._key: tuple[int, int] | None = None  # (inode, size) of the log last looked at
+        #: (inode, size, mtime, ctime) of the log last looked at
+        self._key: tuple[int, int, int, int] | None = None
         self._offset = 0  # bytes of it read: whole lines only
+        self._last = b""  # the last whole line read, ending at ``_offset``
         self._lines = 0
 
     # ------------------------------------------------------------------ reading
@@ -173,28 +175,39 @@ class StampLog:
         return stamp if stamp is not None else self._legacy(name)
 
     def _refresh(self) -> None:
-        """Read what changed since the last look: nothing, the tail, or all of it."""
+        """Read what changed since the last look: nothing, the tail, or all of it.
+
+        A log replaced by a copy (a restored cache) can come back with the inode number
+        and even the size the old one had: the stat key also holds mtime and ctime, and
+        only a log whose bytes up to what was read are still the last line read is read
+        from where it was left (else all of it).
+        """
         try:
             st = os.stat(self.path)
         except OSError:
-            self._entries, self._key, self._lines = {}, None, 0
+            self._entries, self._key, self._lines, self._last = {}, None, 0, b""
             return
-        if self._key is not None and self._key == (st.st_ino, st.st_size):
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if self._key is not None and self._key == key:
             return  # unchanged (a torn last line included: read again only once appended to)
-        start = 0
-        if self._key is not None and self._key[0] == st.st_ino and self._offset <= st.st_size:
-            start = self._offset  # appended since: read the tail only
-        else:
-            self._entries, self._lines = {}, 0
-        self._key = (st.st_ino, st.st_size)
-        if st.st_size - start > MAX_LOG_BYTES:
-            logger.debug("pytest-ckpts: ignoring oversized stamp log %s", self.path)
-            self._offset = st.st_size
-            return
+        appended = (
+            self._key is not None and self._key[0] == st.st_ino and self._offset <= st.st_size
+        )
+        self._key = key
         try:
             with open(self.path, "rb") as f:
                 if os.fstat(f.fileno()).st_ino != st.st_ino:  # replaced meanwhile
                     self._key = None
+                    return
+                if appended and self._last:
+                    f.seek(self._offset - len(self._last))
+                    appended = f.read(len(self._last)) == self._last
+                start = self._offset if appended else 0
+                if not appended:
+                    self._entries, self._lines, self._offset, self._last = {}, 0, 0, b""
+                if st.st_size - start > MAX_LOG_BYTES:
+                    logger.debug("pytest-ckpts: ignoring oversized stamp log %s", self.path)
+                    self._offset, self._last = st.st_size, b""
                     return
                 f.seek(start)
                 chunk = f.read(st.st_size - start)
@@ -205,6 +218,8 @@ class StampLog:
         for name, stamp in _parse(chunk[:end]):
             self._entries[name] = stamp
             self._lines += 1
+        if end:
+            self._last = chunk[max(0, chunk.rfind(b"\n", 0, end - 1) + 1) : end]
         self._offset = start + end
         if self._lines > 2 * len(self._entries) + 256:
             self._rewrite(dict(self._entries))
@@ -271,6 +286,7 @@ class StampLog:
             self._key = None
             return
         self._entries, self._lines, self._key = entries, len(entries), None
+        self._offset, self._last = 0, b""
 
 
 _LOGS: dict[Path, StampLog] = {}

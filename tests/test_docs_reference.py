@@ -230,6 +230,7 @@ def test_the_schema_refuses_what_a_report_never_holds() -> None:
         "size": None,
         "seconds": 0.0,
         "reason": None,
+        "source": None,
     }
     jsonschema.validate({"checkpoints": [row]}, schema)
     for bad in ({**row, "status": "great"}, {**row, "bytes": -1}, {**row, "extra": 1}):

@@ -154,7 +154,7 @@ def test_pinned_entry_found_on_a_folder_mirror_asks_the_hub_nothing(
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(
-        REPO, "weights/a.ckpt", cache_dir=project / "checkpoints", revision=ckpt.revision
+        REPO, "weights/a.ckpt", cache_dir=project / "checkpoints" / "hub", revision=ckpt.revision
     )
     assert found is not None
     assert Path(found) == ckpt.path

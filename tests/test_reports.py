@@ -228,5 +228,5 @@ def test_step_summary_cells_are_literal_text(
     (line,) = [ln for ln in summary.read_text().splitlines() if ln.startswith("| a ")]
     assert not re.search(r"[`*_<>\[\]~]", line.replace("&#", "")), line
     cells = line.split("|")[1:-1]  # no pipe of the text splits the row
-    assert len(cells) == 6, line
-    assert html.unescape(cells[5].strip()) == " ".join(reason.split())
+    assert len(cells) == 7, line  # name, status, source, bytes, seconds, commit, reason
+    assert html.unescape(cells[6].strip()) == " ".join(reason.split())

@@ -377,3 +377,27 @@ def test_the_download_lock_is_the_lock_filelock_sees(project: Path, hub: LocalHu
         holder.communicate("\n", timeout=30)
     assert Store(manifest).resolve(spec).path.read_bytes() == SMALL["c00"]
     assert hashlib.sha256(SMALL["c00"]).hexdigest() == Store(manifest).resolve(spec).sha256
+
+
+def test_a_stamp_log_replaced_with_the_same_inode_and_size_is_read_again(tmp_path: Path) -> None:
+    """A restored cache can bring the log back with the inode number and the size this
+    process saw last (tar/rsync/actions/cache into the same folder): stat says "same
+    file", the bytes say otherwise, and the old stamps must not vouch for new files."""
+    from pytest_ckpts._stamps import Stamp, StampLog
+
+    path = tmp_path / "stamps.jsonl"
+    log = StampLog(path)
+    old = Stamp(sha256="a" * 64, size=1, mtime_ns=1, ctime_ns=1, ino=1)
+    assert log.append("blob", old)
+    assert log.get("blob") == old
+    st = path.stat()
+    text = path.read_text()
+    assert text.count("a" * 64) == 1
+    with open(path, "r+", encoding="ascii") as f:  # same inode, same size, other bytes
+        f.write(text.replace("a" * 64, "b" * 64))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert path.stat().st_ino == st.st_ino
+    assert path.stat().st_size == st.st_size
+    got = log.get("blob")
+    assert got is not None
+    assert got.sha256 == "b" * 64
