@@ -156,6 +156,8 @@ def render_errors() -> str:
     public = set(__import__("pytest_ckpts").__all__)
     for name in errors.__all__:
         cls = getattr(errors, name)
+        if not (inspect.isclass(cls) and issubclass(cls, BaseException)):
+            continue  # Fix, Kind, env_words: the data errors carry (documented below)
         bases = ", ".join(f"`{b.__name__}`" for b in cls.__bases__)
         doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ").replace("``", "`")
         star = f" (also `pytest_ckpts.{name}`)" if name in public else ""

@@ -50,7 +50,7 @@ def on_outcome(item: pytest.Item | None, spec: CheckpointSpec) -> Iterator[None]
         yield
     except (pytest.skip.Exception, pytest.fail.Exception) as exc:
         status = "skipped" if isinstance(exc, pytest.skip.Exception) else "failed"
-        reason = str(exc.msg or "").splitlines()[0] if exc.msg else None
+        reason = getattr(exc, "ckpts_reason", None) or exc.msg or None
         commit = spec.revision if is_pinned(spec.revision) else None
         record(item, spec.name, status, sha256=spec.sha256, commit=commit, reason=reason)
         raise

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cache import Cache, contained
-from .errors import CacheError, CheckpointDownloadError, TransferStopped
+from .errors import CacheError, CheckpointDownloadError, Fix, TransferStopped
 from .manifest import CheckpointSpec
-from .settings import ENV
 
 if TYPE_CHECKING:
     from .hub_client import HubClient
@@ -161,8 +160,10 @@ def blocked_dir_error(path: Path, spec: CheckpointSpec) -> CacheError | None:
         else:
             continue
         return CacheError(
-            f"pytest-ckpts: cannot use the cache for checkpoint '{spec.name}': {why}, or set "
-            f"--ckpts-cache-dir / {ENV['cache_dir']}."
+            f"pytest-ckpts: cannot use the cache for checkpoint '{spec.name}': {why}.",
+            entry=spec.name,
+            cause=why,
+            fixes=(Fix.set("cache_dir"),),
         )
     return None
 
@@ -179,19 +180,25 @@ def _cache_error(spec: CheckpointSpec, path: Path, exc: OSError, need: int | Non
         except OSError:
             free = ""
         size = f" ({need} bytes needed{free})" if need else ""
-        why = (
-            f"the disk is full{size}; free space or set "
-            f"--ckpts-cache-dir / {ENV['cache_dir']} elsewhere"
-        )
+        why = f"the disk is full{size}"
+        fixes: tuple[Fix, ...] = (Fix.say("free space"), Fix.set("cache_dir", why="elsewhere"))
         path = where  # name the cache directory, not the temp file that was removed
     elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         why = (
             "the cache is read-only; a read-only cache can serve what it holds, but "
-            f"downloading needs a writable --ckpts-cache-dir / {ENV['cache_dir']}"
+            "downloading needs a writable one"
         )
+        fixes = (Fix.set("cache_dir", why="(a writable directory)"),)
     else:
         why = f"{type(exc).__name__}: {exc.strerror or exc}"
-    return CacheError(f"pytest-ckpts: cannot write checkpoint '{spec.name}' to {path}: {why}")
+        fixes = ()
+    return CacheError(
+        f"pytest-ckpts: cannot write checkpoint '{spec.name}' to {path}: {why}"
+        + ("." if fixes else ""),
+        entry=spec.name,
+        cause=why,
+        fixes=fixes,
+    )
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from __future__ import annotations
 import reprlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import YamlProblem
+from .errors import YamlProblem, foreign_line
 
 if TYPE_CHECKING:
     import yaml
@@ -101,7 +101,7 @@ class Document:
         try:
             return self._constructor.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError, TypeError) as exc:
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            problem = getattr(exc, "problem", None) or foreign_line(exc)
             raise YamlProblem(
                 f"cannot read this value: {problem}", _line(node.start_mark)
             ) from None
@@ -177,7 +177,7 @@ def compose(text: str, *, c_parser: bool = True) -> Document:
         ) from None
     except yaml.YAMLError as exc:
         # ReaderError (a control character in the stream) and friends: no problem_mark.
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = foreign_line(exc)
         position = getattr(exc, "position", None)
         line = text.count("\n", 0, position) + 1 if isinstance(position, int) else None
         raise YamlProblem(

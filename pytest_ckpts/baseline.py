@@ -32,7 +32,6 @@ from .integrity import atomic_write_bytes
 
 __all__ = [
     "FORMAT",
-    "UPDATE_FLAG",
     "BaselineChecker",
     "BaselineError",
     "BaselineMismatch",
@@ -42,8 +41,6 @@ __all__ = [
 
 #: Value of the ``format`` metadata key; bumped only if the layout changes incompatibly.
 FORMAT = "pytest-ckpts-baseline/1"
-#: The flag that rewrites missing or mismatching baselines (named in every failure).
-UPDATE_FLAG = "--ckpts-update-baselines"
 _SINGLE = "__tensor__"  # key used when a single tensor (not a dict) is checked
 _TABLE_ROWS = 10
 
@@ -183,7 +180,9 @@ class BaselineChecker:
     ``checkpoint_shas`` is called at each check and returns name → sha256 of the
     checkpoints the test used so far; they are stored with the baseline and compared
     on failure, so a report can say "the checkpoint changed" instead of only "numbers
-    changed". ``update`` is ``--ckpts-update-baselines``.
+    changed". ``update`` is the front end's switch that rewrites baselines, and
+    ``update_option`` how the front end names it in every failure (the fixture passes
+    pytest's option: an engine names no command-line flag).
     """
 
     def __init__(
@@ -194,7 +193,9 @@ class BaselineChecker:
         checkpoint_shas: Callable[[], Mapping[str, str]],
         rtol: float = 1e-5,
         atol: float = 1e-8,
+        update_option: str = "update_baselines",
     ) -> None:
+        self.update_option = update_option
         self.directory = Path(directory)
         self.update = update
         self._checkpoint_shas = checkpoint_shas
@@ -249,7 +250,7 @@ class BaselineChecker:
                 return
             raise BaselineMismatch(
                 f"pytest-ckpts: baseline '{name}' at {path} could not be read "
-                f"({type(exc).__name__}: {exc}). Re-run with {UPDATE_FLAG} to rewrite it."
+                f"({type(exc).__name__}: {exc}). Re-run with {self.update_option} to rewrite it."
             ) from None
         with opened:  # closed before any rewrite replaces the file
             report = self._compare(name, stored, metadata, current, shas, rtol, atol)
@@ -259,7 +260,8 @@ class BaselineChecker:
             atomic_write_bytes(path, _encode(current, shas, rtol, atol, single))
             return
         raise BaselineMismatch(
-            report + f"\nIf the change is intended, re-run with {UPDATE_FLAG} to rewrite {path}."
+            report
+            + f"\nIf the change is intended, re-run with {self.update_option} to rewrite {path}."
         )
 
     # ------------------------------------------------------------------ internals

@@ -135,6 +135,13 @@ class Cache:
     hub_dir: Path | None = None
 
     @classmethod
+    def in_force(cls, override: Path | None, manifest: Manifest) -> Cache:
+        """The one decision of which cache a run, a command or a call uses: the override
+        (``--ckpts-cache-dir``, ``--cache-dir``, ``PYTEST_CKPTS_CACHE_DIR``, ini), else the
+        manifest's ``cache_dir``, else huggingface_hub's own (read now)."""
+        return cls.locate(override or manifest.cache_dir)
+
+    @classmethod
     def locate(cls, cache_dir: Path | None, env: Mapping[str, str] | None = None) -> Cache:
         """The cache of ``cache_dir`` (the manifest's or an override), else huggingface_hub's
         own (``HF_HUB_CACHE``, ``HF_HOME``, read now)."""

@@ -20,12 +20,16 @@ from .errors import (
     CacheError,
     CheckpointsError,
     ChecksumMismatchError,
+    Fix,
     ManifestError,
     ManifestNotFoundError,
     UsageFailure,
+    Words,
+    env_words,
 )
 from .manifest import CheckpointSpec, Manifest, load_manifest
 from .settings import ENV, Settings, count_option, env_true
+from .stats import human_size as _size
 from .store import Store
 
 __all__ = ["main"]
@@ -33,38 +37,34 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-#: The engine's messages name pytest's options; the CLI has its own (longest first).
-_CLI_WORDS = (
-    ("--ckpts=offline (CLI: --offline)", "--offline"),
-    ("` or use --ckpts=auto.", "` without --offline."),
-    (f"--ckpts-retry-budget / {ENV['retry_budget']}", ENV["retry_budget"]),
-    ("--ckpts-retry-budget", ENV["retry_budget"]),
-    (
-        f"--ckpts-manifest / {ENV['manifest']} / ini ckpts_manifest",
-        f"--manifest / {ENV['manifest']}",
-    ),
-    ("--ckpts-cache-dir", "--cache-dir"),
-    ("--ckpts-manifest", "--manifest"),
-    ("--ckpts=offline", "--offline"),
-)
+#: This command's option for each setting a fix may name (the rest are env variables).
+_OPTION = {"manifest": "--manifest", "cache_dir": "--cache-dir"}
 
 
-def cli_words(text: str) -> str:
-    """``text`` with pytest's option names replaced by this command's own."""
-    for pytest_words, cli in _CLI_WORDS:
-        text = text.replace(pytest_words, cli)
-    return text
+def cli_words(settings: Settings | None = None) -> Words:
+    """The CLI's words for fixes: its own options (``--offline``, ``--cache-dir``,
+    ``--manifest``); settings it has no option for as environment variables. Whether
+    "run without --offline" is true depends on where the mode came from."""
+
+    def words(fix: Fix) -> str:
+        phrase = None
+        if fix.setting == "mode" and fix.value == "offline":
+            phrase = "use --offline"
+        elif fix.setting == "mode" and fix.value == "auto":
+            if settings is None or settings.source("mode") == "--offline":
+                phrase = "run without --offline"
+        elif fix.setting in _OPTION:
+            phrase = f"use {_OPTION[fix.setting]} {fix.shown_value}"
+        if phrase is None:
+            return env_words(fix)
+        return f"{phrase} {fix.why}" if fix.why else phrase
+
+    return words
 
 
-def _size(nbytes: int | None) -> str:
-    if nbytes is None:
-        return "-"
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
+def _text(exc: BaseException, settings: Settings | None = None) -> str:
+    """An error's whole message in the CLI's words."""
+    return exc.render(cli_words(settings)) if isinstance(exc, CheckpointsError) else str(exc)
 
 
 def _table(rows: list[list[str]], out: TextIO) -> None:
@@ -148,15 +148,18 @@ def cmd_fetch(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
         """The text line and the ``--json`` entry of one checkpoint."""
         try:
             ckpt = store.resolve(spec, force_download=args.force)
-        except (CheckpointsError, OSError) as exc:
-            return _failed(store, spec, cli_words(str(exc).removeprefix("pytest-ckpts: ")))
+        except CheckpointsError as exc:
+            return _failed(store, spec, exc.render(cli_words(args.settings), prefix=False))
+        except OSError as exc:
+            return _failed(store, spec, str(exc))
         if args.force and ckpt.source == "stale":  # --force asked for a new download
-            why = store.stale_reasons.get(spec.name, "").partition("hub failed: ")[2]
+            failure = store.stale_errors.get(spec.name)
+            why = (failure.cause or failure.summary) if failure is not None else None
             return _failed(
                 store,
                 spec,
                 f"not downloaded again, the cached copy is kept ({ckpt.path}): "
-                f"{cli_words(why or 'the hub failed')}",
+                f"{why or 'the hub failed'}",
             )
         note = "" if ckpt.verified else "  (unverified: no sha256 in the manifest)"
         note += f"  (from mirror {ckpt.mirror})" if ckpt.mirror else ""
@@ -211,9 +214,8 @@ def cmd_verify(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int
             failed += 1
             state["error"] = "not cached"
             if not args.json:
-                out.write(
-                    f"missing     {spec.name}: not cached (run `pytest-ckpts fetch {spec.name}`)\n"
-                )
+                fetch = store.run_fix("fetch", spec.name).command_line
+                out.write(f"missing     {spec.name}: not cached (run `{fetch}`)\n")
             continue
         try:
             ckpt = store.resolve(spec)
@@ -504,14 +506,14 @@ def _version() -> str:
         return "unknown"
 
 
-def _manifest_text(exc: ManifestError) -> str:
+def _manifest_text(exc: ManifestError, settings: Settings | None) -> str:
     """A manifest named on the command line that is not there: say so in the CLI's words."""
     if isinstance(exc, ManifestNotFoundError) and exc.path is not None:
         return (
             f"pytest-ckpts: manifest {exc.path} not found. Pass --manifest PATH or set "
             f"{ENV['manifest']} to the right file."
         )
-    return str(exc)
+    return _text(exc, settings)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -530,19 +532,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         manifest = load_manifest(args.settings.manifest)
         code: int = args.func(args, manifest, out)
     except ManifestError as exc:
-        sys.stderr.write(f"{cli_words(_manifest_text(exc))}\n")
+        sys.stderr.write(f"{_manifest_text(exc, getattr(args, 'settings', None))}\n")
         return EXIT_USAGE
     except UsageFailure as exc:
-        sys.stderr.write(f"{cli_words(str(exc))}\n")
+        sys.stderr.write(f"{_text(exc, getattr(args, 'settings', None))}\n")
         return EXIT_USAGE
     except KeyError as exc:  # an unknown NAME (with did-you-mean)
         sys.stderr.write(f"pytest-ckpts: {exc.args[0]}\n")
         return EXIT_USAGE
     except (CheckpointsError, CacheError) as exc:  # a check failed: mismatch, hub, cache
-        sys.stderr.write(f"{cli_words(str(exc))}\n")
+        sys.stderr.write(f"{_text(exc, getattr(args, 'settings', None))}\n")
         return EXIT_FAILED
     except ValueError as exc:  # a bad setting, named by Settings
-        sys.stderr.write(f"{cli_words(str(exc))}\n")
+        sys.stderr.write(f"{exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:  # pragma: no cover - interactive
         sys.stderr.write("interrupted\n")

@@ -55,10 +55,11 @@ def add_mirror_parser(sub: Any) -> None:
 
 
 def cmd_mirror(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
-    from .cli import _size, _store, cli_words
+    from .cli import _store, cli_words
     from .sources.backends import FolderBackend
     from .sources.fetch import MirrorSet
     from .sources.push import Outcome, push_one, verify_one
+    from .stats import human_size as _size
 
     store = _store(args, manifest, progress=False)
     mirrors = MirrorSet.parse(
@@ -95,7 +96,10 @@ def cmd_mirror(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int
         try:
             ckpt = store.resolve(spec)
         except (CheckpointsError, OSError) as exc:
-            text = cli_words(str(exc).splitlines()[0].removeprefix("pytest-ckpts: "))
+            if isinstance(exc, CheckpointsError):
+                text = exc.one_line(cli_words(args.settings))
+            else:
+                text = str(exc)
             return Outcome(spec.name, "failed", spec.sha256, error=text)
         return push_one(mirrors, mirror, spec, ckpt.path.resolve(), ckpt.size)
 

@@ -1,16 +1,31 @@
-"""Exception types of pytest-ckpts.
+"""Exception types of pytest-ckpts: errors carry data, front ends choose the words.
 
-Every message starts with ``pytest-ckpts:`` and names what a user needs to act:
-the checkpoint, the file, the revision, both hashes, and the flag or environment
-variable that changes the outcome. The classes keep the built-in bases docs/how-to/writing-tests.md "The library API" lists
-(``ValueError`` for checksum problems, ``RuntimeError`` for hub failures) so code
-written against the original downloader keeps catching them.
+An error knows its ``entry``, a short ``cause``, its HTTP ``status``, a typed ``kind``
+(hub failures) and its ``fixes``: each a :class:`Fix`, a setting of
+:mod:`pytest_ckpts.settings` with a value or a ``pytest-ckpts`` command with its
+arguments (and the cache directory in force). No engine names a command-line flag:
+``str(exc)`` says the fixes in the library's words (environment variables), and each
+front end renders the same fixes in its own (:meth:`CheckpointsError.render` with the
+plugin's ``--ckpts-*`` options, the CLI's ``--offline``/``--cache-dir``/``--manifest``).
+docs/architecture.md "Errors" shows the flow.
+
+Every message starts with ``pytest-ckpts:`` and names what a user needs to act. The
+classes keep the built-in bases docs/how-to/writing-tests.md "The library API"
+lists (``ValueError`` for checksum
+problems, ``RuntimeError`` for hub failures) so code written against the original
+downloader keeps catching them.
 """
 
 from __future__ import annotations
 
+import enum
 import pickle
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from .settings import ENV
 
 __all__ = [
     "ArchiveError",
@@ -23,19 +38,19 @@ __all__ = [
     "CheckpointsError",
     "CheckpointsWarning",
     "ChecksumMismatchError",
-    "CommitRejected",
-    "DecompressError",
     "ExperimentError",
     "ExperimentFileNotFoundError",
     "ExperimentKeyError",
     "ExperimentTypeError",
     "ExperimentValueError",
     "ExperimentWarning",
+    "Fix",
+    "Kind",
     "ManifestError",
     "ManifestNotFoundError",
     "MirrorUnavailable",
     "NoExperimentHashError",
-    "RetrySignal",
+    "SettingError",
     "TensorIndexError",
     "TransferStopped",
     "UnsafeCheckpointError",
@@ -43,12 +58,175 @@ __all__ = [
     "UploadArgumentError",
     "UploadError",
     "UsageFailure",
-    "YamlProblem",
+    "Words",
+    "env_words",
 ]
+
+#: What every message of pytest-ckpts starts with.
+PREFIX = "pytest-ckpts: "
+
+#: What a setting's value is called where a fix cannot know it (``--cache-dir DIR``).
+METAVAR = {
+    "mode": "MODE",
+    "manifest": "PATH",
+    "cache_dir": "DIR",
+    "retry_budget": "SECONDS",
+    "prefetch": "N",
+    "trust_manifest_endpoint": "1",
+}
+
+
+class Kind(str, enum.Enum):
+    """How a hub failure was classified (docs/how-to/ci.md "Retries and the retry budget")."""
+
+    TRANSIENT = "transient"  # 429, 5xx, reset, cut body, read timeout: retried in the budget
+    UNREACHABLE = "unreachable"  # refused, DNS, connect timeout: decided once per run
+    PERMANENT = "permanent"  # 401, 403, 404, not found: never retried
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One way out of an error, as data; each front end says it in its own words.
+
+    Exactly one of: ``setting`` (a key of ``settings.ENV``) with ``value`` (None: the
+    user picks, shown as the setting's metavar); ``command`` (a ``pytest-ckpts``
+    command and its arguments) with the ``cache_dir`` in force when it is not the
+    manifest's default; ``text`` (a way out no front end has an option for, said as
+    is). ``why`` follows the fix ("to run from the cache").
+    """
+
+    setting: str | None = None
+    value: str | None = None
+    command: tuple[str, ...] = ()
+    cache_dir: str | None = None
+    text: str = ""
+    why: str = ""
+
+    @classmethod
+    def set(cls, setting: str, value: str | None = None, *, why: str = "") -> Fix:
+        assert setting in ENV, setting
+        return cls(setting=setting, value=value, why=why)
+
+    @classmethod
+    def run(cls, *command: str, cache_dir: object = None, why: str = "") -> Fix:
+        return cls(
+            command=command, cache_dir=None if cache_dir is None else str(cache_dir), why=why
+        )
+
+    @classmethod
+    def say(cls, text: str) -> Fix:
+        return cls(text=text)
+
+    @property
+    def command_line(self) -> str:
+        """The command as a shell line: the same words in every front end."""
+        words = ["pytest-ckpts", *self.command]
+        if self.cache_dir is not None:
+            words += ["--cache-dir", self.cache_dir]
+        return " ".join(shlex.quote(w) for w in words)
+
+    @property
+    def shown_value(self) -> str:
+        return self.value if self.value is not None else METAVAR.get(self.setting or "", "VALUE")
+
+
+#: A front end's words for a fix: ``Fix -> phrase`` ("set PYTEST_CKPTS_MODE=auto").
+Words = Callable[[Fix], str]
+
+
+def env_words(fix: Fix) -> str:
+    """The library's words: settings are environment variables (a script has no flags)."""
+    if fix.command:
+        phrase = f"run `{fix.command_line}`"
+    elif fix.setting is not None:
+        phrase = f"set {ENV[fix.setting]}={fix.shown_value}"
+    else:
+        phrase = fix.text
+    return f"{phrase} {fix.why}" if fix.why else phrase
+
+
+def foreign_line(exc: BaseException) -> str:
+    """The first line of another library's exception (yaml, int(), ...), whose text is its
+    only data; never used on pytest-ckpts' own errors, which carry fields."""
+    return str(exc).partition("\n")[0] or type(exc).__name__
+
+
+def hub_error_cause(exc: BaseException) -> str:
+    """A huggingface_hub error as a short cause, from its fields (class, status, the
+    server's message), not from its text."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    server = getattr(exc, "server_message", None)
+    cause = type(exc).__name__ + (f" (HTTP {status})" if status else "")
+    return f"{cause}: {server}" if server else cause
+
+
+def fixes_sentence(fixes: tuple[Fix, ...], words: Words) -> str:
+    """``fixes`` as one sentence: "Run `...`, or set X=1."."""
+    phrases = [words(f) for f in fixes]
+    text = ", or ".join(p for p in phrases if p)
+    return (text[:1].upper() + text[1:] + ".") if text else ""
 
 
 class CheckpointsError(Exception):
-    """Base class of every error raised by pytest-ckpts."""
+    """Base class of every error raised by pytest-ckpts.
+
+    ``summary`` is the message without the ``pytest-ckpts:`` prefix and without the
+    fixes; ``details`` lines follow it (hashes, paths); ``fixes`` end it, in the words
+    a front end passes to :meth:`render` (``str()``: the library's, :func:`env_words`).
+    """
+
+    entry: str | None = None
+    cause: str | None = None
+    status: int | None = None
+    fixes: tuple[Fix, ...] = ()
+    details: str = ""
+    summary: str = ""
+    _prefixed: bool = False
+
+    def __init__(
+        self,
+        *args: Any,
+        entry: str | None = None,
+        cause: str | None = None,
+        status: int | None = None,
+        fixes: tuple[Fix, ...] | list[Fix] = (),
+        details: str = "",
+    ) -> None:
+        message = args[0] if args and isinstance(args[0], str) else ""
+        self._prefixed = message.startswith(PREFIX)
+        self.summary = message[len(PREFIX) :] if self._prefixed else message
+        # set only what is given: a subclass may have set its own fields first
+        for key, value in (("entry", entry), ("cause", cause), ("status", status)):
+            if value is not None:
+                setattr(self, key, value)
+        self.fixes = tuple(fixes)
+        self.details = details
+        super().__init__(*args)
+
+    def render(self, words: Words = env_words, *, prefix: bool = True) -> str:
+        """The whole message with the fixes in ``words`` (one line first, then details);
+        ``prefix=False`` leaves out ``pytest-ckpts:`` (a CLI row names the tool already)."""
+        text = (PREFIX if self._prefixed and prefix else "") + self.summary
+        if self.details:
+            text += "\n" + self.details
+        fix = fixes_sentence(self.fixes, words)
+        if fix:
+            text += ("\n" if self.details else " ") + fix
+        return text
+
+    def one_line(self, words: Words = env_words) -> str:
+        """One line for a skip reason or a CLI row: the summary and the fixes."""
+        fix = fixes_sentence(self.fixes, words)
+        return f"{self.summary} {fix}" if fix else self.summary
+
+    def __str__(self) -> str:
+        if not (self.fixes or self.details):
+            return super().__str__()
+        return self.render()
 
 
 class ManifestError(CheckpointsError, ValueError):
@@ -102,25 +280,29 @@ class ChecksumMismatchError(CheckpointsError, ValueError):
         path: object = None,
         expected: str | None = None,
         actual: str | None = None,
+        **data: Any,
     ) -> None:
         self.name = name
         self.path = path
         self.expected = expected
         self.actual = actual
-        super().__init__(message)
+        super().__init__(message, entry=name, **data)
 
 
 class CheckpointDownloadError(CheckpointsError, RuntimeError):
     """The hub could not deliver a file (unreachable, auth, not found, broken transfer).
 
     The message names repo, path in repo, revision, endpoint and cause, never the token.
-    ``kind`` is how the failure was classified (docs/how-to/ci.md "Retries and the retry budget"):
+    ``kind`` is how the failure was classified (a :class:`Kind`, docs/how-to/ci.md
+    "Retries and the retry budget"):
 
-    - ``"transient"``: 429, 5xx, a reset or cut body, a read timeout; retried within the
+    - ``Kind.TRANSIENT``: 429, 5xx, a reset or cut body, a read timeout; retried within the
       budget, and once the budget is spent it stays transient (a stale copy may be used);
-    - ``"unreachable"``: refused, DNS, connect timeout, no answer within the probe
+    - ``Kind.UNREACHABLE``: refused, DNS, connect timeout, no answer within the probe
       timeout; decided once per endpoint per run;
-    - ``"permanent"``: 401, 403, 404, revision or entry not found; never retried.
+    - ``Kind.PERMANENT``: 401, 403, 404, revision or entry not found; never retried.
+
+    ``cause`` is the hub's answer alone ("HTTP 503: ..."), for stale reasons and summaries.
     """
 
     def __init__(
@@ -128,20 +310,23 @@ class CheckpointDownloadError(CheckpointsError, RuntimeError):
         message: str,
         *,
         name: str | None = None,
-        unreachable: bool = False,
         status: int | None = None,
-        kind: str | None = None,
+        kind: Kind | str | None = None,
+        **data: Any,
     ) -> None:
         self.name = name
-        self.status = status
-        self.kind = kind or ("unreachable" if unreachable else "permanent")
-        self.unreachable = self.kind == "unreachable"
-        super().__init__(message)
+        self.kind = Kind(kind) if kind is not None else Kind.PERMANENT
+        super().__init__(message, entry=name, status=status, **data)
+
+    @property
+    def unreachable(self) -> bool:
+        """The endpoint could not be reached at all (``kind is Kind.UNREACHABLE``)."""
+        return self.kind is Kind.UNREACHABLE
 
     @property
     def hub_down(self) -> bool:
         """The hub could not be asked (not: it answered no): a stale copy may stand in."""
-        return self.kind in ("transient", "unreachable")
+        return self.kind in (Kind.TRANSIENT, Kind.UNREACHABLE)
 
 
 class CacheError(CheckpointsError, OSError):
@@ -152,6 +337,11 @@ class CacheError(CheckpointsError, OSError):
 
 class UsageFailure(CheckpointsError):
     """A problem the user fixes by changing the command or the manifest (CLI exit 2)."""
+
+
+class SettingError(UsageFailure, ValueError):
+    """A setting's value that cannot be used (an option, a variable, an ini or manifest
+    key): a ``ValueError`` as before, with the message's fields (``summary``) kept."""
 
 
 class CheckpointsWarning(UserWarning):
@@ -285,12 +475,13 @@ class ManifestNotFoundError(ManifestError):
     that does not exist, the pointer to it is.
     """
 
-    def __init__(self, message: str, *, path: object = None) -> None:
+    def __init__(self, message: str, *, path: object = None, fixes: tuple[Fix, ...] = ()) -> None:
         self.path = path
-        self.entry = None
         self.key = None
         self.line = None
-        CheckpointsError.__init__(self, f"pytest-ckpts: no manifest found: {message}")
+        CheckpointsError.__init__(
+            self, f"pytest-ckpts: no manifest found: {message}", cause="no manifest", fixes=fixes
+        )
 
 
 # --- partial reads ---
@@ -308,7 +499,8 @@ class ExperimentWarning(CheckpointsWarning, RuntimeWarning):
     before, so existing filters keep matching."""
 
 
-# --- internal signals: raised and caught inside pytest-ckpts, never shown as they are ---
+# --- internal signals: raised and caught inside pytest-ckpts, never shown as they are;
+# importable from here, but not part of ``__all__`` (not public errors) ---
 
 
 class YamlProblem(CheckpointsError):
@@ -357,6 +549,8 @@ class DecompressError(CheckpointsError):
 
 class CommitRejected(CheckpointsError):
     """A commit (or ref change) the local hub refuses: ``status``, ``code`` (X-Error-Code), message."""
+
+    status: int
 
     def __init__(self, status: int, code: str | None, message: str) -> None:
         super().__init__(message)

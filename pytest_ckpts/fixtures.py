@@ -28,6 +28,9 @@ __all__ = [
     "local_hub",
 ]
 
+#: pytest's option that rewrites baselines (the checker names it in every failure).
+UPDATE_FLAG = "--ckpts-update-baselines"
+
 
 @pytest.fixture
 def checkpoints(request: pytest.FixtureRequest) -> Mapping[str, Checkpoint]:
@@ -201,5 +204,6 @@ def ckpt_baseline(request: pytest.FixtureRequest) -> BaselineChecker:
     return BaselineChecker(
         directory=_baseline_dir(request),
         update=get_session(request.config).settings.update_baselines,
+        update_option=UPDATE_FLAG,
         checkpoint_shas=lambda: used_checkpoint_shas(request.node),
     )

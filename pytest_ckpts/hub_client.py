@@ -22,6 +22,7 @@ the user trusts the manifest's own ``config.endpoint`` (docs/how-to/ci.md "Token
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -42,9 +43,12 @@ from .cache import Cache
 from .errors import (
     CacheError,
     CheckpointDownloadError,
+    Fix,
+    Kind,
     RetrySignal,
     TransferStopped,
     UsageFailure,
+    hub_error_cause,
 )
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import (
@@ -58,7 +62,7 @@ from .retry import (
     classify_response,
     give_up_hint,
 )
-from .settings import ENV, env_value
+from .settings import env_value
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -71,10 +75,12 @@ __all__ = [
 
 logger = logging.getLogger("pytest_ckpts")
 
-_OFFLINE_HINT = (
-    "remembered for this run; use --ckpts=offline (CLI: --offline) to run from the cache, "
-    "or check HF_ENDPOINT / config.endpoint"
+#: Ways out when the hub cannot be reached (each front end names its own options).
+_OFFLINE_FIXES = (
+    Fix.set("mode", "offline", why="to run from the cache"),
+    Fix.say("check HF_ENDPOINT / config.endpoint"),
 )
+_REMEMBERED = "remembered for this run"
 
 
 def resolve_endpoint(manifest: Manifest) -> str:
@@ -108,17 +114,52 @@ def _content_range(response: Any, begin: int, end: int) -> int | None:
     return total if last == end or last == total < end else None
 
 
-def failure_hint(failure: Failure) -> str:
-    """The fix a permanent failure suggests (docs/how-to/ci.md "Retries and the retry budget")."""
+def failure_hint(failure: Failure) -> tuple[Fix, ...]:
+    """The fixes a permanent failure suggests, told apart by the hub's ``X-Error-Code``
+    (docs/how-to/ci.md "Retries and the retry budget")."""
     if failure.status in (401, 403):
-        return "the repo needs a token with read access: set HF_TOKEN or run `hf auth login`"
-    if failure.status == 404 and "Revision" in failure.text:
-        return "check the revision in the manifest"
-    if failure.status == 404 and "Entry" in failure.text:
-        return "check hf_path in the manifest"
+        return (
+            Fix.say("the repo needs a token with read access: set HF_TOKEN"),
+            Fix.say("run `hf auth login`"),
+        )
+    if failure.status == 404 and failure.code == "RevisionNotFound":
+        return (Fix.say("check the revision in the manifest"),)
+    if failure.status == 404 and failure.code == "EntryNotFound":
+        return (Fix.say("check hf_path in the manifest"),)
     if failure.status == 404:
-        return "check hf_repo/repo, revision and repo_type in the manifest"
-    return ""
+        return (Fix.say("check hf_repo/repo, revision and repo_type in the manifest"),)
+    return ()
+
+
+def probe_hint(failure: Failure, has_token: bool) -> tuple[Fix, ...]:
+    """The fixes a failed revision probe suggests."""
+    if failure.status in (401, 403):
+        if has_token:
+            return (Fix.say("the hub refused the token: check HF_TOKEN or `hf auth login`"),)
+        return (
+            Fix.say("the repo needs authentication: set HF_TOKEN"),
+            Fix.say("run `hf auth login`"),
+        )
+    if failure.status == 404:
+        return (Fix.say("check hf_repo/repo and revision in the manifest"),)
+    return ()
+
+
+def probe_error(spec: CheckpointSpec, where: str, known: dict[str, Any]) -> CheckpointDownloadError:
+    """A remembered probe failure (JSON: xdist workers get it in ``workerinput``) raised
+    for ``spec``, its fixes back as data."""
+    fixes = tuple(
+        Fix(**{**f, "command": tuple(f.get("command", ()))}) for f in known.get("fixes", ())
+    )
+    return CheckpointDownloadError(
+        f"pytest-ckpts: checkpoint '{spec.name}' from {where}: {known['error']}"
+        + ("." if fixes else ""),
+        name=spec.name,
+        status=known.get("status"),
+        kind=known["kind"],
+        cause=known["error"],
+        fixes=fixes,
+    )
 
 
 @dataclass(repr=False)  # EndpointAuth's repr: the endpoint without its userinfo
@@ -154,13 +195,22 @@ class HubClient(EndpointAuth):
         )
 
     def _error(
-        self, spec: CheckpointSpec | None, what: str, failure: Failure, hint: str
+        self,
+        spec: CheckpointSpec | None,
+        what: str,
+        failure: Failure,
+        fixes: tuple[Fix, ...] = (),
+        note: str = "",
     ) -> CheckpointDownloadError:
+        """``cause``: the hub's answer (and ``note``); ``fixes``: data, worded by front ends."""
+        cause = self.redact(failure.text + (f" ({note})" if note else ""))
         return CheckpointDownloadError(
-            self.redact(f"pytest-ckpts: {what}: {failure.text}" + (f" ({hint})" if hint else "")),
+            self.redact(f"pytest-ckpts: {what}: ") + cause + ("." if fixes else ""),
             name=spec.name if spec else None,
             status=failure.status,
             kind=failure.kind,
+            cause=cause,
+            fixes=fixes,
         )
 
     def dead(self) -> str | None:
@@ -190,7 +240,8 @@ class HubClient(EndpointAuth):
                 self.stop.check(what)
             dead = self.dead()
             if dead is not None:
-                raise self._error(spec, what, Failure("unreachable", None, dead), _OFFLINE_HINT)
+                failure = Failure(Kind.UNREACHABLE, None, dead)
+                raise self._error(spec, what, failure, _OFFLINE_FIXES, _REMEMBERED)
             started = self.clock()
             before = progress() if progress is not None else 0
             made += 1
@@ -204,11 +255,11 @@ class HubClient(EndpointAuth):
                 if self.stop is not None:
                     self.stop.check(what)  # the stop shut the connection down
                 failure = self._heard(classify_exception(exc, probing=probing))
-            if failure.kind == "unreachable":
+            if failure.kind is Kind.UNREACHABLE:
                 failure.text = f"hub unreachable at {self.shown}: {failure.text}"
                 self.run_state.mark_failed(self.shown, failure.text)
-                raise self._error(spec, what, failure, _OFFLINE_HINT) from None
-            if failure.kind != "transient":
+                raise self._error(spec, what, failure, _OFFLINE_FIXES, _REMEMBERED) from None
+            if failure.kind is not Kind.TRANSIENT:
                 raise self._error(spec, what, failure, failure_hint(failure)) from None
             moved = progress is not None and progress() > before
             attempt = 0 if moved else attempt + 1
@@ -238,14 +289,14 @@ class HubClient(EndpointAuth):
     def _give_up(
         self, spec: CheckpointSpec | None, what: str, failure: Failure, attempts: int, capped: bool
     ) -> CheckpointDownloadError:
-        knob = f"--ckpts-retry-budget / {ENV['retry_budget']}"
-        hint = give_up_hint(failure, self.budget, attempts=attempts, capped=capped, knob=knob)
+        hint = give_up_hint(failure, self.budget, attempts=attempts, capped=capped)
         if self.budget.left < 1.0:
             self.run_state.mark_failed(
                 self.shown,
                 f"hub at {self.shown} kept failing ({failure.text}) and the retry budget is spent",
             )
-        return self._error(spec, what, failure, hint)
+        fixes = (Fix.set("retry_budget", why="to wait longer"),)
+        return self._error(spec, what, failure, fixes, hint)
 
     def _session(self) -> Any:
         from huggingface_hub.utils import get_session  # type: ignore[attr-defined]
@@ -276,12 +327,7 @@ class HubClient(EndpointAuth):
                 self._probes[key] = known
         if "commit" in known:
             return str(known["commit"])
-        raise CheckpointDownloadError(
-            f"pytest-ckpts: checkpoint '{spec.name}' from {self.describe(spec)}: {known['error']}",
-            name=spec.name,
-            status=known.get("status"),
-            kind=known["kind"],
-        )
+        raise probe_error(spec, self.describe(spec), known)
 
     def _do_probe(self, spec: CheckpointSpec) -> dict[str, Any]:
         import httpx2
@@ -305,40 +351,32 @@ class HubClient(EndpointAuth):
                 raise RetrySignal(self._heard(classify_response(response)))
             if response.status_code >= 400:
                 failure = self._heard(classify_response(response))
-                raise self._error(None, what, failure, self._probe_hint(failure))
+                raise self._error(None, what, failure, probe_hint(failure, self.has_token()))
             try:
                 body = response.json()
             except ValueError:
-                raise self._error(
-                    None,
-                    what,
-                    Failure("unreachable", None, "the answer is not JSON: not a Hugging Face Hub"),
-                    "",
-                ) from None
+                not_hub = "the answer is not JSON: not a Hugging Face Hub"
+                raise self._error(None, what, Failure(Kind.UNREACHABLE, None, not_hub)) from None
             return body
 
         try:
             body = self._send(None, what, once, probing=True)
-        except CheckpointDownloadError as exc:
-            cause = str(exc).removeprefix(f"pytest-ckpts: {what}: ")
-            return {"error": cause, "kind": exc.kind, "status": exc.status}
+        except CheckpointDownloadError as exc:  # JSON-able: workers get it in workerinput
+            fixes = [dataclasses.asdict(f) for f in exc.fixes]
+            return {
+                "error": exc.cause,
+                "kind": exc.kind.value,
+                "status": exc.status,
+                "fixes": fixes,
+            }
         commit = body.get("sha") if isinstance(body, dict) else None
         if not isinstance(commit, str) or not is_pinned(commit):
             return {
                 "error": "the hub gave no commit",
-                "kind": "permanent",
+                "kind": Kind.PERMANENT.value,
                 "status": None,
             }
         return {"commit": commit}
-
-    def _probe_hint(self, failure: Failure) -> str:
-        if failure.status in (401, 403):
-            if self.has_token():
-                return "the hub refused the token; check HF_TOKEN or `hf auth login`"
-            return "the repo needs authentication; set HF_TOKEN or run `hf auth login`"
-        if failure.status == 404:
-            return "check hf_repo/repo and revision in the manifest"
-        return ""
 
     def known_commit(self, spec: CheckpointSpec) -> str | None:
         """The commit ``spec``'s revision resolved to in this run, if it was asked."""
@@ -449,9 +487,9 @@ def read_range(
                     response.headers.get("Content-Range") or "no Content-Range"
                 )
                 text = f"HTTP {response.status_code} ({got_range}) for bytes={begin}-{end - 1}"
-                hint = "partial reads need a hub that serves byte ranges"
-                failure = Failure("permanent", int(response.status_code), text)
-                raise client._error(spec, what, failure, hint)
+                note = "partial reads need a hub that serves byte ranges"
+                failure = Failure(Kind.PERMANENT, int(response.status_code), text)
+                raise client._error(spec, what, failure, (), note)
             want = min(end, total) - begin
             chunks: list[bytes] = []
             got = 0
@@ -462,7 +500,7 @@ def read_range(
                 chunks.append(chunk)
             if got != want:
                 cut = f"body of {got} bytes, not the {want} asked for"
-                raise RetrySignal(Failure("transient", None, cut))
+                raise RetrySignal(Failure(Kind.TRANSIENT, None, cut))
             return Ranged(b"".join(chunks), total, time.perf_counter() - started)
 
     result: Ranged = client._send(spec, what, once)
@@ -520,7 +558,7 @@ def create_commit(
             )
         ) from None
     except hf_errors.HfHubHTTPError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = hub_error_cause(exc)
         raise UsageFailure(
             client.redact(f"pytest-ckpts: upload to {where} failed: {first}")
         ) from None

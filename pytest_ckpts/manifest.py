@@ -45,7 +45,7 @@ from ._manifest_fields import (
     str_value,
 )
 from ._yaml import show
-from .errors import ManifestError, ManifestNotFoundError, YamlProblem
+from .errors import CheckpointsError, Fix, ManifestError, ManifestNotFoundError, YamlProblem
 from .settings import DEFAULT_MANIFEST, ENV, env_value, find_manifest
 
 if TYPE_CHECKING:
@@ -179,9 +179,8 @@ def load_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:
         found = find_manifest()
         if found is None:
             raise ManifestNotFoundError(
-                f"looked for {DEFAULT_MANIFEST} in {Path.cwd()} and its parents. Create one, "
-                f"or point at one: {ENV_MANIFEST}=/path/to/checkpoints.yaml (pytest-ckpts "
-                "command: --manifest PATH; pytest: --ckpts-manifest PATH or ini ckpts_manifest)."
+                f"looked for {DEFAULT_MANIFEST} in {Path.cwd()} and its parents.",
+                fixes=(Fix.say(f"create {DEFAULT_MANIFEST}"), Fix.set("manifest")),
             )
         path = found
     manifest_path = Path(path).expanduser().absolute()
@@ -190,10 +189,9 @@ def load_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:
             data = f.read(_yaml.MAX_BYTES + 1)
     except FileNotFoundError:
         raise ManifestNotFoundError(
-            f"{manifest_path}: file not found. Create it, or point --ckpts-manifest / "
-            f"{ENV_MANIFEST} / ini ckpts_manifest (pytest-ckpts command: --manifest) at "
-            "the right file.",
+            f"{manifest_path}: file not found.",
             path=manifest_path,
+            fixes=(Fix.say("create it"), Fix.set("manifest", why="naming the right file")),
         ) from None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
@@ -275,9 +273,8 @@ def _parse_mirrors(ctx: Ctx, node: yaml.Node) -> tuple[str, ...]:
         try:
             parse_mirror(text, source="config.mirrors")
         except ValueError as exc:
-            raise ctx.error(
-                str(exc).removeprefix("pytest-ckpts: "), key="mirrors", node=item
-            ) from None
+            why = exc.summary if isinstance(exc, CheckpointsError) else str(exc)
+            raise ctx.error(why, key="mirrors", node=item) from None
         found.append(SecretText(text.strip()))
     return tuple(found)
 

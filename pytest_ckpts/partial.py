@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._pieces import MERGE_GAP, FromCache, FromFile, FromHub, Source, cached_commit, not_this_file
-from .errors import CheckpointDownloadError, CheckpointSkipped, TensorIndexError
+from .errors import CheckpointDownloadError, CheckpointSkipped, Fix, TensorIndexError
 from .manifest import CheckpointSpec, is_pinned
+from .settings import Mode
 from .tensor_index import (
     Header,
     Piece,
@@ -154,8 +155,13 @@ class PartialReader:
             if commit is None:
                 raise CheckpointSkipped(
                     f"pytest-ckpts: tensors of checkpoint '{spec.name}' are not cached in "
-                    f"{store.cache} and the mode is offline (no downloads). Read them "
-                    "once online (the cache keeps them), or use --ckpts=auto."
+                    f"{store.cache} and the mode is offline (no downloads).",
+                    entry=spec.name,
+                    cause="not cached",
+                    fixes=(
+                        Fix.say("read them once online (the cache keeps them)"),
+                        Fix.set("mode", Mode.AUTO.value),
+                    ),
                 )
             out.commit = commit
             return self._from_cache(spec, index, commit, names, wanted, out, "offline")

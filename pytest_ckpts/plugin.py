@@ -18,7 +18,7 @@ from . import fixtures, hookspecs, mlflow_fixtures
 from ._properties import record as record_properties
 from .errors import CheckpointDownloadError, CheckpointSkipped, ManifestError
 from .marker import MARKER, BadMarker, add_implied_marker, marked_names, marker_problem
-from .session import RESOLVED_KEY, SESSION_KEY, CkptsSession, get_session
+from .session import RESOLVED_KEY, SESSION_KEY, CkptsSession, get_session, plugin_text
 from .settings import Mode, Settings, add_pytest_options
 
 
@@ -51,7 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             manifest = load_manifest(settings.manifest)
         except ManifestError as exc:
-            raise pytest.UsageError(str(exc)) from None
+            raise pytest.UsageError(plugin_text(exc)) from None
     session = CkptsSession(config=config, settings=settings, manifest=manifest)
     workerinput = getattr(config, "workerinput", None)
     if workerinput and workerinput.get("ckpts_run_id"):
@@ -166,14 +166,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     try:
         return (yield)
     except (CheckpointSkipped, CheckpointDownloadError) as exc:
-        session = get_session(item.config)
-        if item.get_closest_marker(MARKER) is None or (
-            isinstance(exc, CheckpointDownloadError) and session.call_mode() is Mode.REQUIRE
-        ):
-            raise
-        raise pytest.skip.Exception(
-            str(exc).splitlines()[0].removeprefix("pytest-ckpts: "), _use_item_location=True
-        ) from None
+        if item.get_closest_marker(MARKER) is not None:
+            get_session(item.config).library_outcome(exc)
+        raise
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

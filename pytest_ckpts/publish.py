@@ -182,8 +182,7 @@ def _stale_indexes(manifest: Manifest, specs: list[CheckpointSpec]) -> dict[Chec
             try:
                 load_index(manifest, spec)
             except TensorIndexError as exc:
-                reason = str(exc).removeprefix("pytest-ckpts: ")
-                stale[spec] = reason
+                stale[spec] = exc.summary
     return stale
 
 
@@ -264,7 +263,7 @@ def _missing_commits(store: Store, specs: list[CheckpointSpec]) -> list[str]:
             if exc.status == 404:
                 lines.append(
                     f"MISSING     {spec.name}: commit {spec.revision} is not on the hub "
-                    f"({str(exc).splitlines()[0].removeprefix('pytest-ckpts: ')}); set "
+                    f"({exc.cause or exc.summary}); set "
                     "revision to a branch and run `pytest-ckpts lock --pin` again"
                 )
             else:
@@ -313,8 +312,8 @@ def _check_reachable(store: Store, specs: list[CheckpointSpec]) -> None:
         try:
             store.probe(spec)
         except CheckpointDownloadError as exc:
-            if exc.kind == "unreachable":  # a missing branch or commit is fine: uploads make it
-                cause = str(exc).splitlines()[0].removeprefix("pytest-ckpts: ")
+            if exc.unreachable:  # a missing branch or commit is fine: uploads make it
+                cause = exc.cause or exc.summary
                 raise UsageFailure(
                     f"pytest-ckpts: cannot upload: {cause}. Nothing in the manifest was "
                     "changed; re-run when the hub is reachable."

@@ -26,6 +26,7 @@ from ._redact import redact
 from ._text import plural
 from .session import CkptsSession
 from .stats import Stats, is_mirror
+from .stats import human_size as _size
 
 __all__ = [
     "header_line",
@@ -43,22 +44,13 @@ _WWW = re.compile(r"(?i)\b(www)\.")
 _MARKUP = re.compile(r"[`*_\[\]()<>&~\\!|:@#{}\"'=+^$]")
 
 
-def _size(nbytes: float) -> str:
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"  # pragma: no cover
-
-
 def header_line(session: CkptsSession) -> str | None:
     """``ckpts: mode=auto (default), manifest=..., N entries, cache=...``; None if idle."""
     if session.manifest is None:
         return None
     from .cache import Cache
 
-    cache = Cache.locate(session.settings.cache_dir or session.manifest.cache_dir).hub
+    cache = Cache.in_force(session.settings.cache_dir, session.manifest).hub
     try:
         cache_label = str(cache.relative_to(session.config.rootpath))
     except ValueError:

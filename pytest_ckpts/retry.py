@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import Kind
+
 __all__ = [
     "MAX_ATTEMPTS",
     "TRANSIENT_STATUS",
@@ -209,11 +211,12 @@ class RunState:
 class Failure:
     """How a request failed (docs/how-to/ci.md "Retries and the retry budget")."""
 
-    kind: str  # transient | unreachable | permanent
+    kind: Kind
     status: int | None
     text: str
     retry_after: float | None = None  # seconds the hub asked to wait
     asked_by: str = "Retry-After"  # the header that asked: Retry-After or RateLimit
+    code: str | None = None  # the hub's X-Error-Code (RevisionNotFound, EntryNotFound, ...)
 
 
 def classify_exception(exc: BaseException, *, probing: bool) -> Failure:
@@ -221,13 +224,13 @@ def classify_exception(exc: BaseException, *, probing: bool) -> Failure:
 
     name = f"{type(exc).__name__}: {exc}".rstrip(": ")
     if isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)):
-        return Failure("unreachable", None, name)
+        return Failure(Kind.UNREACHABLE, None, name)
     if isinstance(exc, httpx2.TimeoutException):
-        kind = "unreachable" if probing else "transient"
+        kind = Kind.UNREACHABLE if probing else Kind.TRANSIENT
         return Failure(kind, None, f"no answer in time ({name or 'timeout'})")
     if isinstance(exc, (httpx2.TransportError, OSError)):
-        return Failure("transient", None, f"connection broken ({name})")
-    return Failure("permanent", None, name)
+        return Failure(Kind.TRANSIENT, None, f"connection broken ({name})")
+    return Failure(Kind.PERMANENT, None, name)
 
 
 def classify_response(response: Any) -> Failure:
@@ -242,25 +245,20 @@ def classify_response(response: Any) -> Failure:
             text += " (rate-limited: authenticated requests get higher limits; set HF_TOKEN)"
             if retry_after is None:
                 retry_after, asked_by = ratelimit_reset(response.headers), "RateLimit"
-        return Failure("transient", status, text, retry_after, asked_by)
-    return Failure("permanent", status, text)
+        return Failure(Kind.TRANSIENT, status, text, retry_after, asked_by, code or None)
+    return Failure(Kind.PERMANENT, status, text, code=code or None)
 
 
-def give_up_hint(
-    failure: Failure, budget: RetryBudget, *, attempts: int, capped: bool, knob: str
-) -> str:
-    """Why retrying stopped, and how long the hub asked to wait (``knob``: the setting
-    that changes the budget, in the caller's words)."""
+def give_up_hint(failure: Failure, budget: RetryBudget, *, attempts: int, capped: bool) -> str:
+    """Why retrying stopped, and how long the hub asked to wait (the setting that changes
+    the budget is the error's fix, in each front end's words)."""
     left = budget.left
     asked = failure.retry_after
     said = f"the hub asked to wait {asked:.0f}s ({failure.asked_by})" if asked is not None else ""
     if capped:
         hint = f"gave up after {attempts} attempts, the most for one request"
     elif asked is not None and asked > left:
-        hint = f"{said}, more than the {left:.0f}s left of the retry budget ({knob})"
+        hint = f"{said}, more than the {left:.0f}s left of the retry budget"
     else:
-        hint = (
-            f"gave up after {attempts} attempts: the retry budget of {budget.total:g}s is "
-            f"spent ({knob})"
-        )
+        hint = f"gave up after {attempts} attempts: the retry budget of {budget.total:g}s is spent"
     return hint + (f"; {said}" if said and said not in hint else "")

@@ -22,10 +22,13 @@ from . import _properties
 from .errors import (
     CacheError,
     CheckpointDownloadError,
+    CheckpointsError,
     CheckpointSkipped,
     CheckpointsWarning,
     ChecksumMismatchError,
+    Fix,
     TensorIndexError,
+    env_words,
 )
 from .settings import Mode, Settings
 from .stats import Stats
@@ -45,8 +48,57 @@ __all__ = [
     "CkptsSession",
     "Stats",
     "get_session",
+    "plugin_text",
+    "plugin_words",
+    "policy",
     "used_checkpoint_shas",
 ]
+
+#: pytest's option for each setting a fix may name (the rest are environment variables).
+_OPTION = {
+    "mode": "--ckpts",
+    "manifest": "--ckpts-manifest",
+    "cache_dir": "--ckpts-cache-dir",
+    "retry_budget": "--ckpts-retry-budget",
+    "prefetch": "--ckpts-prefetch",
+}
+
+
+def plugin_words(fix: Fix) -> str:
+    """The plugin's words for a fix: its ``--ckpts*`` options (``--ckpts=auto``)."""
+    option = _OPTION.get(fix.setting or "")
+    if option is None:
+        return env_words(fix)
+    if fix.setting == "mode":
+        phrase = f"use {option}={fix.shown_value}"
+    else:
+        phrase = f"use {option} {fix.shown_value}"
+        if fix.setting == "manifest":
+            phrase += " (or ini ckpts_manifest)"
+    return f"{phrase} {fix.why}" if fix.why else phrase
+
+
+def plugin_text(exc: BaseException) -> str:
+    """An error's whole message as pytest shows it (fixes as ``--ckpts*`` options)."""
+    return exc.render(plugin_words) if isinstance(exc, CheckpointsError) else str(exc)
+
+
+def policy(exc: BaseException, mode: Mode) -> str | None:
+    """The one skip-or-fail decision (docs/modes.md "Run modes") for what resolving raised:
+    ``"skip"``, ``"fail"``, or None (not a checkpoint outcome: the caller re-raises).
+
+    Not available by policy, or the hub down outside ``require``: skip naming why. A
+    mismatch, a bad tensor index, a local cache failure, or the hub down under
+    ``require``: fail.
+    """
+    if isinstance(exc, CheckpointSkipped):
+        return "skip"
+    if isinstance(exc, CheckpointDownloadError):
+        return "fail" if mode is Mode.REQUIRE else "skip"
+    if isinstance(exc, (ChecksumMismatchError, TensorIndexError, CacheError)):
+        return "fail"
+    return None
+
 
 #: name -> sha256 of every checkpoint a test item resolved (for baselines).
 USED_KEY = pytest.StashKey[dict[str, str]]()
@@ -124,7 +176,7 @@ class CkptsSession:
             from .store import Store
 
             assert self.manifest is not None
-            layout = Cache.locate(self.settings.cache_dir or self.manifest.cache_dir)
+            layout = Cache.in_force(self.settings.cache_dir, self.manifest)
             self._store = Store.from_settings(
                 self.manifest,
                 self.settings,
@@ -205,7 +257,7 @@ class CkptsSession:
         # the run's cache as the run located it; the call's as the environment says now
         # (a test may set HF_HUB_CACHE / HF_HOME, which a manifest without cache_dir follows)
         ours = Cache(self.store.cache, self.store.hub_dir)
-        theirs = Cache.locate(settings.cache_dir or self.manifest.cache_dir)
+        theirs = Cache.in_force(settings.cache_dir, self.manifest)
         return (
             _same(settings.manifest, self.manifest.path)
             and _same(ours.root, theirs.root)
@@ -268,20 +320,27 @@ class CkptsSession:
         __tracebackhide__ = True
         try:
             yield
-        except CheckpointSkipped as exc:
-            reason = _named(name, exc)
-            self.stats.record(name, "skipped", reason=reason)
-            _skip(reason)
-        except (ChecksumMismatchError, TensorIndexError, CacheError) as exc:
-            self.stats.record(name, "failed", reason=_reason(exc))
-            _fail(str(exc))
-        except CheckpointDownloadError as exc:
-            if self.settings.mode is Mode.REQUIRE:
-                self.stats.record(name, "failed", reason=_reason(exc))
-                _fail(f"{exc}\n(--ckpts=require turns hub failures into errors)")
-            reason = _named(name, exc)
-            self.stats.record(name, "skipped", reason=reason)
-            _skip(reason)
+        except (CheckpointsError, OSError) as exc:
+            verdict = policy(exc, self.settings.mode)
+            if verdict is None:
+                raise
+            if verdict == "skip":
+                reason = _named(name, exc)
+                self.stats.record(name, "skipped", reason=reason)
+                _skip(reason)
+            reason = _reason(exc)
+            self.stats.record(name, "failed", reason=reason)
+            if isinstance(exc, CheckpointDownloadError):
+                text = f"{plugin_text(exc)}\n(--ckpts=require turns hub failures into errors)"
+                _fail(text, reason)
+            _fail(plugin_text(exc), reason)
+
+    def library_outcome(self, exc: BaseException) -> None:
+        """A library call in a ``requires_checkpoints`` test raised ``exc``: skip it the
+        way :func:`policy` says (docs/modes.md "Run modes"); return to let it fail as raised."""
+        __tracebackhide__ = True
+        if policy(exc, self.call_mode()) == "skip":
+            raise pytest.skip.Exception(_line(exc), _use_item_location=True) from None
 
     def resolve_for_test(self, name: str, item: pytest.Item | None) -> Checkpoint:
         """Resolve ``name`` applying the run's policy: return, ``skip`` or ``fail``."""
@@ -381,31 +440,40 @@ def _same(a: Path, b: Path) -> bool:
     return a == b or a.resolve() == b.resolve()
 
 
-def _skip(reason: str) -> None:
+def _skip(reason: str) -> NoReturn:
     """Skip pointing at the test, not at this plugin (``-rs`` groups by location)."""
     __tracebackhide__ = True
-    raise pytest.skip.Exception(reason, _use_item_location=True)
+    outcome = pytest.skip.Exception(reason, _use_item_location=True)
+    outcome.ckpts_reason = reason  # type: ignore[attr-defined]  # for junit properties
+    raise outcome
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, reason: str | None = None) -> NoReturn:
     """Fail with ``message`` alone: raised while handling the store's error, a plain
     ``pytest.fail`` would print that error again under "During handling of the above
-    exception"."""
+    exception". ``reason``: the one line junit properties record (a field, not parsed)."""
     __tracebackhide__ = True
-    raise pytest.fail.Exception(message, pytrace=False) from None
+    outcome = pytest.fail.Exception(message, pytrace=False)
+    outcome.ckpts_reason = reason  # type: ignore[attr-defined]
+    raise outcome from None
 
 
 def _named(name: str, exc: BaseException) -> str:
-    """The skip reason: the store's first line, prefixed with the name unless it has it."""
-    reason = _reason(exc)
+    """The skip reason: the error's line in pytest's words, naming the checkpoint first."""
+    reason = _line(exc)
     prefix = f"checkpoint '{name}'"
     return reason if reason.startswith(prefix) else f"{prefix}: {reason}"
 
 
+def _line(exc: BaseException) -> str:
+    """One line for a skip reason: the summary and the fixes as ``--ckpts*`` options."""
+    if isinstance(exc, CheckpointsError):
+        return exc.one_line(plugin_words)
+    return str(exc) or type(exc).__name__
+
+
 def _reason(exc: BaseException) -> str:
-    return _first_line(exc).removeprefix("pytest-ckpts: ")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
+    """Why a checkpoint failed, for the summary and the report: the summary alone."""
+    if isinstance(exc, CheckpointsError):
+        return exc.summary or type(exc).__name__
+    return str(exc) or type(exc).__name__

@@ -16,7 +16,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["STATUSES", "Stats", "is_mirror"]
+__all__ = ["STATUSES", "Stats", "human_size", "is_mirror"]
+
+
+def human_size(nbytes: float | None) -> str:
+    """``1.5 MiB``: the one size format of the summary, the report and the CLI (``-``: unknown)."""
+    if nbytes is None:
+        return "-"
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
 
 #: Report statuses, strongest first: when workers disagree the strongest wins.
 STATUSES = ("failed", "downloaded", "stale", "cached", "skipped")

@@ -35,12 +35,18 @@ from ._stamps import blob_of
 from ._transfer import blocked_dir_error
 from .cache import Cache, Stamp
 from .checkpoint import Checkpoint
-from .errors import CacheError, CheckpointDownloadError, CheckpointSkipped, ChecksumMismatchError
+from .errors import (
+    CacheError,
+    CheckpointDownloadError,
+    CheckpointSkipped,
+    ChecksumMismatchError,
+    Fix,
+)
 from .hub_client import DEFAULT_ENDPOINT, Downloaded, HubClient, redact, resolve_endpoint
 from .integrity import calculate_sha256
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import RetryBudget, RunState
-from .settings import ENV, Mode, Settings
+from .settings import Mode, Settings
 from .sources.step import MirrorSupport, from_mirrors, may_mirror, unresolved
 
 __all__ = ["DEFAULT_ENDPOINT", "NullObserver", "Observer", "Store", "redact", "resolve_endpoint"]
@@ -101,6 +107,8 @@ class Store(MirrorSupport):
     trust_endpoint: bool = False
     #: why each stale checkpoint was used (name -> reason), for summaries and reports
     stale_reasons: dict[str, str] = field(default_factory=dict, repr=False)
+    #: the hub failure behind each stale copy (name -> error), for front ends' own words
+    stale_errors: dict[str, CheckpointDownloadError] = field(default_factory=dict, repr=False)
     _memory: dict[str, Stamp] = field(default_factory=dict, repr=False)
     #: huggingface_hub's cache when it is not ``cache_dir/hub`` (``HF_HUB_CACHE``)
     hub_dir: Path | None = None
@@ -109,7 +117,7 @@ class Store(MirrorSupport):
 
     def __post_init__(self) -> None:
         if self.hub_dir is None:  # none given, none in the manifest: huggingface_hub's own
-            located = Cache.locate(self.cache_dir or self.manifest.cache_dir)
+            located = Cache.in_force(self.cache_dir, self.manifest)
             self.cache_dir, self.hub_dir = located.root, located.hub_dir
         if self.run_state is None:
             self.run_state = RunState()
@@ -153,6 +161,19 @@ class Store(MirrorSupport):
     def hub(self) -> HubClient:
         assert self.client is not None
         return self.client
+
+    @property
+    def cache_dir_arg(self) -> Path | None:
+        """The cache directory a ``pytest-ckpts`` command must be told (``--cache-dir``):
+        None when it is the manifest's default, which the command finds by itself."""
+        default = Cache.in_force(None, self.manifest)
+        if (default.root, default.hub_dir) == (self.cache, self.hub_dir):
+            return None
+        return self.hub_dir if self.hub_dir is not None else self.cache
+
+    def run_fix(self, *command: str, why: str = "") -> Fix:
+        """A ``pytest-ckpts`` command as a fix, on the cache directory in force."""
+        return Fix.run(*command, cache_dir=self.cache_dir_arg, why=why)
 
     def snapshot_path(self, spec: CheckpointSpec, commit: str) -> Path:
         key = (spec.repo_type, spec.repo, spec.hf_path, commit)
@@ -220,8 +241,10 @@ class Store(MirrorSupport):
         if commit is None or path is None or not path.exists():
             raise CheckpointSkipped(
                 f"pytest-ckpts: checkpoint '{spec.name}' is not cached in {self.cache} and "
-                "the mode is offline (no downloads). Run `pytest-ckpts fetch "
-                f"{spec.name}` or use --ckpts=auto."
+                "the mode is offline (no downloads).",
+                entry=spec.name,
+                cause="not cached",
+                fixes=(self.run_fix("fetch", spec.name), Fix.set("mode", Mode.AUTO.value)),
             )
         ready = self._fast_path(spec, path, commit)
         if ready is not None:
@@ -244,12 +267,13 @@ class Store(MirrorSupport):
         path = self.snapshot_path(spec, commit)
         if not path.exists():
             return None
-        cause = _cause(exc)
+        cause = exc.cause or exc.summary
         stamp = self._trusted(spec, path) or self._verified_copy(spec, path, cause)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp.verified_at))
         self.stale_reasons[spec.name] = (
             f"stale: commit {commit[:12]} verified {when}; hub failed: {cause}"
         )
+        self.stale_errors[spec.name] = exc
         logger.warning(
             "pytest-ckpts: using stale copy of '%s' (%s)", spec.name, self.stale_reasons[spec.name]
         )
@@ -282,6 +306,7 @@ class Store(MirrorSupport):
                     path,
                     actual,
                     f"cached copy; not downloaded again, the hub failed: {cause}",
+                    cached=True,
                 )
             return stamp
         finally:
@@ -315,8 +340,13 @@ class Store(MirrorSupport):
                 raise blocked from None
             raise CacheError(
                 f"pytest-ckpts: cannot download checkpoint '{spec.name}': the cache {self.cache} "
-                f"is not writable ({exc.strerror or exc}). Use a writable --ckpts-cache-dir / "
-                f"{ENV['cache_dir']}, or fill this cache with `pytest-ckpts fetch`."
+                f"is not writable ({exc.strerror or exc}).",
+                entry=spec.name,
+                cause="cache not writable",
+                fixes=(
+                    Fix.set("cache_dir", why="(a writable directory)"),
+                    self.run_fix("fetch", why="where the cache is writable"),
+                ),
             ) from None
         try:
             return self._resolve_locked(spec, path, commit, force_download)
@@ -327,7 +357,7 @@ class Store(MirrorSupport):
         """Hash a cached copy that cannot be replaced here: hand it out, or the mismatch."""
         ok, actual, stamp = self._hash_and_stamp(spec, path)
         if not ok:
-            raise self._mismatch(spec, path, actual, why)
+            raise self._mismatch(spec, path, actual, why, cached=True)
         return self._done(spec, path, commit, stamp, "cached")
 
     def _resolve_locked(
@@ -362,7 +392,11 @@ class Store(MirrorSupport):
                 raise
             # the copy found here is the answer: a mismatch is never a skip (docs/modes.md "Run modes")
             raise self._mismatch(
-                spec, path, corrupted, f"cached copy; downloading it again failed: {_cause(exc)}"
+                spec,
+                path,
+                corrupted,
+                f"cached copy; downloading it again failed: {exc.cause or exc.summary}",
+                cached=True,
             ) from None
         ok, actual, stamp = self._landed(spec, got)
         if not ok and got.resumed:  # the part before the cut may be the bad part: once more
@@ -454,9 +488,17 @@ class Store(MirrorSupport):
         return f"{self.layout.lock_key(spec)}:{spec.sha256}"
 
     def _mismatch(
-        self, spec: CheckpointSpec, path: Path, actual: str, why: str
+        self, spec: CheckpointSpec, path: Path, actual: str, why: str, *, cached: bool = False
     ) -> ChecksumMismatchError:
-        return mismatch_error(spec, path, actual, why, self.describe(spec))
+        """``cached``: the bad bytes are a local copy; a fresh download is the first way out
+        (``lock --update`` would record the corrupt hash)."""
+        fixes = mismatch_fixes(spec)
+        if cached:
+            fixes = (
+                self.run_fix("fetch", "--force", spec.name, why="to download it again"),
+                *fixes,
+            )
+        return mismatch_error(spec, path, actual, why, self.describe(spec), fixes)
 
     # ------------------------------------------------------------------ shared with partial reads
     def may_serve_stale(self, spec: CheckpointSpec, exc: CheckpointDownloadError) -> bool:
@@ -467,8 +509,7 @@ class Store(MirrorSupport):
     @staticmethod
     def stale_reason(used: str, exc: CheckpointDownloadError) -> str:
         """How a stale copy is reported: what was ``used`` and why the hub failed."""
-        cause = str(exc).splitlines()[0].removeprefix("pytest-ckpts: ")
-        return f"stale: {used}; hub failed: {cause}"
+        return f"stale: {used}; hub failed: {exc.cause or exc.summary}"
 
     @contextmanager
     def cache_lock(self, lock_path: Path, spec: CheckpointSpec, doing: str) -> Iterator[bool]:
@@ -499,26 +540,34 @@ class Store(MirrorSupport):
                 lock.release()
 
 
-def _cause(exc: BaseException) -> str:
-    """The first line of a hub error, for messages that quote it."""
-    return str(exc).splitlines()[0].removeprefix("pytest-ckpts: ")
+def mismatch_fixes(spec: CheckpointSpec) -> tuple[Fix, ...]:
+    """The way out of a mismatch of the hub's file: record it, if it is intended."""
+    return (Fix.run("lock", "--update", spec.name, why="if the new file is intended"),)
 
 
 def mismatch_error(
-    spec: CheckpointSpec, path: Path, actual: str, why: str, source: str
+    spec: CheckpointSpec,
+    path: Path,
+    actual: str,
+    why: str,
+    source: str,
+    fixes: tuple[Fix, ...] | None = None,
 ) -> ChecksumMismatchError:
     """The one error for bytes that are not the manifest's: never skipped, names the fix."""
     return ChecksumMismatchError(
-        f"pytest-ckpts: Checksum mismatch for checkpoint '{spec.name}' ({why})\n"
-        f"  file:     {path}\n"
-        f"  source:   {source}\n"
-        f"  expected: {spec.sha256}\n"
-        f"  actual:   {actual}\n"
-        "A checksum mismatch is never skipped. If the new file is intended, record its "
-        f"hash with `pytest-ckpts lock --update {spec.name}`; otherwise the upstream file "
-        "changed or the download is corrupted.",
+        f"pytest-ckpts: Checksum mismatch for checkpoint '{spec.name}' ({why})",
         name=spec.name,
         path=path,
         expected=spec.sha256,
         actual=actual,
+        cause="checksum mismatch",
+        details=(
+            f"  file:     {path}\n"
+            f"  source:   {source}\n"
+            f"  expected: {spec.sha256}\n"
+            f"  actual:   {actual}\n"
+            "A checksum mismatch is never skipped: the upstream file changed or the local "
+            "copy is corrupted."
+        ),
+        fixes=mismatch_fixes(spec) if fixes is None else fixes,
     )

@@ -19,6 +19,7 @@ from pytest_ckpts.baseline import (
     BaselineMissing,
     read_baseline,
 )
+from pytest_ckpts.fixtures import UPDATE_FLAG
 from pytest_ckpts.testing import LocalHub
 
 VAE_A, VAE_B, LDM = "a" * 64, "c" * 64, "b" * 64
@@ -28,7 +29,10 @@ def checker(
     tmp_path: Path, update: bool = False, shas: dict[str, str] | None = None
 ) -> BaselineChecker:
     return BaselineChecker(
-        directory=tmp_path / "baselines", update=update, checkpoint_shas=lambda: shas or {}
+        directory=tmp_path / "baselines",
+        update=update,
+        checkpoint_shas=lambda: shas or {},
+        update_option=UPDATE_FLAG,  # the front end names its switch (the fixture: pytest's)
     )
 
 

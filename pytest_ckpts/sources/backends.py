@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import MirrorUnavailable, UsageFailure
+from ..errors import MirrorUnavailable, UsageFailure, foreign_line
 from ..retry import TRANSIENT_STATUS, parse_retry_after
 from .template import Mirror, redact_url
 
@@ -321,7 +321,7 @@ class FsspecBackend:
             return MirrorUnavailable("refused", f"{text}: access denied (403)")
         if names & set(_UNREACHABLE_NAMES) or isinstance(exc, ConnectionRefusedError):
             return MirrorUnavailable("unreachable", f"{text}: {type(exc).__name__} (unreachable)")
-        detail = f"{type(exc).__name__}: {redact_url(str(exc).splitlines()[0][:200])}".rstrip(": ")
+        detail = f"{type(exc).__name__}: {redact_url(foreign_line(exc)[:200])}".rstrip(": ")
         if isinstance(exc, (OSError, TimeoutError)) or "Timeout" in type(exc).__name__:
             return MirrorUnavailable("transient", f"{text}: {detail}")
         return MirrorUnavailable("refused", f"{text}: {detail}")

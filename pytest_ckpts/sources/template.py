@@ -23,6 +23,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..errors import SettingError
+
 if TYPE_CHECKING:
     from ..manifest import CheckpointSpec
 
@@ -126,17 +128,17 @@ def parse_mirror(text: str, *, source: str) -> Mirror:
     template = text.strip()
     where = f"mirror {redact_url(template)!r} from {source}"
     if not template:
-        raise ValueError(f"pytest-ckpts: empty {where}")
+        raise SettingError(f"pytest-ckpts: empty {where}")
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        raise ValueError(
+        raise SettingError(
             f"pytest-ckpts: {where}: {exc} (write '{{{{' and '}}}}' for literal braces)"
         ) from None
     unknown = [f for f in fields if f not in PLACEHOLDERS]
     if unknown:
         known = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
-        raise ValueError(
+        raise SettingError(
             f"pytest-ckpts: {where}: unknown placeholder {{{unknown[0]}}}; known: {known}"
         )
     if not fields:
@@ -147,7 +149,7 @@ def parse_mirror(text: str, *, source: str) -> Mirror:
         rest = template[match.end() :]
         host_end = rest.find("/")
         if protocol != "file" and (host_end < 0 or "{" in rest[:host_end] or host_end == 0):
-            raise ValueError(
+            raise SettingError(
                 f"pytest-ckpts: {where}: placeholders may only follow the host "
                 "(scheme://host/prefix/{sha256})"
             )
