@@ -136,7 +136,8 @@ def settings_rows(collected: Collected) -> list[dict[str, Any]]:
         r["help"] = opt.get("help", "")
     for name, (help_text, kind, default) in collected.ini.items():
         r = row(name)
-        r["ini"] = (name, kind, default)
+        # pytest < 7.x records an untyped key as None; later versions call it "string"
+        r["ini"] = (name, kind or "string", default)
         r["ini_help"] = help_text
     for key, var in env.items():
         row(key)["env"] = var

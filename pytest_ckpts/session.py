@@ -197,7 +197,12 @@ class CkptsSession:
         makes no request); anything else is probed here once, so a dead hub costs one
         short probe for the whole run rather than one per worker.
         """
-        if self.manifest is None or not self.settings.downloads:
+        if self.manifest is None:
+            return {}
+        # The one-time move of an old cache layout happens here, before any worker walks
+        # the rootdir: a worker moving it while another collects broke pytest 7's walk.
+        _ = self.store.layout
+        if not self.settings.downloads:
             return {}
         if self._probes_done is None:  # once per run, not once per worker node
             store = self.store
