@@ -458,8 +458,15 @@ class Store(MirrorSupport):
         return ok, actual, stamp
 
     def _done(
-        self, spec: CheckpointSpec, path: Path, commit: str, stamp: Stamp, source: str
+        self,
+        spec: CheckpointSpec,
+        path: Path,
+        commit: str,
+        stamp: Stamp,
+        source: str,
+        mirror: str | None = None,
     ) -> Checkpoint:
+        """The resolved checkpoint, announced to the observer (``mirror``: where it came from)."""
         ckpt = Checkpoint(
             name=spec.name,
             path=path,
@@ -469,6 +476,7 @@ class Store(MirrorSupport):
             description=spec.description,
             verified=spec.sha256 is not None,
             source=source,
+            mirror=mirror,
         )
         self.observer.on_resolve(spec, ckpt)
         return ckpt

@@ -18,7 +18,6 @@ from ..errors import CacheError, CheckpointDownloadError
 from ..manifest import CheckpointSpec, is_pinned
 
 if TYPE_CHECKING:
-    from ..cache import Stamp
     from ..store import Store
     from .fetch import MirrorSet
 
@@ -59,22 +58,6 @@ class MirrorSupport:
 def may_mirror(store: Store, spec: CheckpointSpec) -> bool:
     """A mirror may serve ``spec`` (so a pinned entry needs no hub probe up front)."""
     return bool(store.mirrors) and spec.sha256 is not None and not store.offline
-
-
-def _done(store: Store, spec: CheckpointSpec, link: Any, commit: str, stamp: Stamp, source: str, mirror: str | None) -> Checkpoint:  # fmt: skip
-    ckpt = Checkpoint(
-        name=spec.name,
-        path=link,
-        sha256=stamp.sha256,
-        size=stamp.size,
-        revision=commit,
-        description=spec.description,
-        verified=True,
-        source=source,
-        mirror=mirror,
-    )
-    store.observer.on_resolve(spec, ckpt)
-    return ckpt
 
 
 def from_mirrors(
@@ -123,7 +106,7 @@ def _place(
     store.layout.write_ref(spec, commit)
     if fetched is None:
         assert have is not None
-        return _done(store, spec, link, commit, have, "cached", None)
+        return store._done(spec, link, commit, have, "cached")
     store.observer.on_download(spec, link, fetched.nbytes, fetched.seconds)
     logger.info(
         "pytest-ckpts: '%s' from mirror %s (%d bytes in %.2fs)",
@@ -133,7 +116,7 @@ def _place(
         fetched.seconds,
     )
     _ok, _actual, stamp = store._hash_and_stamp(spec, link, fetched.sha256)
-    return _done(store, spec, link, commit, stamp, "downloaded", fetched.mirror.label)
+    return store._done(spec, link, commit, stamp, "downloaded", fetched.mirror.label)
 
 
 def unresolved(store: Store, spec: CheckpointSpec, exc: CheckpointDownloadError) -> Checkpoint | None:  # fmt: skip
