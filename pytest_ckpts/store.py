@@ -14,7 +14,9 @@ fast path (stamp) → lock → look again → mirrors → download → verify �
   all); the step lives in :mod:`pytest_ckpts.sources.step`.
 - Stale-while-error: when a branch cannot be resolved because the hub is down,
   rate-limited or the retry budget is spent, the verified copy of the commit the
-  branch last resolved to is used, and reported as ``stale``.
+  branch last resolved to is used, and reported as ``stale``; these fallbacks (stale,
+  offline and read-only copies, mismatches, the per-file lock) live in
+  :mod:`pytest_ckpts._fallback`.
 
 Paths and stamps live in :mod:`pytest_ckpts.cache`; the network in ``hub_client``.
 This module knows nothing of pytest.
@@ -25,21 +27,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ._fallback import StaleSupport
 from ._stamps import blob_of
-from ._transfer import blocked_dir_error
 from .cache import Cache, Stamp
 from .checkpoint import Checkpoint
 from .errors import (
-    CacheError,
     CheckpointDownloadError,
-    CheckpointSkipped,
-    ChecksumMismatchError,
     Fix,
 )
 from .hub_client import DEFAULT_ENDPOINT, Downloaded, HubClient, redact, resolve_endpoint
@@ -85,7 +82,7 @@ class NullObserver:
 
 
 @dataclass
-class Store(MirrorSupport):
+class Store(StaleSupport, MirrorSupport):
     """Resolves manifest entries to verified files in ``cache_dir``.
 
     ``offline=True`` never touches the network: a missing file raises
@@ -235,131 +232,6 @@ class Store(MirrorSupport):
                 raise
             return stale
 
-    def _resolve_offline(self, spec: CheckpointSpec) -> Checkpoint:
-        commit = self.cached_commit(spec)
-        path = self.snapshot_path(spec, commit) if commit else None
-        if commit is None or path is None or not path.exists():
-            raise CheckpointSkipped(
-                f"pytest-ckpts: checkpoint '{spec.name}' is not cached in {self.cache} and "
-                "the mode is offline (no downloads).",
-                entry=spec.name,
-                cause="not cached",
-                fixes=(self.run_fix("fetch", spec.name), Fix.set("mode", Mode.AUTO.value)),
-            )
-        ready = self._fast_path(spec, path, commit)
-        if ready is not None:
-            return ready
-        return self._verify_cached(spec, path, commit, "cached copy; offline, not re-downloaded")
-
-    def _stale(self, spec: CheckpointSpec, exc: CheckpointDownloadError) -> Checkpoint | None:
-        """The cached copy to use when the hub cannot be asked (down, or the budget spent).
-
-        A branch falls back to the commit it last resolved to, a pinned entry to its
-        commit's snapshot. A copy no stamp vouches for (a cache restored by a copy: new
-        inodes and ctimes) is hashed once here: served when it matches, a mismatch when
-        it does not (docs/explanation/verification.md "Stale copies": never a skip).
-        """
-        if not exc.hub_down:
-            return None
-        commit = self.cached_commit(spec)
-        if commit is None:
-            return None
-        path = self.snapshot_path(spec, commit)
-        if not path.exists():
-            return None
-        cause = exc.cause or exc.summary
-        stamp = self._trusted(spec, path) or self._verified_copy(spec, path, cause)
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp.verified_at))
-        self.stale_reasons[spec.name] = (
-            f"stale: commit {commit[:12]} verified {when}; hub failed: {cause}"
-        )
-        self.stale_errors[spec.name] = exc
-        logger.warning(
-            "pytest-ckpts: using stale copy of '%s' (%s)", spec.name, self.stale_reasons[spec.name]
-        )
-        return self._done(spec, path, commit, stamp, "stale")
-
-    def _verified_copy(self, spec: CheckpointSpec, path: Path, cause: str) -> Stamp:
-        """Hash a cached copy once (under the file's lock when the cache is writable, so
-        xdist workers hash it once between them) and stamp it, or raise the mismatch."""
-        from filelock import FileLock, Timeout
-
-        lock_path = self.layout.lock_path(spec)
-        lock = FileLock(str(lock_path), timeout=self.lock_timeout)
-        try:
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
-            held = True
-        except (OSError, Timeout):  # read-only cache: nobody else can stamp it either
-            held = False
-        try:
-            stamp = self._trusted(spec, path)  # another process hashed it meanwhile
-            if stamp is not None:
-                return stamp
-            self._raise_known_mismatch(spec)
-            ok, actual, stamp = self._hash_and_stamp(spec, path)
-            if not ok:
-                assert self.run_state is not None
-                self.run_state.mark_mismatch(self._mismatch_key(spec), f"{path}\0{actual}")
-                raise self._mismatch(
-                    spec,
-                    path,
-                    actual,
-                    f"cached copy; not downloaded again, the hub failed: {cause}",
-                    cached=True,
-                )
-            return stamp
-        finally:
-            if held:
-                lock.release()
-
-    def _locked(
-        self, spec: CheckpointSpec, path: Path, commit: str, force_download: bool
-    ) -> Checkpoint:
-        from ._lock import LockTimeout, acquire
-
-        lock_path = self.layout.lock_path(spec)
-        try:
-            try:
-                lock = acquire(lock_path, self.lock_timeout)
-            except FileNotFoundError:  # first download into this cache
-                lock_path.parent.mkdir(parents=True, exist_ok=True)
-                lock = acquire(lock_path, self.lock_timeout)
-        except LockTimeout:
-            raise CheckpointDownloadError(
-                f"pytest-ckpts: timed out after {self.lock_timeout:.0f}s waiting for another "
-                f"process to download '{spec.name}' (lock {lock_path}). If no other "
-                "process is running, delete the lock file.",
-                name=spec.name,
-            ) from None
-        except OSError as exc:  # read-only cache: nobody can write, so no lock is needed
-            if path.exists() and not force_download:
-                return self._verify_cached(spec, path, commit, "cached copy in a read-only cache")
-            blocked = blocked_dir_error(lock_path.parent, spec)  # a dangling symlink?
-            if blocked is not None:
-                raise blocked from None
-            raise CacheError(
-                f"pytest-ckpts: cannot download checkpoint '{spec.name}': the cache {self.cache} "
-                f"is not writable ({exc.strerror or exc}).",
-                entry=spec.name,
-                cause="cache not writable",
-                fixes=(
-                    Fix.set("cache_dir", why="(a writable directory)"),
-                    self.run_fix("fetch", why="where the cache is writable"),
-                ),
-            ) from None
-        try:
-            return self._resolve_locked(spec, path, commit, force_download)
-        finally:
-            lock.release()
-
-    def _verify_cached(self, spec: CheckpointSpec, path: Path, commit: str, why: str) -> Checkpoint:
-        """Hash a cached copy that cannot be replaced here: hand it out, or the mismatch."""
-        ok, actual, stamp = self._hash_and_stamp(spec, path)
-        if not ok:
-            raise self._mismatch(spec, path, actual, why, cached=True)
-        return self._done(spec, path, commit, stamp, "cached")
-
     def _resolve_locked(
         self, spec: CheckpointSpec, path: Path, commit: str, force_download: bool
     ) -> Checkpoint:
@@ -482,100 +354,5 @@ class Store(MirrorSupport):
         return ckpt
 
     # ------------------------------------------------------------------ errors
-    def _raise_known_mismatch(self, spec: CheckpointSpec) -> None:
-        """A mismatch this run already found is raised again, never downloaded again."""
-        assert self.run_state is not None
-        known = self.run_state.mismatch(self._mismatch_key(spec))
-        if known is not None:
-            path, actual = known.split("\0")
-            raise self._mismatch(
-                spec, Path(path), actual, "found earlier in this run; not downloaded again"
-            )
-
-    def _mismatch_key(self, spec: CheckpointSpec) -> str:
-        return f"{self.layout.lock_key(spec)}:{spec.sha256}"
-
-    def _mismatch(
-        self, spec: CheckpointSpec, path: Path, actual: str, why: str, *, cached: bool = False
-    ) -> ChecksumMismatchError:
-        """``cached``: the bad bytes are a local copy; a fresh download is the first way out
-        (``lock --update`` would record the corrupt hash)."""
-        fixes = mismatch_fixes(spec)
-        if cached:
-            fixes = (
-                self.run_fix("fetch", "--force", spec.name, why="to download it again"),
-                *fixes,
-            )
-        return mismatch_error(spec, path, actual, why, self.describe(spec), fixes)
 
     # ------------------------------------------------------------------ shared with partial reads
-    def may_serve_stale(self, spec: CheckpointSpec, exc: CheckpointDownloadError) -> bool:
-        """Whether ``exc`` may be answered from an older verified copy: a branch whose hub
-        is down, rate-limited or out of retry budget; never a pinned commit."""
-        return not is_pinned(spec.revision) and exc.hub_down
-
-    @staticmethod
-    def stale_reason(used: str, exc: CheckpointDownloadError) -> str:
-        """How a stale copy is reported: what was ``used`` and why the hub failed."""
-        return f"stale: {used}; hub failed: {exc.cause or exc.summary}"
-
-    @contextmanager
-    def cache_lock(self, lock_path: Path, spec: CheckpointSpec, doing: str) -> Iterator[bool]:
-        """Hold the cross-process lock ``lock_path`` while ``doing`` (for the timeout
-        message); yields False, holding nothing, where the cache is read-only (nothing
-        will be written there, so nothing needs one)."""
-        from filelock import FileLock, Timeout
-
-        lock: Any = None
-        try:
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(lock_path), timeout=self.lock_timeout)
-            lock.acquire()
-        except Timeout:
-            raise CheckpointDownloadError(
-                f"pytest-ckpts: timed out after {self.lock_timeout:.0f}s waiting for another "
-                f"process to {doing} (lock {lock_path}). If no other process is running, "
-                "delete the lock file.",
-                name=spec.name,
-            ) from None
-        except OSError as exc:  # read-only cache
-            logger.debug("pytest-ckpts: no lock %s: %s", lock_path, exc)
-            lock = None
-        try:
-            yield lock is not None
-        finally:
-            if lock is not None:
-                lock.release()
-
-
-def mismatch_fixes(spec: CheckpointSpec) -> tuple[Fix, ...]:
-    """The way out of a mismatch of the hub's file: record it, if it is intended."""
-    return (Fix.run("lock", "--update", spec.name, why="if the new file is intended"),)
-
-
-def mismatch_error(
-    spec: CheckpointSpec,
-    path: Path,
-    actual: str,
-    why: str,
-    source: str,
-    fixes: tuple[Fix, ...] | None = None,
-) -> ChecksumMismatchError:
-    """The one error for bytes that are not the manifest's: never skipped, names the fix."""
-    return ChecksumMismatchError(
-        f"pytest-ckpts: Checksum mismatch for checkpoint '{spec.name}' ({why})",
-        name=spec.name,
-        path=path,
-        expected=spec.sha256,
-        actual=actual,
-        cause="checksum mismatch",
-        details=(
-            f"  file:     {path}\n"
-            f"  source:   {source}\n"
-            f"  expected: {spec.sha256}\n"
-            f"  actual:   {actual}\n"
-            "A checksum mismatch is never skipped: the upstream file changed or the local "
-            "copy is corrupted."
-        ),
-        fixes=mismatch_fixes(spec) if fixes is None else fixes,
-    )
