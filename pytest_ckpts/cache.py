@@ -34,12 +34,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._stamps import LOG_NAME, Stamp, StampLog, blob_of, stamp_log, stamp_log_for
+from ._housekeeping import CacheHousekeeping
+from ._stamps import LOG_NAME, Stamp, StampLog, blob_of, stamp_log_for
 from .errors import CacheError
 from .integrity import atomic_write_text
 from .manifest import CheckpointSpec, Manifest, is_pinned
@@ -124,7 +124,7 @@ def _walk_files(root: Path) -> Iterator[Path]:
 
 
 @dataclass(frozen=True)
-class Cache:
+class Cache(CacheHousekeeping):
     """Paths and stamps under one cache root. Cheap to build; touches disk only when asked.
 
     ``root`` holds our state (``.ckpts/``); the huggingface_hub cache is ``hub_dir``, by
@@ -364,131 +364,6 @@ class Cache:
         return sorted(
             p for p in self.hub.iterdir() if p.is_dir() and p.name.startswith(_REPO_PREFIXES)
         )
-
-    def info(self, manifest: Manifest) -> CacheInfo:
-        """Sizes per repo folder and which manifest entries are cached."""
-        result = CacheInfo(root=self.root)
-        for repo in self.repo_dirs():
-            size = 0
-            for f in _walk_files(repo / "blobs"):
-                if f.name.endswith(INCOMPLETE):
-                    result.incomplete.append(f)
-                elif f.is_file():
-                    size += f.stat().st_size
-            result.repos[repo.name] = size
-        for spec in manifest.entries.values():
-            (result.cached if self.cached_path(spec) else result.missing).append(spec.name)
-        for f in _walk_files(self.root / META_DIR / "tensors"):
-            result.tensor_files += 1
-            result.tensor_bytes += f.stat().st_size
-        return result
-
-    def prune(self, manifest: Manifest, *, dry_run: bool = False) -> PruneResult:
-        """Remove what the manifest no longer names, and downloads nobody is finishing.
-
-        Kept: the snapshot files (and blobs) each entry resolves to now. An
-        ``.incomplete`` file is removed only when the lock of the download that owns it
-        can be taken at once: a download in flight in another process keeps its lock.
-        """
-        keep_links: set[Path] = set()
-        keep_blobs: set[Path] = set()
-        for spec in manifest.entries.values():
-            path = self.cached_path(spec)
-            if path is not None:
-                keep_links.add(path.absolute())
-                keep_blobs.add(path.resolve())
-        result = PruneResult()
-        for repo in self.repo_dirs():
-            forgotten: list[str] = []
-            for f in sorted(_walk_files(repo / "snapshots")):
-                if f.absolute() not in keep_links:
-                    result.removed_links += 1
-                    if not dry_run:
-                        f.unlink()
-            for blob in sorted(_walk_files(repo / "blobs")):
-                if blob.name.endswith(INCOMPLETE):
-                    if self._abandoned(repo, blob):
-                        result.removed_incomplete.append(blob)
-                        result.freed += blob.stat().st_size
-                        if not dry_run:
-                            blob.unlink(missing_ok=True)
-                    continue
-                if blob.resolve() not in keep_blobs:
-                    result.freed += blob.stat().st_size
-                    result.removed_blobs.append(blob)
-                    if not dry_run:
-                        blob.unlink()
-                        forgotten.append(blob.name)
-            if forgotten:
-                stamp_log(self.stamps_root() / repo.name / LOG_NAME).forget(forgotten)
-            if not dry_run:
-                _remove_empty_dirs(repo / "snapshots")
-                _drop_dangling_refs(repo)
-                if not any(_walk_files(repo / "blobs")) and not any(
-                    _walk_files(repo / "snapshots")
-                ):
-                    import shutil
-
-                    shutil.rmtree(repo)
-        self._prune_pieces(manifest, result, dry_run=dry_run)
-        if not dry_run:
-            self.cleanup_runs()  # records of runs that crashed before removing theirs
-        return result
-
-    def _prune_pieces(self, manifest: Manifest, result: PruneResult, *, dry_run: bool) -> None:
-        """Pieces of partial reads survive only for entries with a tensor index.
-
-        A pinned entry keeps the pieces of its commit; a branch keeps those of every
-        commit it was read at (they are verified against the index on every read).
-        """
-        keep: list[Path] = []
-        for spec in manifest.entries.values():
-            if getattr(spec, "tensor_index", None) is None:
-                continue
-            commits = [spec.revision] if is_pinned(spec.revision) else self.piece_commits(spec)
-            for commit in commits:
-                try:
-                    keep.append(self.pieces_dir(spec, commit).absolute())
-                except CacheError:
-                    continue
-        root = self.root / META_DIR / "tensors"
-        for f in sorted(_walk_files(root)):
-            if not any(f.absolute().is_relative_to(k) for k in keep):
-                result.removed_tensors.append(f)
-                result.freed += f.stat().st_size
-                if not dry_run:
-                    f.unlink(missing_ok=True)
-        if not dry_run:
-            _remove_empty_dirs(root)
-
-    def _abandoned(self, repo: Path, incomplete: Path) -> bool:
-        """No process holds the lock that guards ``incomplete``."""
-        from filelock import FileLock, Timeout
-
-        name = incomplete.name[: -len(INCOMPLETE)]
-        if name.startswith("."):  # ours: .<lock key>.<commit>.incomplete
-            lock = self.root / META_DIR / "locks" / f"{name[1:].split('.')[0]}.lock"
-        else:  # huggingface_hub's own: <etag>.incomplete, locked in <cache>/.locks/
-            lock = self.hub / ".locks" / repo.name / f"{name}.lock"
-        if not lock.exists():
-            return True
-        try:
-            with FileLock(str(lock), timeout=0):
-                return True
-        except Timeout:
-            return False
-        except OSError:
-            return False
-
-    def cleanup_runs(self, *, older_than: float = 24 * 3600.0) -> None:
-        """Remove run-state files of runs that ended long ago (crashed runs leave them)."""
-        now = time.time()
-        for f in _iter_dir(self.runs_dir()):
-            try:
-                if now - f.stat().st_mtime > older_than:
-                    f.unlink()
-            except OSError:
-                pass
 
 
 def _old_entries(root: Path) -> list[str]:
