@@ -79,7 +79,12 @@ def write_manifest(
             f"    hf_path: w/{name}.bin",
             f'    sha256: "{hashlib.sha256(data).hexdigest()}"',
         ]
-    lines += ["config:", f"  hf_repo: {REPO}", f"  endpoint: {hub_endpoint}"]
+    lines += [
+        "config:",
+        f"  hf_repo: {REPO}",
+        f"  endpoint: {hub_endpoint}",
+        '  cache_dir: "./checkpoints"',
+    ]
     if commit:
         lines.append(f'  revision: "{commit}"')
     (root / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -129,9 +134,7 @@ def bench_prefetch(tmp: Path, repeats: int) -> None:
         def once(prefetch: str) -> float:
             import shutil
 
-            shutil.rmtree(
-                root / "checkpoints" / f"models--{REPO.replace('/', '--')}", ignore_errors=True
-            )
+            shutil.rmtree(root / "checkpoints" / "hub", ignore_errors=True)  # SPEC §2 layout
             shutil.rmtree(root / "checkpoints" / ".ckpts", ignore_errors=True)
             return run(pytest_cmd("--ckpts-prefetch", prefetch), root)
 
@@ -152,9 +155,7 @@ def bench_fetch_jobs(tmp: Path, repeats: int) -> None:
         def once(jobs: str) -> float:
             import shutil
 
-            shutil.rmtree(
-                root / "checkpoints" / f"models--{REPO.replace('/', '--')}", ignore_errors=True
-            )
+            shutil.rmtree(root / "checkpoints" / "hub", ignore_errors=True)  # SPEC §2 layout
             shutil.rmtree(root / "checkpoints" / ".ckpts", ignore_errors=True)
             return run([sys.executable, "-m", "pytest_ckpts.cli", "fetch", "-q", "-j", jobs], root)
 
@@ -229,7 +230,7 @@ def bench_warm_1000(tmp: Path, repeats: int) -> None:
         plain = tmp / "plain"
         plain.mkdir()
         (plain / "pytest.ini").write_text("[pytest]\n")
-        cache = root / "checkpoints"
+        cache = root / "checkpoints" / "hub"  # huggingface_hub cache inside ours (SPEC §2)
         (plain / "conftest.py").write_text(
             PLAIN_CONFTEST.format(repo=REPO, commit=commit, cache=str(cache))
         )

@@ -89,6 +89,7 @@ def main() -> None:
             f'    sha256: "{hashlib.sha256(raw).hexdigest()}"\n'
             f"config:\n  hf_repo: {REPO}\n  endpoint: {hub.endpoint}\n"
             f'  revision: "{commit}"\n'
+            '  cache_dir: "./checkpoints"\n'
         )
         del raw
         print(f"header: {header / 1e6:.1f} MB, {args.tensors + 1} tensors")

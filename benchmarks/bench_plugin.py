@@ -119,6 +119,7 @@ def main() -> None:
                 f"  hf_repo: {REPO}",
                 f"  endpoint: {hub.endpoint}",
                 f'  revision: "{commit}"',
+                '  cache_dir: "./checkpoints"',
             ]
             (project / "checkpoints" / "checkpoints.yaml").write_text("\n".join(lines) + "\n")
             with_ckpt = "\n\n".join(

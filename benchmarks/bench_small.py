@@ -47,6 +47,7 @@ def write_manifest(root: Path, endpoint: str, files: dict[str, bytes], commit: s
             f'    sha256: "{hashlib.sha256(data).hexdigest()}"',
         ]
     lines += ["config:", f"  hf_repo: {REPO}", f"  endpoint: {endpoint}", f'  revision: "{commit}"']
+    lines.append('  cache_dir: "./checkpoints"')  # not huggingface_hub's own cache
     path = root / "checkpoints" / "checkpoints.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -98,7 +99,7 @@ def bench_warm_resolve(tmp: Path, repeats: int, n: int) -> None:
         t0 = time.perf_counter()
         for k in files:
             hf_hub_download(
-                REPO, f"w/{k}.bin", revision=commit, cache_dir=cache, local_files_only=True
+                REPO, f"w/{k}.bin", revision=commit, cache_dir=cache / "hub", local_files_only=True
             )
         return (time.perf_counter() - t0) / n
 
