@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_ckpts.testing import LocalHub
+    from tests.helpers import Mounts
 
 # Set before huggingface_hub can be imported by anything in this process.
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
@@ -99,8 +102,6 @@ def project(tmp_path: Path) -> Path:
 
 # --------------------------------------------------------------------------- local hub
 
-REPO = "acme/ckpts"
-
 
 @pytest.fixture
 def hub() -> Iterator[LocalHub]:
@@ -111,58 +112,28 @@ def hub() -> Iterator[LocalHub]:
         yield h
 
 
-def make_manifest(
-    root: Path,
-    hub: LocalHub | None,
-    files: dict[str, bytes],
-    *,
-    pinned: bool = False,
-    sha: dict[str, str | None] | None = None,
-    endpoint: str | None = None,
-    extra_config: str = "",
-) -> Path:
-    """Publish ``files`` (name -> bytes) on ``hub`` and write a manifest naming them.
-
-    Each checkpoint ``name`` lives at ``weights/<name>.ckpt`` in ``REPO``. ``sha``
-    overrides the recorded sha256 per name (None = placeholder).
-    """
-    import hashlib
-
-    commit = None
-    if hub is not None and files:
-        commit = hub.add_files(REPO, {f"weights/{n}.ckpt": data for n, data in files.items()})
-    lines = ["checkpoints:"]
-    for name, data in files.items():
-        digest = hashlib.sha256(data).hexdigest()
-        if sha is not None and name in sha:
-            digest = sha[name] or "<to_be_calculated>"
-        if digest != "<to_be_calculated>":
-            digest = f'"{digest}"'
-        lines += [
-            f"  {name}:",
-            f"    filename: {name}.ckpt",
-            f"    hf_path: weights/{name}.ckpt",
-            f"    sha256: {digest}",
-            f'    description: "test checkpoint {name}"',
-        ]
-    if not files:
-        lines[0] = "checkpoints: {}"
-    lines += ["config:", f"  hf_repo: {REPO}", '  cache_dir: "./checkpoints"']
-    ep = endpoint or (hub.endpoint if hub is not None else None)
-    if ep:
-        lines.append(f"  endpoint: {ep}")
-    if pinned and commit:
-        lines.append(f'  revision: "{commit}"')
-    if extra_config:
-        lines.append(extra_config)
-    path = root / "checkpoints" / "checkpoints.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+# --------------------------------------------------------------------------- mounts
 
 
-def dead_endpoint() -> str:
-    """An http endpoint on 127.0.0.1 where nothing listens (connection refused)."""
-    from pytest_ckpts.testing import LocalHub
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[Mounts]:
+    """Real read-only bind mounts and small tmpfs mounts; skips where mounting is not allowed."""
+    from tests.helpers import Mounts
 
-    return LocalHub.dead_endpoint()
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount/umount command: read-only and full-disk caches need real mounts")
+    probe = tmp_path / "mount-probe"
+    probe.mkdir()
+    helper = Mounts()
+    try:
+        helper.tmpfs(probe, "64k")
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(
+            "mounting is not permitted here (needs root or CAP_SYS_ADMIN): "
+            f"{(exc.stderr or '').strip() or exc}"
+        )
+    helper.unmount_all()
+    try:
+        yield helper
+    finally:
+        helper.unmount_all()

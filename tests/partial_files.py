@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conftest import REPO
-
-from pytest_ckpts.cli import main
+from tests.helpers import REPO, cli
 
 if TYPE_CHECKING:
     from pytest_ckpts.testing import LocalHub
@@ -75,12 +72,6 @@ def publish(
     return write_manifest(
         root, hub.endpoint, data, revision=commit if pinned else "main", name=name
     )
-
-
-def cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    code = main(list(args), out=out)
-    return code, out.getvalue()
 
 
 def index(manifest: Path, *names: str, source: Path | None = None) -> str:

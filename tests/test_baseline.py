@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_manifest
 
 from pytest_ckpts.baseline import (
     FORMAT,
@@ -21,6 +20,7 @@ from pytest_ckpts.baseline import (
 )
 from pytest_ckpts.fixtures import UPDATE_FLAG
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import make_manifest
 
 VAE_A, VAE_B, LDM = "a" * 64, "c" * 64, "b" * 64
 

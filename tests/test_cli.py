@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_manifest
 
 from pytest_ckpts.cli import main
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import cli, make_manifest
 
 FILES = {"vae": os.urandom(40_000) + b"vae", "ldm": os.urandom(30_000) + b"ldm"}
-
-
-def cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    code = main(list(args), out=out)
-    return code, out.getvalue()
 
 
 @pytest.fixture

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_manifest
 
 from pytest_ckpts.cli import main
 from pytest_ckpts.report import summary_lines
 from pytest_ckpts.stats import Stats
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, cli, make_manifest
 
 pytest_plugins = ["pytester"]
 
 ONE = {"vae": os.urandom(300_000) + b"vae"}
-
-
-def cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    return main(list(args), out=out), out.getvalue()
 
 
 # --------------------------------------------------------------------------- plurals

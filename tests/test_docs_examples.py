@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from doc_examples import OUTPUT, ROOT, ExampleError, PageRun, pages, parse, runnable
 
 from pytest_ckpts.testing import LocalHub
+from tests.doc_examples import OUTPUT, ROOT, ExampleError, PageRun, pages, parse, runnable
 
 RUNNABLE = [p for p in pages() if runnable(p)]
 

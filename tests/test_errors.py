@@ -18,12 +18,12 @@ from contextlib import redirect_stderr
 from pathlib import Path
 
 import pytest
-from conftest import dead_endpoint, make_manifest
 
 import pytest_ckpts
 from pytest_ckpts.cli import main
 from pytest_ckpts.errors import CheckpointDownloadError, CheckpointSkipped, Fix, Kind
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import dead_endpoint, make_manifest
 
 pytest_plugins = ["pytester"]
 

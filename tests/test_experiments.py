@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from experiment_models import CONFIG, UIDS, Act, make_model, train
 from torch import nn
 
 from pytest_ckpts.errors import (
@@ -25,6 +24,7 @@ from pytest_ckpts.errors import (
 from pytest_ckpts.experiments import CheckpointManager
 from pytest_ckpts.integrity import calculate_sha256
 from pytest_ckpts.testing.experiments import assert_experiment_layout, assert_state_equal
+from tests.experiment_models import CONFIG, UIDS, Act, make_model, train
 
 
 def test_training_loop_over_two_hash_changes_produces_the_documented_layout(tmp_path: Path) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from experiment_models import CONFIG, UIDS, make_model
 
 from pytest_ckpts.experiments import CheckpointManager
 from pytest_ckpts.testing.experiments import assert_experiment_layout, assert_state_equal
+from tests.experiment_models import CONFIG, UIDS, make_model
 
 
 def test_layout_assertion_lists_every_problem(tmp_path: Path) -> None:

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from experiment_models import CONFIG, UIDS, Act, make_model
 from torch import nn
 
 from pytest_ckpts.errors import ExperimentTypeError
 from pytest_ckpts.experiments import ExperimentHashGenerator
 from pytest_ckpts.experiments.hashing import CanonicalWalker
 from pytest_ckpts.experiments.payload import PayloadWalker, PlainWalker
+from tests.experiment_models import CONFIG, UIDS, Act, make_model
 
 
 def test_hash_is_16_hex_and_tracks_each_component() -> None:

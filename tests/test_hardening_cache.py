@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_manifest
 
 from pytest_ckpts import ChecksumMismatchError, load_manifest
 from pytest_ckpts.cache import Cache, contained
@@ -28,6 +27,7 @@ from pytest_ckpts.errors import CacheError
 from pytest_ckpts.manifest import CheckpointSpec
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, make_manifest
 
 DATA = os.urandom(48 * 1024) + b"weights"
 HOSTILE = "../../../../victim.txt"

@@ -6,7 +6,6 @@ Each test names, in its docstring, the defect of the earlier CLI it guards again
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -17,21 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, dead_endpoint, make_manifest
 
 from pytest_ckpts import load_manifest
 from pytest_ckpts.cli import main
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, cli, dead_endpoint, make_manifest
 
 FILES = {"vae": os.urandom(20_000) + b"vae", "ldm": os.urandom(10_000) + b"ldm"}
 PYTEST_OPTION = re.compile(r"(?<![\w-])--ckpts\b")  # not the "models--acme--ckpts" folder
-
-
-def cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    code = main(list(args), out=out)
-    return code, out.getvalue()
 
 
 def sha(data: bytes) -> str:

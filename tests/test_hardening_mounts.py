@@ -10,20 +10,16 @@ Each test names, in its docstring, the defect of the earlier store it guards aga
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
-import subprocess
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_manifest
 
-from pytest_ckpts.cli import main
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import Mounts, cli, make_manifest
 
 pytest_plugins = ["pytester"]
 
@@ -49,61 +45,6 @@ TESTS = textwrap.dedent(
         assert get_checkpoint("vae").read_bytes().endswith(b"vae")
     """
 )
-
-
-class Mounts:
-    """Mount helpers whose mounts are undone at teardown (most recent first)."""
-
-    def __init__(self) -> None:
-        self.points: list[Path] = []
-
-    def _mount(self, *args: str) -> None:
-        subprocess.run(["mount", *args], check=True, capture_output=True, text=True)
-
-    def read_only(self, path: Path) -> None:
-        """Make ``path`` (a directory) read-only in place: a bind mount onto itself."""
-        self._mount("--bind", str(path), str(path))
-        self.points.append(path)
-        self._mount("-o", "remount,ro,bind", str(path))
-
-    def tmpfs(self, path: Path, size: str) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        self._mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
-        self.points.append(path)
-
-    def unmount_all(self) -> None:
-        while self.points:
-            point = self.points.pop()
-            done = subprocess.run(["umount", str(point)], capture_output=True)
-            if done.returncode != 0:  # something still has it open: detach it anyway
-                subprocess.run(["umount", "-l", str(point)], capture_output=True)
-
-
-@pytest.fixture
-def mounts(tmp_path: Path) -> Iterator[Mounts]:
-    if shutil.which("mount") is None or shutil.which("umount") is None:
-        pytest.skip("no mount/umount command: read-only and full-disk caches need real mounts")
-    probe = tmp_path / "mount-probe"
-    probe.mkdir()
-    helper = Mounts()
-    try:
-        helper.tmpfs(probe, "64k")
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(
-            "mounting is not permitted here (needs root or CAP_SYS_ADMIN): "
-            f"{(exc.stderr or '').strip() or exc}"
-        )
-    helper.unmount_all()
-    try:
-        yield helper
-    finally:
-        helper.unmount_all()
-
-
-def cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    code = main(list(args), out=out)
-    return code, out.getvalue()
 
 
 # --------------------------------------------------------------------------- read-only
@@ -291,7 +232,7 @@ def test_read_only_cache_serves_stale_copy_when_the_hub_dies(
 ) -> None:
     """Stale-while-error on a read-only cache: the run state (which endpoint is dead)
     cannot be written to the cache, yet the branch's last verified copy is used."""
-    from conftest import dead_endpoint
+    from tests.helpers import dead_endpoint
 
     manifest = _warm_read_only(pytester.path, hub, mounts, pinned=False, stamps=True)
     moved = pytester.path / "manifest.yaml"  # same entries, same cache, a dead hub

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import subprocess
@@ -19,14 +18,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_manifest
 from huggingface_hub import hf_hub_download, scan_cache_dir, try_to_load_from_cache
 
 from pytest_ckpts.cache import Cache
-from pytest_ckpts.cli import main
 from pytest_ckpts.manifest import load_manifest
 from pytest_ckpts.store import NullObserver, Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, cli, make_manifest
 
 VAE = os.urandom(30_000) + b"vae"
 LDM = os.urandom(20_000) + b"ldm"
@@ -40,11 +38,6 @@ def test_vae(checkpoints):
     data = checkpoints["vae"].path.read_bytes()
     assert hashlib.sha256(data).hexdigest() == "{sha}"
 """
-
-
-def cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    return main(list(args), out=out), out.getvalue()
 
 
 def _no_cache_dir_manifest(root: Path, hub: LocalHub, files: dict[str, bytes]) -> Path:

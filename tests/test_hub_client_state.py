@@ -10,9 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import REPO
-
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO
 
 OLD = os.urandom(200_000) + b"old"
 NEW = os.urandom(150_000) + b"new"

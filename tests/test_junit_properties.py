@@ -13,9 +13,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_manifest
 
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, make_manifest
 
 VAE = b"vae-weights" * 3000
 LDM = b"ldm-weights" * 2000

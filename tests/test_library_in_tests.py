@@ -19,9 +19,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import make_manifest
 
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import make_manifest
 
 pytest_plugins = ["pytester"]
 

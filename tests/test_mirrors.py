@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from conftest import REPO, make_manifest
-from mirror_servers import fill_folder
 
 from pytest_ckpts import ChecksumMismatchError, load_manifest
 from pytest_ckpts.errors import ManifestError
@@ -22,6 +20,8 @@ from pytest_ckpts.settings import Settings
 from pytest_ckpts.sources import parse_mirror, redact_url
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, make_manifest
+from tests.mirror_servers import fill_folder
 
 A = os.urandom(96 * 1024) + b"a"
 B = os.urandom(64 * 1024) + b"b"

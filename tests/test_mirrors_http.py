@@ -12,12 +12,12 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import make_manifest
-from mirror_servers import fill_folder, free_port, static_server
 
 from pytest_ckpts import load_manifest
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import make_manifest
+from tests.mirror_servers import fill_folder, free_port, static_server
 
 A = os.urandom(80 * 1024) + b"a"
 B = os.urandom(40 * 1024) + b"b"

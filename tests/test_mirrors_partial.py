@@ -8,13 +8,13 @@ import logging
 from pathlib import Path
 
 import pytest
-from mirror_servers import MotoS3, apply_env, fill_folder
-from partial_files import index, make_tensors, publish, safetensors_bytes
 
 from pytest_ckpts import load_manifest
 from pytest_ckpts.partial import PartialReader
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.mirror_servers import MotoS3, apply_env, fill_folder
+from tests.partial_files import index, make_tensors, publish, safetensors_bytes
 
 pytest.importorskip("safetensors")
 

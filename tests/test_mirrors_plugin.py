@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import make_manifest
-from mirror_servers import MotoS3, apply_env, fill_folder
 
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import make_manifest
+from tests.mirror_servers import MotoS3, apply_env, fill_folder
 
 FILES = {"vae": os.urandom(70 * 1024) + b"vae", "ldm": os.urandom(90 * 1024) + b"ldm"}
 TESTS = """

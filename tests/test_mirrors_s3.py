@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import json
 import os
 import uuid
@@ -14,13 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_manifest
-from mirror_servers import MotoS3, apply_env, free_port
 
 from pytest_ckpts import load_manifest
-from pytest_ckpts.cli import main
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import cli, make_manifest
+from tests.mirror_servers import MotoS3, apply_env, free_port
 
 A = os.urandom(300 * 1024) + b"a"
 B = os.urandom(50 * 1024) + b"b"
@@ -43,12 +41,6 @@ def bucket(moto_server: MotoS3, monkeypatch: pytest.MonkeyPatch) -> str:
     name = f"ckpts-{uuid.uuid4().hex[:12]}"
     moto_server.filesystem().mkdir(name)
     return name
-
-
-def cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    code = main(list(argv), out=out)
-    return code, out.getvalue()
 
 
 def test_push_verify_then_a_fresh_cache_fetches_from_s3_with_the_hub_down(

@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
-from partial_files import HF_PATH, cli, index, make_tensors, publish, safetensors_bytes
-from test_hardening_mounts import Mounts, mounts  # noqa: F401  (fixture)
 
 from pytest_ckpts import ChecksumMismatchError, TensorIndexError, load_manifest
 from pytest_ckpts.partial import Partial, PartialReader
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, Mounts
+from tests.partial_files import HF_PATH, cli, index, make_tensors, publish, safetensors_bytes
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
@@ -234,10 +233,10 @@ def _load_all(safe_open: Any, path: Path) -> None:
 def test_lock_tensors_refuses_what_safetensors_refuses_in_one_line(
     project: Path, capsys: pytest.CaptureFixture[str], case: str
 ) -> None:
-    from partial_files import write_manifest
     from safetensors import safe_open
 
     from pytest_ckpts.tensor_index import build_index
+    from tests.partial_files import write_manifest
 
     raw, word = HOSTILE[case]
     src = project / "src"
@@ -333,7 +332,7 @@ def test_index_writer_is_byte_for_byte_json_dumps(tmp_path: Path) -> None:
 def test_corrupted_piece_in_a_read_only_cache(
     manifest: Path,
     hub: LocalHub,
-    mounts: Mounts,  # noqa: F811
+    mounts: Mounts,
 ) -> None:
     """Online: read that range from the hub again, keep nothing. Offline: one line."""
     _read(manifest, ["ids"])
@@ -431,7 +430,7 @@ def _many_tensors_file(count: int) -> bytes:
 @pytest.mark.slow
 def test_big_header_costs_a_few_times_its_size(project: Path, hub: LocalHub) -> None:
     """Lock and a read of one 8-byte tensor stay within a few times the header size."""
-    from partial_files import write_manifest
+    from tests.partial_files import write_manifest
 
     raw = _many_tensors_file(100_000)  # main f51f74f: lock 30x, read 22x the header
     header = int.from_bytes(raw[:8], "little")

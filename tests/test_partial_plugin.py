@@ -8,10 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO, dead_endpoint
-from partial_files import HF_PATH, index, make_tensors, publish, safetensors_bytes
 
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, dead_endpoint
+from tests.partial_files import HF_PATH, index, make_tensors, publish, safetensors_bytes
 
 pytest_plugins = ["pytester"]
 pytest.importorskip("torch")

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import dead_endpoint, make_manifest
 
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import dead_endpoint, make_manifest
 
 pytest_plugins = ["pytester"]
 

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_manifest
 
 from pytest_ckpts import load_manifest
 from pytest_ckpts.cache import Cache
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import make_manifest
 
 pytest_plugins = ["pytester"]
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from pytest_ckpts import load_manifest
-from pytest_ckpts.cli import main
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, cli
 
 VAE = os.urandom(50_000)
 LDM = os.urandom(70_000)
@@ -31,11 +29,6 @@ config:
   hf_repo: {repo}
   endpoint: {endpoint}
 """
-
-
-def cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    return main(list(args), out=out), out.getvalue()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import make_manifest
 
 from pytest_ckpts import CheckpointDownloadError, load_manifest
 from pytest_ckpts.hub_client import HubClient
@@ -23,6 +22,7 @@ from pytest_ckpts.retry import MAX_ATTEMPTS, RetryBudget, backoff_delay
 from pytest_ckpts.settings import Settings
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import make_manifest
 
 pytest_plugins = ["pytester"]
 

@@ -15,13 +15,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_manifest
 
 from pytest_ckpts import CheckpointDownloadError, load_manifest
 from pytest_ckpts._redact import redact, redact_url, secrets_of, split_userinfo
 from pytest_ckpts.cli import main
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, make_manifest
 
 pytest_plugins = ["pytester"]
 

@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import make_manifest
 
 from pytest_ckpts import load_manifest
 from pytest_ckpts.cache import Cache
@@ -22,6 +21,7 @@ from pytest_ckpts.cli import main
 from pytest_ckpts.errors import CheckpointDownloadError
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import make_manifest
 
 SMALL = {f"c{i:02d}": os.urandom(1000) + bytes([i]) for i in range(12)}
 

@@ -1,0 +1,110 @@
+"""Helpers the test modules import: manifests on the local hub, a dead endpoint, the CLI.
+
+Fixtures live in ``tests/conftest.py``; plain functions and constants here, imported as
+``from tests.helpers import make_manifest``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_ckpts.cli import main
+
+if TYPE_CHECKING:
+    from pytest_ckpts.testing import LocalHub
+
+REPO = "acme/ckpts"
+
+
+def make_manifest(
+    root: Path,
+    hub: LocalHub | None,
+    files: dict[str, bytes],
+    *,
+    pinned: bool = False,
+    sha: dict[str, str | None] | None = None,
+    endpoint: str | None = None,
+    extra_config: str = "",
+) -> Path:
+    """Publish ``files`` (name -> bytes) on ``hub`` and write a manifest naming them.
+
+    Each checkpoint ``name`` lives at ``weights/<name>.ckpt`` in ``REPO``. ``sha``
+    overrides the recorded sha256 per name (None = placeholder).
+    """
+    commit = None
+    if hub is not None and files:
+        commit = hub.add_files(REPO, {f"weights/{n}.ckpt": data for n, data in files.items()})
+    lines = ["checkpoints:"]
+    for name, data in files.items():
+        digest = hashlib.sha256(data).hexdigest()
+        if sha is not None and name in sha:
+            digest = sha[name] or "<to_be_calculated>"
+        if digest != "<to_be_calculated>":
+            digest = f'"{digest}"'
+        lines += [
+            f"  {name}:",
+            f"    filename: {name}.ckpt",
+            f"    hf_path: weights/{name}.ckpt",
+            f"    sha256: {digest}",
+            f'    description: "test checkpoint {name}"',
+        ]
+    if not files:
+        lines[0] = "checkpoints: {}"
+    lines += ["config:", f"  hf_repo: {REPO}", '  cache_dir: "./checkpoints"']
+    ep = endpoint or (hub.endpoint if hub is not None else None)
+    if ep:
+        lines.append(f"  endpoint: {ep}")
+    if pinned and commit:
+        lines.append(f'  revision: "{commit}"')
+    if extra_config:
+        lines.append(extra_config)
+    path = root / "checkpoints" / "checkpoints.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def dead_endpoint() -> str:
+    """An http endpoint on 127.0.0.1 where nothing listens (connection refused)."""
+    from pytest_ckpts.testing import LocalHub
+
+    return LocalHub.dead_endpoint()
+
+
+def cli(*args: str) -> tuple[int, str]:
+    """Run ``pytest-ckpts ARGS`` in this process: (exit code, what it printed)."""
+    out = io.StringIO()
+    code = main(list(args), out=out)
+    return code, out.getvalue()
+
+
+class Mounts:
+    """Mount helpers whose mounts are undone at teardown (most recent first)."""
+
+    def __init__(self) -> None:
+        self.points: list[Path] = []
+
+    def _mount(self, *args: str) -> None:
+        subprocess.run(["mount", *args], check=True, capture_output=True, text=True)
+
+    def read_only(self, path: Path) -> None:
+        """Make ``path`` (a directory) read-only in place: a bind mount onto itself."""
+        self._mount("--bind", str(path), str(path))
+        self.points.append(path)
+        self._mount("-o", "remount,ro,bind", str(path))
+
+    def tmpfs(self, path: Path, size: str) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self._mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
+        self.points.append(path)
+
+    def unmount_all(self) -> None:
+        while self.points:
+            point = self.points.pop()
+            done = subprocess.run(["umount", str(point)], capture_output=True)
+            if done.returncode != 0:  # something still has it open: detach it anyway
+                subprocess.run(["umount", "-l", str(point)], capture_output=True)
