@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, dead_endpoint, make_manifest
 
 from pytest_ckpts import CheckpointDownloadError, load_manifest
 from pytest_ckpts.cli import main
 from pytest_ckpts.retry import RunState, parse_retry_after
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
-from tests.helpers import REPO, dead_endpoint, make_manifest
 
 pytest_plugins = ["pytester"]
 
