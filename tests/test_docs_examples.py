@@ -71,7 +71,7 @@ def test_code_and_docs_cite_sections_that_exist() -> None:
     sources = [
         *(ROOT / "pytest_ckpts").rglob("*.py"),
         *(ROOT / "examples").rglob("*.py"),
-        *(p for p in (ROOT / "tests").glob("*.py") if p.name != Path(__file__).name),
+        *(p for p in (ROOT / "tests").rglob("*.py") if p != Path(__file__).resolve()),
         *(ROOT / ".github" / "workflows").glob("*.yml"),
         *(p for p in (ROOT / "docs").rglob("*.md") if "reference" not in p.parts),
         ROOT / "CONTRIBUTING.md",

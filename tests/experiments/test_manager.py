@@ -282,7 +282,7 @@ def test_models_and_optimizers_by_registered_name(tmp_path: Path) -> None:
 
 
 def test_docs_example_runs(pytester: pytest.Pytester) -> None:
-    doc = Path(__file__).parent.parent / "docs" / "experiments.md"
+    doc = Path(__file__).resolve().parents[2] / "docs" / "experiments.md"
     example = doc.read_text("utf-8").split("```python\n", 1)[1].split("```", 1)[0]
     pytester.makepyfile(test_doc_example=example)
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)

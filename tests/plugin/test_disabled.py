@@ -11,7 +11,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "how-to" / "writing-tests.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "writing-tests.md"
 
 INI = """\
 [pytest]

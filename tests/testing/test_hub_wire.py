@@ -92,7 +92,7 @@ def test_kept_alive_gets_answer_at_loopback_speed(hub: LocalHub) -> None:
 @pytest.mark.slow
 def test_docs_examples_run(pytester: pytest.Pytester) -> None:
     """Every Python example in docs/local-hub.md runs as a test in a user's suite."""
-    doc = (Path(__file__).parent.parent / "docs" / "local-hub.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "local-hub.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
     files = {f"test_doc_{i}": block for i, block in enumerate(blocks)}
     pytester.makepyfile(**files)
