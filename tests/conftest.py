@@ -11,7 +11,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,6 +90,38 @@ def _isolated_env(
     monkeypatch.setenv("HF_HOME", str(hf_home))
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
     return
+
+
+@pytest.fixture(params=["inprocess", "subprocess"])
+def run(
+    request: pytest.FixtureRequest, pytester: pytest.Pytester
+) -> Callable[..., pytest.RunResult]:
+    """Run the pytester suite in this process and in a subprocess (the real entry point).
+
+    ``run(*args)`` adds ``-p no:cacheprovider -p no:randomly -rs`` (a fixed order, skip
+    reasons shown); a subprocess run has a 120 s timeout.
+    """
+
+    def runner(*args: str) -> pytest.RunResult:
+        base = ("-p", "no:cacheprovider", "-p", "no:randomly", "-rs", *args)
+        if request.param == "subprocess":
+            return pytester.runpytest_subprocess(*base, timeout=120)
+        return pytester.runpytest(*base)
+
+    return runner
+
+
+@pytest.fixture(params=[pytest.param([], id="plain"), pytest.param(["-n", "2"], id="xdist")])
+def plugin_args(request: pytest.FixtureRequest) -> list[str]:
+    """Arguments for a pytester run, once without and once with ``-n 2`` (pytest-xdist).
+
+    For behaviour that may differ under xdist (mode decisions, skips and failures,
+    reports, prefetch, junit properties, stale copies):
+    ``pytester.runpytest(*plugin_args, ...)``. The xdist run is skipped without xdist.
+    """
+    if request.param:
+        pytest.importorskip("xdist")
+    return list(request.param)
 
 
 @pytest.fixture

@@ -24,19 +24,6 @@ FILES = {name: os.urandom(16 * 1024) + name.encode() for name in ("vae", "dec", 
 SECRET = "hf_" + "Zq7" * 10  # what a user token looks like
 
 
-@pytest.fixture(params=["inprocess", "subprocess"])
-def run(
-    request: pytest.FixtureRequest, pytester: pytest.Pytester
-) -> Callable[..., pytest.RunResult]:
-    def runner(*args: str) -> pytest.RunResult:
-        base = ("-p", "no:cacheprovider", "-p", "no:randomly", "-rs", *args)
-        if request.param == "subprocess":
-            return pytester.runpytest_subprocess(*base, timeout=120)
-        return pytester.runpytest(*base)
-
-    return runner
-
-
 # --------------------------------------------------------------------------- tokens
 
 SECRET_TESTS = textwrap.dedent(

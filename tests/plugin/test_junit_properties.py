@@ -49,26 +49,14 @@ def _inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly", *args)
 
 
-@pytest.fixture(params=["inprocess", "xdist"])
-def run(request: pytest.FixtureRequest, pytester: pytest.Pytester):  # type: ignore[no-untyped-def]
-    def go(*args: str) -> pytest.RunResult:
-        if request.param == "xdist":
-            return pytester.runpytest_subprocess(
-                "-p", "no:cacheprovider", "-p", "no:randomly", "-n", "2", *args, timeout=180
-            )
-        return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly", *args)
-
-    return go
-
-
 def test_junit_xml_carries_status_sha256_and_commit(
-    pytester: pytest.Pytester, hub: LocalHub, run
-) -> None:  # type: ignore[no-untyped-def]
+    pytester: pytest.Pytester, hub: LocalHub, plugin_args: list[str]
+) -> None:
     make_manifest(pytester.path, hub, {"vae": VAE, "ldm": LDM}, pinned=True)
     commit = hub.commit_sha(REPO)
     pytester.makepyfile(test_it=TESTS)
     xml = pytester.path / "junit.xml"
-    run(f"--junitxml={xml}").assert_outcomes(passed=3)
+    _inprocess(pytester, *plugin_args, f"--junitxml={xml}").assert_outcomes(passed=3)
     props = _properties(xml)
     assert props["test_marked"] == {
         "ckpts.vae.status": "downloaded",
@@ -81,19 +69,21 @@ def test_junit_xml_carries_status_sha256_and_commit(
         "ckpts.ldm.commit": commit,
     }
     assert props["test_plain"] == {}  # no checkpoint, no properties
-    run(f"--junitxml={xml}").assert_outcomes(passed=3)
+    _inprocess(pytester, *plugin_args, f"--junitxml={xml}").assert_outcomes(passed=3)
     assert _properties(xml)["test_marked"]["ckpts.vae.status"] == "cached"
 
 
-def test_stale_copy_shows_stale_in_junit_xml(pytester: pytest.Pytester, hub: LocalHub, run) -> None:  # type: ignore[no-untyped-def]
+def test_stale_copy_shows_stale_in_junit_xml(
+    pytester: pytest.Pytester, hub: LocalHub, plugin_args: list[str]
+) -> None:
     """A branch resolved once, then the hub goes away: the copy is served ``stale``."""
     make_manifest(pytester.path, hub, {"vae": VAE, "ldm": LDM})  # revision: main
     commit = hub.commit_sha(REPO)
     pytester.makepyfile(test_it=TESTS)
     xml = pytester.path / "junit.xml"
-    run(f"--junitxml={xml}").assert_outcomes(passed=3)
+    _inprocess(pytester, *plugin_args, f"--junitxml={xml}").assert_outcomes(passed=3)
     hub.stop()
-    result = run(f"--junitxml={xml}", "--ckpts=require")
+    result = _inprocess(pytester, *plugin_args, f"--junitxml={xml}", "--ckpts=require")
     result.assert_outcomes(passed=3)
     props = _properties(xml)
     assert props["test_marked"]["ckpts.vae.status"] == "stale"

@@ -39,23 +39,9 @@ TESTS = textwrap.dedent(
 )
 
 
-@pytest.fixture(params=["inprocess", "subprocess"])
-def run(
-    request: pytest.FixtureRequest, pytester: pytest.Pytester
-) -> Callable[..., pytest.RunResult]:
-    """Run the inner suite in-process and in a subprocess (the real entry point)."""
-
-    def runner(*args: str) -> pytest.RunResult:
-        base = ("-p", "no:cacheprovider", "-rs", *args)
-        if request.param == "subprocess":
-            return pytester.runpytest_subprocess(*base, timeout=120)
-        return pytester.runpytest(*base)
-
-    return runner
-
-
 @pytest.fixture(params=[[], ["-n", "0"], ["-n", "2"], ["-n", "4"], ["-p", "no:xdist"]], ids=str)
-def plugin_args(request: pytest.FixtureRequest) -> list[str]:
+def worker_args(request: pytest.FixtureRequest) -> list[str]:
+    """Every way of running with and without workers (the shared plugin_args has two)."""
     return list(request.param)
 
 
@@ -84,7 +70,7 @@ def test_auto_downloads_then_warm_run_is_cached(
 
 
 def test_xdist_downloads_each_checkpoint_once(
-    pytester: pytest.Pytester, hub: LocalHub, plugin_args: list[str]
+    pytester: pytest.Pytester, hub: LocalHub, worker_args: list[str]
 ) -> None:
     make_manifest(pytester.path, hub, FILES)
     tests = ["import pytest"]
@@ -97,7 +83,7 @@ def test_xdist_downloads_each_checkpoint_once(
         )
     pytester.makepyfile(test_many="\n\n".join(tests))
     hub.faults.delay(0.2, path_contains="/resolve/")  # make workers overlap on downloads
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *plugin_args, timeout=120)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *worker_args, timeout=120)
     result.assert_outcomes(passed=12)
     assert hub.stats.bodies_served == 4
     # the branch was resolved once for the whole run (on the controller under xdist)

@@ -24,15 +24,6 @@ RUNS_GET = "/api/2.0/mlflow/runs/get"
 
 
 @pytest.fixture
-def ckpt_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "checkpoint"
-    (d / "model").mkdir(parents=True)
-    (d / "model" / "weights.pt").write_bytes(os.urandom(20_000))
-    (d / "config.json").write_text('{"lr": 0.001}')
-    return d
-
-
-@pytest.fixture
 def mlflow_retries_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """mlflow's own HTTP retries switched on by the user, without backoff.
 

@@ -32,22 +32,6 @@ uploader.upload_checkpoint(checkpoint)
 """
 
 
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "tmp"
-    d.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(d))
-    return d
-
-
-@pytest.fixture
-def ckpt_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "checkpoint"
-    d.mkdir()
-    (d / "weights.pt").write_bytes(os.urandom(200_000))
-    return d
-
-
 def wait_for(condition: object, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not callable(condition) or not condition():

@@ -31,15 +31,6 @@ from pytest_ckpts.uploads import (
 
 
 @pytest.fixture
-def ckpt_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "checkpoint"
-    (d / "model").mkdir(parents=True)
-    (d / "model" / "weights.pt").write_bytes(os.urandom(50_000))
-    (d / "config.json").write_text('{"lr": 0.001}')
-    return d
-
-
-@pytest.fixture
 def fresh_warnings() -> Iterator[None]:
     """Forget which skip reasons this process already reported."""
     _uploader._say_once.cache_clear()
@@ -74,15 +65,6 @@ def logged(server: ServerTracking, method: str, path: str, expected: int) -> int
     while server.faults.count(method, path) < expected and time.monotonic() < deadline:
         time.sleep(0.01)
     return server.faults.count(method, path)
-
-
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This test's own temp dir, so leftovers are ours (xdist workers share /tmp)."""
-    d = tmp_path / "tmp"
-    d.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(d))
-    return d
 
 
 def upload_temp_dirs() -> set[str]:
