@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_ckpts.testing import LocalHub
+from tests.helpers import make_manifest
+from tests.plugin.suites import FILES
+from tests.plugin.suites import TESTS as PLUGIN_TESTS
+
 pytest_plugins = ["pytester"]
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "writing-tests.md"
@@ -94,3 +99,48 @@ def test_documented_recipe_changes_nothing_with_the_plugin(pytester: pytest.Pyte
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["ckpts: mode=offline (ini ckpts_mode)*"])  # the plugin's ini
     result.assert_outcomes(passed=1, skipped=1)
+
+
+def test_autoload_off_with_pytest_plugins_env(
+    pytester: pytest.Pytester, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_manifest(pytester.path, hub, FILES)
+    pytester.makepyfile(test_it=PLUGIN_TESTS)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("PYTEST_PLUGINS", "pytest_ckpts.plugin")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=3)
+
+
+def test_disabled_with_p_no_ckpts(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_it="def test_x(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:ckpts", "--help")
+    assert "--ckpts-manifest" not in result.stdout.str()
+    result = pytester.runpytest_subprocess("--help")
+    result.stdout.fnmatch_lines(["*checkpoints (pytest-ckpts)*", "*--ckpts=MODE*"])
+
+
+def test_optional_hook_impls_keep_working_with_the_plugin_disabled(
+    pytester: pytest.Pytester,
+) -> None:
+    """docs/how-to/writing-tests.md "Hooks": a conftest implementing our hooks must not break ``-p no:ckpts``."""
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.hookimpl(optionalhook=True)
+        def pytest_ckpts_downloaded(config, name, path, nbytes, seconds):
+            pass
+        """
+    )
+    pytester.makepyfile(test_it="def test_x(): pass")
+    pytester.runpytest("-p", "no:ckpts").assert_outcomes(passed=1)
+    pytester.makeconftest(
+        """
+        def pytest_ckpts_downloaded(config, name, path, nbytes, seconds):
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:ckpts")
+    assert result.ret != 0  # why the README says optionalhook=True
+    result.stdout.fnmatch_lines(["*unknown hook*pytest_ckpts_downloaded*"])

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from pytest_ckpts.testing import LocalHub
-from tests.helpers import make_manifest
+from tests.helpers import dead_endpoint, make_manifest
+from tests.plugin.suites import FILES, LIBRARY_TESTS, SMALL_FILES
 
 pytest_plugins = ["pytester"]
 
@@ -218,3 +219,59 @@ def test_require_set_by_the_test_makes_a_hub_failure_an_error(
     result = pytester.runpytest_inprocess(*RUN)
     result.assert_outcomes(skipped=1, failed=1)
     result.stdout.fnmatch_lines(["FAILED test_lib.py::test_require - *CheckpointDownloadErro*"])
+
+
+def test_seed_style_get_checkpoint_follows_the_policy(pytester: pytest.Pytester) -> None:
+    make_manifest(pytester.path, None, FILES, endpoint=dead_endpoint())
+    pytester.makepyfile(
+        test_it="""
+        import pytest
+        from pytest_ckpts import get_checkpoint
+
+        @pytest.mark.requires_checkpoints
+        def test_seed_style():
+            get_checkpoint("vae")
+
+        def test_unmarked_raises():
+            from pytest_ckpts import CheckpointDownloadError
+            with pytest.raises(CheckpointDownloadError):
+                get_checkpoint("vae")
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*hub unreachable*"])
+
+
+def _skipped_lines(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.stdout.lines if line.startswith("SKIPPED")]
+
+
+@pytest.mark.parametrize(
+    ("env", "want"),
+    [
+        ({"PYTEST_CKPTS_MODE": "skip"}, "PYTEST_CKPTS_MODE"),
+        ({"SKIP_CHECKPOINT_DOWNLOAD": "true"}, "SKIP_CHECKPOINT_DOWNLOAD=true"),
+    ],
+)
+def test_library_skip_message_names_the_real_switch(
+    pytester: pytest.Pytester,
+    hub: LocalHub,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    want: str,
+) -> None:
+    """With ``PYTEST_CKPTS_MODE=skip`` the library said downloads were skipped because of
+    ``SKIP_CHECKPOINT_DOWNLOAD=true``, a variable nobody had set."""
+    make_manifest(pytester.path, hub, SMALL_FILES)
+    pytester.makepyfile(test_it=LIBRARY_TESTS)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=1)
+    lines = _skipped_lines(result)
+    assert len(lines) == 1
+    assert want in lines[0]
+    other = "SKIP_CHECKPOINT_DOWNLOAD" if want == "PYTEST_CKPTS_MODE" else "PYTEST_CKPTS_MODE"
+    assert other not in lines[0]
+    assert hub.stats.request_count == 0

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
+import re
 import textwrap
 import time
 from collections.abc import Callable
@@ -14,29 +13,7 @@ import pytest
 
 from pytest_ckpts.testing import LocalHub
 from tests.helpers import dead_endpoint, make_manifest
-
-pytest_plugins = ["pytester"]
-
-FILES = {name: os.urandom(32 * 1024) + name.encode() for name in ("vae", "ldm", "enc", "dec")}
-
-TESTS = textwrap.dedent(
-    """
-    import hashlib
-    import pytest
-
-    @pytest.mark.requires_checkpoints("vae")
-    def test_marked(checkpoints):
-        ckpt = checkpoints["vae"]
-        assert ckpt.path.is_file()
-        assert hashlib.sha256(ckpt.path.read_bytes()).hexdigest() == ckpt.sha256
-
-    def test_lazy(checkpoint):
-        assert checkpoint("ldm").path.read_bytes().endswith(b"ldm")
-
-    def test_plain():
-        pass
-    """
-)
+from tests.plugin.suites import FILES, SMALL_FILES, TESTS
 
 
 @pytest.fixture(params=[[], ["-n", "0"], ["-n", "2"], ["-n", "4"], ["-p", "no:xdist"]], ids=str)
@@ -93,64 +70,6 @@ def test_xdist_downloads_each_checkpoint_once(
     result.stdout.fnmatch_lines(["4 downloaded (*), 0 cached, 0 skipped*"])
 
 
-def test_offline_never_touches_network(
-    pytester: pytest.Pytester, hub: LocalHub, run: Callable[..., pytest.RunResult]
-) -> None:
-    make_manifest(pytester.path, hub, FILES)
-    pytester.makepyfile(test_it=TESTS)
-    result = run("--ckpts=offline")
-    result.assert_outcomes(passed=1, skipped=2)
-    result.stdout.fnmatch_lines(["*checkpoint 'vae'*not cached*offline*"])
-    assert hub.stats.request_count == 0
-    # warm the cache, then offline runs green, still with zero requests
-    assert run("--ckpts=auto").ret == 0
-    hub.stats.reset()
-    run("--ckpts=offline").assert_outcomes(passed=3)
-    assert hub.stats.request_count == 0
-
-
-def test_skip_mode_skips_at_collection_with_no_io(
-    pytester: pytest.Pytester, hub: LocalHub, run: Callable[..., pytest.RunResult]
-) -> None:
-    make_manifest(pytester.path, hub, FILES)
-    pytester.makepyfile(test_it=TESTS)
-    result = run("--ckpts=skip")
-    result.assert_outcomes(passed=1, skipped=2)
-    result.stdout.fnmatch_lines(["*vae: checkpoint downloads disabled (--ckpts)*"])
-    assert hub.stats.request_count == 0
-    assert not (pytester.path / "checkpoints" / ".ckpts").exists()
-
-
-def test_skip_switch_env(
-    pytester: pytest.Pytester, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    make_manifest(pytester.path, hub, FILES)
-    pytester.makepyfile(test_it=TESTS)
-    monkeypatch.setenv("SKIP_CHECKPOINT_DOWNLOAD", "true")
-    monkeypatch.setenv("PYTEST_CKPTS_MODE", "require")
-    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
-    result.assert_outcomes(passed=1, skipped=2)
-    result.stdout.fnmatch_lines(["*SKIP_CHECKPOINT_DOWNLOAD=true*"])
-    # the command line beats the kill switch
-    pytester.runpytest("-p", "no:cacheprovider", "--ckpts=auto").assert_outcomes(passed=3)
-
-
-def test_precedence_cli_over_env_over_ini(
-    pytester: pytest.Pytester, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    make_manifest(pytester.path, hub, FILES)
-    pytester.makeini("[pytest]\nckpts_mode = skip\n")
-    pytester.makepyfile(test_it=TESTS)
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1, skipped=2)  # ini
-    monkeypatch.setenv("PYTEST_CKPTS_MODE", "offline")
-    result = pytester.runpytest("-p", "no:cacheprovider")  # env beats ini
-    result.assert_outcomes(passed=1, skipped=2)
-    result.stdout.fnmatch_lines(["ckpts: mode=offline (PYTEST_CKPTS_MODE)*"])
-    assert hub.stats.request_count == 0
-    result = pytester.runpytest("-p", "no:cacheprovider", "--ckpts=auto")  # CLI beats env
-    result.assert_outcomes(passed=3)
-
-
 def test_hub_down_auto_skips_fast_naming_the_hub(
     pytester: pytest.Pytester, run: Callable[..., pytest.RunResult]
 ) -> None:
@@ -185,19 +104,6 @@ def test_hub_down_with_xdist_is_decided_once(pytester: pytest.Pytester) -> None:
     assert dead_hub - no_network < 20
 
 
-def test_hub_down_require_errors(
-    pytester: pytest.Pytester, run: Callable[..., pytest.RunResult]
-) -> None:
-    make_manifest(pytester.path, None, FILES, endpoint=dead_endpoint())
-    pytester.makepyfile(test_it=TESTS)
-    result = run("--ckpts=require")
-    result.assert_outcomes(passed=1, errors=1, failed=1)
-    result.stdout.fnmatch_lines(
-        ["*hub unreachable*", "*--ckpts=require turns hub failures into errors*"]
-    )
-    assert "Traceback" not in result.stdout.str()
-
-
 @pytest.mark.parametrize("mode", ["auto", "require", "offline"])
 def test_checksum_mismatch_is_always_an_error(
     pytester: pytest.Pytester, hub: LocalHub, mode: str
@@ -215,233 +121,166 @@ def test_checksum_mismatch_is_always_an_error(
     )
 
 
-def test_unknown_marker_name_is_a_collection_error(
-    pytester: pytest.Pytester, hub: LocalHub
+MISMATCH_TESTS = textwrap.dedent(
+    """
+    import pytest
+
+    @pytest.mark.requires_checkpoints("vae")
+    def test_a(checkpoints):
+        pass
+
+    @pytest.mark.requires_checkpoints("vae")
+    def test_b(checkpoints):
+        pass
+
+    def test_c(checkpoint):
+        checkpoint("vae")
+    """
+)
+
+
+TWO_TESTS = textwrap.dedent(
+    """
+    import pytest
+    from pytest_ckpts import get_checkpoint
+
+    @pytest.mark.requires_checkpoints("enc")
+    def test_enc(checkpoints):
+        pass
+
+    @pytest.mark.requires_checkpoints("dec")
+    def test_dec(checkpoints):
+        pass
+
+    @pytest.mark.requires_checkpoints("dec")
+    def test_dec_again(checkpoints):
+        pass
+
+    @pytest.mark.requires_checkpoints
+    def test_library_dec():
+        get_checkpoint("dec")
+
+    def test_lazy_dec(checkpoint):
+        checkpoint("dec")
+    """
+)
+
+
+def _skipped_lines(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.stdout.lines if line.startswith("SKIPPED")]
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_checksum_mismatch_downloaded_once_per_run(
+    pytester: pytest.Pytester, hub: LocalHub, xdist: list[str]
 ) -> None:
-    make_manifest(pytester.path, hub, FILES)
+    """Every test using a checkpoint whose hub file does not match the manifest
+    downloaded it again (3 tests, 3 downloads of a possibly large file), and the error
+    was printed with "During handling of the above exception" (twice). Now the first
+    mismatch is remembered for the run, in every process of it."""
+    make_manifest(pytester.path, hub, SMALL_FILES, sha={"vae": "0" * 64})
+    pytester.makepyfile(test_it=MISMATCH_TESTS)
+    hub.faults.delay(2.0, path_contains="/resolve/")  # workers overlap on the download
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *xdist, timeout=120)
+    result.assert_outcomes(errors=2, failed=1)
+    assert hub.stats.bodies_served == 1
+    out = result.stdout.str()
+    assert "During handling of the above exception" not in out
+    assert "direct cause of the following exception" not in out
+    assert out.count("Checksum mismatch for checkpoint 'vae'") >= 3
+    assert "not downloaded again" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["branch", "pinned"])
+def test_reused_probe_error_names_each_checkpoints_own_path(
+    pytester: pytest.Pytester, run: Callable[..., pytest.RunResult], pinned: bool
+) -> None:
+    """The probe answer is shared by every entry of a repo and revision; the earlier
+    store reused its error text, so 'dec' was skipped "from ... path 'weights/enc.ckpt'"
+    (whichever entry asked first)."""
+    endpoint = dead_endpoint()
+    make_manifest(pytester.path, None, SMALL_FILES, endpoint=endpoint)
+    if pinned:
+        manifest = pytester.path / "checkpoints" / "checkpoints.yaml"
+        manifest.write_text(manifest.read_text() + '  revision: "' + "a" * 40 + '"\n')
+    pytester.makepyfile(test_it=TWO_TESTS)
+    result = run()
+    result.assert_outcomes(skipped=5)
+    lines = _skipped_lines(result)
+    assert len(lines) == 5, lines
+    for line in lines:
+        assert "unreachable" in line or "Connect" in line, line
+        assert not re.search(r"checkpoint '(\w+)': checkpoint '\1'", line), line  # said once
+        if "'enc'" in line:
+            assert "weights/enc.ckpt" in line, line
+            assert "dec.ckpt" not in line, line
+        else:
+            assert "'dec'" in line, line
+            assert "weights/dec.ckpt" in line, line
+            assert "enc.ckpt" not in line, line
+
+
+def test_skip_reasons_point_at_each_test(
+    pytester: pytest.Pytester, run: Callable[..., pytest.RunResult]
+) -> None:
+    """Skips raised inside the plugin were reported at ``pytest_ckpts/...py:NN``, and
+    ``-rs`` merged every test skipped for the same reason into one ``SKIPPED [2]``
+    line. Now each names its test's file and line."""
+    make_manifest(pytester.path, None, SMALL_FILES, endpoint=dead_endpoint())
+    test_file = pytester.makepyfile(test_it=TWO_TESTS)
+    result = run()
+    result.assert_outcomes(skipped=5)
+    lines = _skipped_lines(result)
+    source = test_file.read_text().splitlines()
+    # pytest reports a test at its first line: the decorator's when it has one
+    starts = {
+        m.group(1): i + (0 if source[i - 1].startswith("@") else 1)
+        for i, text in enumerate(source)
+        if (m := re.match(r"def (test_\w+)", text))
+    }
+    assert len(lines) == 5, lines
+    seen = []
+    for line in lines:
+        m = re.match(r"SKIPPED \[1\] test_it\.py:(\d+): ", line)
+        assert m, line
+        seen.append(int(m.group(1)))
+        assert "pytest_ckpts" not in line.split(": ")[0]
+    assert sorted(seen) == sorted(starts.values()), (seen, starts)
+
+
+def test_plugin_run_after_verify_mismatch_downloads_again(
+    pytester: pytest.Pytester, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After ``pytest-ckpts verify`` reported a MISMATCH, the next pytest run must not
+    hand out the file on the strength of an old stamp: it hashes, finds the damage and
+    downloads the file again."""
+    import io
+
+    from pytest_ckpts.cli import main
+
+    make_manifest(pytester.path, hub, SMALL_FILES, pinned=True)
     pytester.makepyfile(
-        test_it="""
-        import pytest
+        test_it=f"""
+        import hashlib, pytest
 
-        @pytest.mark.requires_checkpoints("vea")
-        def test_typo(checkpoints):
-            pass
-
-        def test_other():
-            pass
+        @pytest.mark.requires_checkpoints("vae")
+        def test_vae(checkpoints):
+            data = checkpoints["vae"].path.read_bytes()
+            assert hashlib.sha256(data).hexdigest() == {hashlib.sha256(SMALL_FILES["vae"]).hexdigest()!r}
         """
     )
-    result = pytester.runpytest("-p", "no:cacheprovider", "--strict-markers")
-    result.stdout.fnmatch_lines(
-        ["*Checkpoint 'vea' not found*Did you mean: 'vae'*", "ERROR test_it.py::test_typo"]
-    )
-    assert "Traceback" not in result.stdout.str()
-    assert result.ret != 0
-
-
-def test_marker_registered_and_m_filter_works(pytester: pytest.Pytester, hub: LocalHub) -> None:
-    make_manifest(pytester.path, hub, FILES)
-    pytester.makepyfile(test_it=TESTS)
-    result = pytester.runpytest(
-        "-p", "no:cacheprovider", "--strict-markers", "-m", "not requires_checkpoints"
-    )
-    # test_lazy uses the `checkpoint` fixture: it needs a checkpoint, so it is deselected too
-    result.assert_outcomes(passed=1, deselected=2)
-    assert hub.stats.request_count == 0
-
-
-def test_bad_mode_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_it="def test_x(): pass")
-    result = pytester.runpytest_subprocess("--ckpts=sometimes")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        ["*invalid checkpoint mode 'sometimes'*valid modes: auto, offline, skip, require*"]
-    )
-    pytester.makeini("[pytest]\nckpts_mode = nah\n")
-    result = pytester.runpytest_subprocess()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*'nah' from ini ckpts_mode*"])
-
-
-def test_malformed_manifest_is_a_usage_error_without_traceback(pytester: pytest.Pytester) -> None:
-    (pytester.path / "checkpoints").mkdir()
-    (pytester.path / "checkpoints" / "checkpoints.yaml").write_text(
-        "checkpoints:\n  vae:\n    filename: v.ckpt\nconfig:\n  hf_repo: o/r\n"
-    )
-    pytester.makepyfile(test_it="def test_x(): pass")
-    result = pytester.runpytest_subprocess()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*checkpoints.yaml:2, entry 'vae', key 'hf_path'*"])
-    assert "Traceback" not in result.stderr.str() + result.stdout.str()
-
-
-def test_suite_without_manifest_runs_untouched(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_it="def test_x(): pass")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    blob = next((pytester.path / "checkpoints" / "hub" / "models--acme--ckpts" / "blobs").iterdir())
+    st = blob.stat()
+    with open(blob, "r+b") as f:
+        f.write(b"\0" * 64)
+    os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))
+    monkeypatch.chdir(pytester.path)
+    out = io.StringIO()
+    assert main(["verify"], out=out) == 1
+    assert "MISMATCH" in out.getvalue()
+    hub.stats.reset()
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
-    assert "ckpts:" not in result.stdout.str()
-    assert "= checkpoints =" not in result.stdout.str()
-
-
-def test_quiet_summary_is_one_line(pytester: pytest.Pytester, hub: LocalHub) -> None:
-    make_manifest(pytester.path, hub, FILES)
-    pytester.makepyfile(test_it=TESTS)
-    result = pytester.runpytest("-p", "no:cacheprovider", "-q")
-    result.stdout.fnmatch_lines(["checkpoints: 2 downloaded (*), 0 cached, 0 skipped*"])
-    assert "= checkpoints =" not in result.stdout.str()
-
-
-def test_seed_style_get_checkpoint_follows_the_policy(pytester: pytest.Pytester) -> None:
-    make_manifest(pytester.path, None, FILES, endpoint=dead_endpoint())
-    pytester.makepyfile(
-        test_it="""
-        import pytest
-        from pytest_ckpts import get_checkpoint
-
-        @pytest.mark.requires_checkpoints
-        def test_seed_style():
-            get_checkpoint("vae")
-
-        def test_unmarked_raises():
-            from pytest_ckpts import CheckpointDownloadError
-            with pytest.raises(CheckpointDownloadError):
-                get_checkpoint("vae")
-        """
-    )
-    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
-    result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*hub unreachable*"])
-
-
-def test_strict_fails_unverified_and_default_warns(
-    pytester: pytest.Pytester, hub: LocalHub
-) -> None:
-    make_manifest(pytester.path, hub, FILES, sha={"vae": None})
-    pytester.makepyfile(test_it=TESTS)
-    # a subprocess: in-process runs inherit this suite's "warnings are errors" filter
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=3, warnings=1)
-    result.stdout.fnmatch_lines(["*unverified checkpoints*vae*pytest-ckpts lock*"])
-    result = pytester.runpytest("-p", "no:cacheprovider", "--ckpts-strict")
-    result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*'vae' has no sha256*--ckpts-strict*"])
-
-
-def test_hooks_observe_events(pytester: pytest.Pytester, hub: LocalHub) -> None:
-    make_manifest(pytester.path, hub, FILES)
-    pytester.makeconftest(
-        """
-        EVENTS = []
-
-        def pytest_ckpts_downloaded(config, name, path, nbytes, seconds):
-            EVENTS.append(("downloaded", name, nbytes))
-
-        def pytest_ckpts_verified(config, name, path, sha256, ok, seconds):
-            EVENTS.append(("verified", name, ok))
-
-        def pytest_ckpts_resolved(config, checkpoint):
-            EVENTS.append(("resolved", checkpoint.name, checkpoint.source))
-
-        def pytest_sessionfinish(session):
-            print("EVENTS", sorted(EVENTS))
-        """
-    )
-    pytester.makepyfile(test_it=TESTS)
-    result = pytester.runpytest("-p", "no:cacheprovider", "-s")
-    size = len(FILES["vae"])
-    expected = (
-        f"EVENTS [('downloaded', 'ldm', {size}), ('downloaded', 'vae', {size}), "
-        "('resolved', 'ldm', 'downloaded'), ('resolved', 'vae', 'downloaded'), "
-        "('verified', 'ldm', True), ('verified', 'vae', True)]"
-    )
-    assert expected in result.stdout.str()
-
-
-def test_cache_dir_option_and_env(
-    pytester: pytest.Pytester, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    make_manifest(pytester.path, hub, FILES)
-    pytester.makepyfile(test_it=TESTS)
-    pytester.runpytest("-p", "no:cacheprovider", "--ckpts-cache-dir", "cli-cache").assert_outcomes(
-        passed=3
-    )
-    assert any((pytester.path / "cli-cache").rglob("vae.ckpt"))
-    monkeypatch.setenv("PYTEST_CKPTS_CACHE_DIR", str(pytester.path / "env-cache"))
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
-    assert any((pytester.path / "env-cache").rglob("vae.ckpt"))
-
-
-def test_manifest_option_env_ini(
-    pytester: pytest.Pytester, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = make_manifest(pytester.path, hub, FILES)
-    moved = pytester.path / "conf" / "models.yaml"
-    moved.parent.mkdir()
-    path.rename(moved)
-    pytester.makepyfile(test_it=TESTS)
-    result = pytester.runpytest("-p", "no:cacheprovider", "--ckpts-manifest", "conf/models.yaml")
-    result.assert_outcomes(passed=3)
-    monkeypatch.setenv("PYTEST_CKPTS_MANIFEST", str(moved))
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
-    monkeypatch.delenv("PYTEST_CKPTS_MANIFEST")
-    pytester.makeini("[pytest]\nckpts_manifest = conf/models.yaml\n")
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
-    result = pytester.runpytest_subprocess("--ckpts-manifest", "conf/missing.yaml")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*missing.yaml*file not found*"])
-
-
-def test_plugin_import_is_cheap() -> None:
-    code = (
-        "import sys, pytest_ckpts.plugin, pytest_ckpts\n"
-        "heavy = sorted(m for m in ('torch', 'mlflow', 'safetensors', 'numpy', 'huggingface_hub')"
-        " if m in sys.modules)\n"
-        "print(heavy)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
-def test_autoload_off_with_pytest_plugins_env(
-    pytester: pytest.Pytester, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    make_manifest(pytester.path, hub, FILES)
-    pytester.makepyfile(test_it=TESTS)
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    monkeypatch.setenv("PYTEST_PLUGINS", "pytest_ckpts.plugin")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
-    result.assert_outcomes(passed=3)
-
-
-def test_disabled_with_p_no_ckpts(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_it="def test_x(): pass")
-    result = pytester.runpytest_subprocess("-p", "no:ckpts", "--help")
-    assert "--ckpts-manifest" not in result.stdout.str()
-    result = pytester.runpytest_subprocess("--help")
-    result.stdout.fnmatch_lines(["*checkpoints (pytest-ckpts)*", "*--ckpts=MODE*"])
-
-
-def test_optional_hook_impls_keep_working_with_the_plugin_disabled(
-    pytester: pytest.Pytester,
-) -> None:
-    """docs/how-to/writing-tests.md "Hooks": a conftest implementing our hooks must not break ``-p no:ckpts``."""
-    pytester.makeconftest(
-        """
-        import pytest
-
-        @pytest.hookimpl(optionalhook=True)
-        def pytest_ckpts_downloaded(config, name, path, nbytes, seconds):
-            pass
-        """
-    )
-    pytester.makepyfile(test_it="def test_x(): pass")
-    pytester.runpytest("-p", "no:ckpts").assert_outcomes(passed=1)
-    pytester.makeconftest(
-        """
-        def pytest_ckpts_downloaded(config, name, path, nbytes, seconds):
-            pass
-        """
-    )
-    result = pytester.runpytest("-p", "no:ckpts")
-    assert result.ret != 0  # why the README says optionalhook=True
-    result.stdout.fnmatch_lines(["*unknown hook*pytest_ckpts_downloaded*"])
+    assert hub.stats.bodies_served == 1
