@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
+from pytest_ckpts import ManifestError, load_manifest
 from pytest_ckpts.cli import main
 
 if TYPE_CHECKING:
@@ -108,3 +113,34 @@ class Mounts:
             done = subprocess.run(["umount", str(point)], capture_output=True)
             if done.returncode != 0:  # something still has it open: detach it anyway
                 subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+# --------------------------------------------------------------------------- manifest text
+
+
+def write_manifest_text(project: Path, text: str | bytes) -> Path:
+    """Write ``project/checkpoints/checkpoints.yaml``: bytes as they are, text dedented."""
+    path = project / "checkpoints" / "checkpoints.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def refused(path: Path) -> ManifestError:
+    """Load ``path``, expect a ManifestError and check it is one line naming the file."""
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert message.startswith("pytest-ckpts: invalid manifest "), message
+    assert os.fspath(path) in message
+    assert len(message) < 600, message
+    return info.value
+
+
+def one_entry(**keys: str) -> str:
+    """A manifest with one entry ``a`` holding ``keys`` (values as YAML text)."""
+    body = "".join(f"    {k}: {v}\n" for k, v in keys.items())
+    return f"checkpoints:\n  a:\n{body}config: {{hf_repo: o/r}}\n"

@@ -47,3 +47,22 @@ def test_manifest_option_env_ini(
     result = pytester.runpytest_subprocess("--ckpts-manifest", "conf/missing.yaml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*missing.yaml*file not found*"])
+
+
+def laughs(levels: int) -> str:
+    """The billion-laughs bomb: each level is a list of nine aliases of the previous one."""
+    rows = ["&l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    rows += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "checkpoints:\n  a:\n    hf_path: a.ckpt\n    description: [" + ", ".join(rows) + "]\n"
+
+
+def test_plugin_refuses_a_bomb_at_start_up_in_one_line(pytester: pytest.Pytester) -> None:
+    (pytester.path / "checkpoints").mkdir()
+    (pytester.path / "checkpoints" / "checkpoints.yaml").write_text(laughs(9))
+    pytester.makepyfile(test_it="def test_plain():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: pytest-ckpts: invalid manifest *checkpoints.yaml:4: aliases expand*alias bomb*"]
+    )
+    assert "Traceback" not in result.stderr.str()
