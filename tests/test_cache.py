@@ -1,15 +1,17 @@
-"""The cache is huggingface_hub's: its own tools read it cleanly, and it is the user's.
+"""pytest_ckpts.cache: the cache is huggingface_hub's, and nothing leaves it.
 
 - ``scan_cache_dir`` / ``hf cache ls`` on the hub folder of a cache pytest-ckpts filled (and
   of one moved from the layout before ``hub/``) report no inconsistencies;
 - a manifest without ``cache_dir`` uses ``HF_HUB_CACHE`` / ``HF_HOME``: files other tools
   downloaded there are used without a download;
 - ``cache info`` names the folder to give huggingface_hub's tools; ``cache key`` does not
-  depend on where the cache lives.
+  depend on where the cache lives;
+- hostile revisions never become paths outside the cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -20,8 +22,10 @@ from pathlib import Path
 import pytest
 from huggingface_hub import hf_hub_download, scan_cache_dir, try_to_load_from_cache
 
-from pytest_ckpts.cache import Cache
-from pytest_ckpts.manifest import load_manifest
+from pytest_ckpts import load_manifest
+from pytest_ckpts.cache import Cache, contained
+from pytest_ckpts.errors import CacheError
+from pytest_ckpts.manifest import CheckpointSpec
 from pytest_ckpts.store import NullObserver, Store
 from pytest_ckpts.testing import LocalHub
 from tests.helpers import REPO, cli, make_manifest
@@ -301,3 +305,94 @@ def test_prune_leaves_no_ref_to_a_removed_snapshot(
     assert not (root / "models--acme--ckpts" / "refs" / "dev").exists()
     assert (root / "models--acme--ckpts" / "refs" / "main").is_file()
     assert scan_cache_dir(root).warnings == []
+
+
+DATA = os.urandom(48 * 1024) + b"weights"
+
+
+HOSTILE = "../../../../victim.txt"
+
+
+def _spec(revision: str) -> CheckpointSpec:
+    return CheckpointSpec(
+        name="vae",
+        filename="vae.ckpt",
+        hf_path="weights/vae.ckpt",
+        sha256=hashlib.sha256(DATA).hexdigest(),
+        description="",
+        repo=REPO,
+        revision=revision,
+        repo_type="model",
+        size=None,
+    )
+
+
+def _files_outside(tmp_path: Path, cache: Path) -> set[Path]:
+    """Every file under tmp_path that is not inside the cache (the hub's own files excluded)."""
+    return {
+        p
+        for p in tmp_path.rglob("*")
+        if p.is_file() and not p.is_relative_to(cache) and p.suffix != ".yaml"
+    }
+
+
+@pytest.mark.parametrize(
+    "revision", [HOSTILE, "/etc/victim", "refs/../../x", "a//b", "a\\..\\b", "x\0y", ""]
+)
+def test_ref_path_refuses_revisions_leaving_the_cache(tmp_path: Path, revision: str) -> None:
+    """The earlier store built ``refs/<revision>`` by plain joining: ``../..`` escaped it."""
+    cache = Cache(tmp_path / "cache")
+    with pytest.raises(CacheError, match="refusing revision") as info:
+        cache.ref_path(_spec(revision))
+    assert "\n" not in str(info.value)
+    assert "Fix the manifest" in str(info.value)
+    with pytest.raises(CacheError):
+        contained(tmp_path / "cache", revision, what="revision")
+
+
+@pytest.mark.parametrize("revision", ["main", "v1.2", "refs/pr/3", "feature/x"])
+def test_real_revisions_stay_under_refs(tmp_path: Path, revision: str) -> None:
+    cache = Cache(tmp_path / "cache")
+    ref = cache.ref_path(_spec(revision))
+    refs = tmp_path / "cache" / "hub" / "models--acme--ckpts" / "refs"
+    assert ref == refs.joinpath(*revision.split("/"))
+    assert ref.resolve().is_relative_to(refs.resolve())
+
+
+def test_hostile_revision_writes_nothing_outside_the_cache(
+    tmp_path: Path, project: Path, hub: LocalHub
+) -> None:
+    """A hub that has a branch named ``../../../../victim.txt`` answers the probe; the
+    earlier store then wrote the commit to ``refs/../../../../victim.txt``, outside the
+    cache. Now the revision is refused before any request is made."""
+    manifest = load_manifest(make_manifest(project, hub, {"vae": DATA}))
+    hub.add_files(REPO, {"weights/vae.ckpt": DATA}, revision=HOSTILE)
+    cache = manifest.cache_dir
+    before = _files_outside(tmp_path, cache)
+    hub.stats.reset()
+    store = Store(manifest)
+    with pytest.raises(CacheError, match="refusing revision") as info:
+        store.resolve(_spec(HOSTILE))
+    assert HOSTILE in str(info.value)
+    assert _files_outside(tmp_path, cache) == before
+    assert not (cache.parent.parent / "victim.txt").exists()
+    assert not (tmp_path / "victim.txt").exists()
+    assert hub.stats.request_count == 0  # refused before asking the hub
+    assert store.cached_commit(_spec(HOSTILE)) is None  # reading a hostile ref: just absent
+
+
+@pytest.mark.parametrize("revision", ["feature/x", "refs/pr/3", "v1.2"])
+def test_branches_with_slashes_resolve_and_record_their_ref(
+    project: Path, hub: LocalHub, revision: str
+) -> None:
+    manifest = load_manifest(make_manifest(project, hub, {"vae": b"x"}))
+    commit = hub.add_files(REPO, {"weights/vae.ckpt": DATA}, revision=revision)
+    spec = dataclasses.replace(manifest.get("vae"), revision=revision)
+    spec = dataclasses.replace(spec, sha256=hashlib.sha256(DATA).hexdigest())
+    ckpt = Store(manifest).resolve(spec)
+    assert ckpt.path.read_bytes() == DATA
+    assert ckpt.revision == commit
+    ref = manifest.cache_dir / "hub" / "models--acme--ckpts" / "refs" / revision
+    assert ref.read_text().strip() == commit
+    # offline, the recorded ref finds the file again
+    assert Store(manifest, offline=True).resolve(spec).source == "cached"
