@@ -117,14 +117,14 @@ def test_modes_without_cache(
 
 
 def test_hub_down_skips_in_auto_and_fails_in_require(
-    pytester: pytest.Pytester, manifest: Path, hub: LocalHub
+    pytester: pytest.Pytester, manifest: Path, hub: LocalHub, plugin_args: list[str]
 ) -> None:
     manifest.write_text(manifest.read_text().replace(hub.endpoint, dead_endpoint()))
     pytester.makepyfile(test_it=TESTS)
-    result = _run(pytester)
+    result = _run(pytester, *plugin_args)
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED*checkpoint 'llm'*unreachable*"])
-    result = _run(pytester, "--ckpts=require")
+    result = _run(pytester, *plugin_args, "--ckpts=require")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*--ckpts=require turns hub failures into errors*"])
 

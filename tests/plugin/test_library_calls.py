@@ -137,14 +137,13 @@ def other(
     return root
 
 
-@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["no-xdist", "xdist"])
 def test_library_calls_follow_the_tests_environment(
-    pytester: pytest.Pytester, hub: LocalHub, other: Path, xdist: tuple[str, ...]
+    pytester: pytest.Pytester, hub: LocalHub, other: Path, plugin_args: list[str]
 ) -> None:
     make_manifest(pytester.path, hub, OUTER)
     pytester.makepyfile(test_lib=TESTS)
-    run = pytester.runpytest_subprocess if xdist else pytester.runpytest_inprocess
-    result = run(*RUN, "-v", "--ckpts-report=report.json", *xdist)
+    run = pytester.runpytest_subprocess if plugin_args else pytester.runpytest_inprocess
+    result = run(*RUN, "-v", "--ckpts-report=report.json", *plugin_args)
     result.assert_outcomes(passed=8, skipped=1)
     result.stdout.fnmatch_lines(
         ["*SKIPPED*Checkpoint download skipped (SKIP_CHECKPOINT_DOWNLOAD=true)*"]
@@ -260,6 +259,7 @@ def test_library_skip_message_names_the_real_switch(
     monkeypatch: pytest.MonkeyPatch,
     env: dict[str, str],
     want: str,
+    plugin_args: list[str],
 ) -> None:
     """With ``PYTEST_CKPTS_MODE=skip`` the library said downloads were skipped because of
     ``SKIP_CHECKPOINT_DOWNLOAD=true``, a variable nobody had set."""
@@ -267,7 +267,7 @@ def test_library_skip_message_names_the_real_switch(
     pytester.makepyfile(test_it=LIBRARY_TESTS)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    result = pytester.runpytest(*plugin_args, "-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(skipped=1)
     lines = _skipped_lines(result)
     assert len(lines) == 1

@@ -106,15 +106,15 @@ def test_hub_down_with_xdist_is_decided_once(pytester: pytest.Pytester) -> None:
 
 @pytest.mark.parametrize("mode", ["auto", "require", "offline"])
 def test_checksum_mismatch_is_always_an_error(
-    pytester: pytest.Pytester, hub: LocalHub, mode: str
+    pytester: pytest.Pytester, hub: LocalHub, mode: str, plugin_args: list[str]
 ) -> None:
     manifest = make_manifest(pytester.path, hub, FILES)
     pytester.makepyfile(test_it=TESTS)
     if mode == "offline":  # a verified copy in the cache, then the manifest changes
-        pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
+        pytester.runpytest(*plugin_args, "-p", "no:cacheprovider").assert_outcomes(passed=3)
     good = hashlib.sha256(FILES["vae"]).hexdigest()
     manifest.write_text(manifest.read_text().replace(good, "0" * 64))
-    result = pytester.runpytest("-p", "no:cacheprovider", f"--ckpts={mode}")
+    result = pytester.runpytest(*plugin_args, "-p", "no:cacheprovider", f"--ckpts={mode}")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(
         ["*Checksum mismatch for checkpoint 'vae'*", "*expected: 000000*", f"*actual:   {good}*"]
@@ -170,9 +170,8 @@ def _skipped_lines(result: pytest.RunResult) -> list[str]:
     return [line for line in result.stdout.lines if line.startswith("SKIPPED")]
 
 
-@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist"])
 def test_checksum_mismatch_downloaded_once_per_run(
-    pytester: pytest.Pytester, hub: LocalHub, xdist: list[str]
+    pytester: pytest.Pytester, hub: LocalHub, plugin_args: list[str]
 ) -> None:
     """Every test using a checkpoint whose hub file does not match the manifest
     downloaded it again (3 tests, 3 downloads of a possibly large file), and the error
@@ -181,7 +180,7 @@ def test_checksum_mismatch_downloaded_once_per_run(
     make_manifest(pytester.path, hub, SMALL_FILES, sha={"vae": "0" * 64})
     pytester.makepyfile(test_it=MISMATCH_TESTS)
     hub.faults.delay(2.0, path_contains="/resolve/")  # workers overlap on the download
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *xdist, timeout=120)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *plugin_args, timeout=120)
     result.assert_outcomes(errors=2, failed=1)
     assert hub.stats.bodies_served == 1
     out = result.stdout.str()

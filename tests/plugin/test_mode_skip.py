@@ -24,14 +24,19 @@ def test_skip_mode_skips_at_collection_with_no_io(
 
 
 def test_skip_switch_env(
-    pytester: pytest.Pytester, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester,
+    hub: LocalHub,
+    monkeypatch: pytest.MonkeyPatch,
+    plugin_args: list[str],
 ) -> None:
     make_manifest(pytester.path, hub, FILES)
     pytester.makepyfile(test_it=TESTS)
     monkeypatch.setenv("SKIP_CHECKPOINT_DOWNLOAD", "true")
     monkeypatch.setenv("PYTEST_CKPTS_MODE", "require")
-    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    result = pytester.runpytest(*plugin_args, "-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(passed=1, skipped=2)
     result.stdout.fnmatch_lines(["*SKIP_CHECKPOINT_DOWNLOAD=true*"])
     # the command line beats the kill switch
-    pytester.runpytest("-p", "no:cacheprovider", "--ckpts=auto").assert_outcomes(passed=3)
+    pytester.runpytest(*plugin_args, "-p", "no:cacheprovider", "--ckpts=auto").assert_outcomes(
+        passed=3
+    )

@@ -12,15 +12,15 @@ from tests.plugin.suites import FILES, LIBRARY_TESTS, SMALL_FILES, TESTS
 
 
 def test_strict_fails_unverified_and_default_warns(
-    pytester: pytest.Pytester, hub: LocalHub
+    pytester: pytest.Pytester, hub: LocalHub, plugin_args: list[str]
 ) -> None:
     make_manifest(pytester.path, hub, FILES, sha={"vae": None})
     pytester.makepyfile(test_it=TESTS)
     # a subprocess: in-process runs inherit this suite's "warnings are errors" filter
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess(*plugin_args, "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3, warnings=1)
     result.stdout.fnmatch_lines(["*unverified checkpoints*vae*pytest-ckpts lock*"])
-    result = pytester.runpytest("-p", "no:cacheprovider", "--ckpts-strict")
+    result = pytester.runpytest(*plugin_args, "-p", "no:cacheprovider", "--ckpts-strict")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*'vae' has no sha256*--ckpts-strict*"])
 
