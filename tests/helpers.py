@@ -11,6 +11,7 @@ import io
 import os
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from pytest_ckpts.cli import main
 
 if TYPE_CHECKING:
     from pytest_ckpts.testing import LocalHub
+    from pytest_ckpts.testing.mlflow import ServerTracking
 
 REPO = "acme/ckpts"
 
@@ -144,3 +146,17 @@ def one_entry(**keys: str) -> str:
     """A manifest with one entry ``a`` holding ``keys`` (values as YAML text)."""
     body = "".join(f"    {k}: {v}\n" for k, v in keys.items())
     return f"checkpoints:\n  a:\n{body}config: {{hf_repo: o/r}}\n"
+
+
+# --------------------------------------------------------------------------- MLflow server
+
+
+def logged(server: ServerTracking, method: str, path: str, expected: int) -> int:
+    """How many matching requests the server logged, once ``expected`` are in (10 s at most).
+
+    The server logs a request just after answering it, so the client can be faster.
+    """
+    deadline = time.monotonic() + 10
+    while server.faults.count(method, path) < expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server.faults.count(method, path)

@@ -8,6 +8,7 @@ says, and nothing in ``os.environ`` changes, not even while an upload is in flig
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,13 @@ import pytest
 from pytest_ckpts import errors
 from pytest_ckpts.errors import CheckpointsError
 from pytest_ckpts.testing.mlflow import ServerTracking
-from pytest_ckpts.uploads import ArtifactUploader, UploadArgumentError, UploadError
+from pytest_ckpts.uploads import (
+    ArtifactUploader,
+    UploadArgumentError,
+    UploadError,
+    _scratch,
+)
+from tests.helpers import logged
 
 RUNS_GET = "/api/2.0/mlflow/runs/get"
 
@@ -49,17 +56,6 @@ def tree(root: Path) -> dict[str, tuple[bytes, int]]:
 
 def env() -> dict[str, str]:
     return dict(os.environ)
-
-
-def logged(server: ServerTracking, method: str, path: str, expected: int) -> int:
-    """How many matching requests the server logged, once ``expected`` are in (10 s at most).
-
-    The server logs a request just after answering it, so the client can be faster.
-    """
-    deadline = time.monotonic() + 10
-    while server.faults.count(method, path) < expected and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return server.faults.count(method, path)
 
 
 def test_error_types_keep_their_builtin_bases() -> None:
@@ -175,3 +171,77 @@ def test_a_failed_upload_leaves_local_files_untouched(
     assert tree(ckpt_dir) == before_tree  # same files, same bytes, not even touched
     assert env() == before_env
     assert mlflow_server.list_artifacts(run_id) == []
+
+
+def upload_temp_dirs() -> set[str]:
+    """What uploads left in the temp dir: scratch dirs and their locks, any old layout."""
+    left = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("pytest-ckpts-upload")}
+    root = _scratch.scratch_root() if left else None
+    if root is not None and root.name in left:
+        left.discard(root.name)
+        left |= {f"{root.name}/{n}" for n in os.listdir(root)}
+    return left
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_transient_failures_retry_then_upload_once(
+    mlflow_server: ServerTracking, ckpt_dir: Path, status: int
+) -> None:
+    mlflow_server.faults.fail_next(2, status=status)
+    delays: list[float] = []
+    with mlflow.start_run() as run:
+        uploader = ArtifactUploader(stage="training", sleep=delays.append)
+        assert uploader.upload_checkpoint(ckpt_dir) is True
+    assert uploader.attempts == 3
+    assert logged(mlflow_server, "PUT", "/mlflow-artifacts/", 3) == 3
+    puts = [(m, s) for m, p, s in mlflow_server.faults.requests if "/mlflow-artifacts/" in p]
+    assert puts == [("PUT", status), ("PUT", status), ("PUT", 200)]  # counted at the server
+    assert len(delays) == 2
+    assert 0 <= delays[0] <= 2.0  # full jitter over base_delay * 2**attempt
+    assert 0 <= delays[1] <= 4.0
+    assert mlflow_server.list_artifacts(run.info.run_id) == ["checkpoint.tar.gz"]  # once
+    mlflow_server.assert_archive_first(run.info.run_id, "training", ckpt_dir)
+
+
+def test_client_error_is_not_retried(
+    mlflow_server: ServerTracking, ckpt_dir: Path, private_tmp: Path
+) -> None:
+    mlflow_server.faults.fail_next(1, status=403)
+    with mlflow.start_run() as run:
+        uploader = ArtifactUploader(stage="training", sleep=no_sleep)
+        with pytest.raises(UploadError, match="HTTP 403") as info:
+            uploader.upload_checkpoint(ckpt_dir)
+    message = str(info.value)
+    assert "checkpoint.tar.gz" in message
+    assert run.info.run_id in message
+    assert "not retried" in message
+    assert uploader.attempts == 1
+    assert logged(mlflow_server, "PUT", "/mlflow-artifacts/", 1) == 1
+    assert mlflow_server.list_artifacts(run.info.run_id) == []
+    assert upload_temp_dirs() == set()
+
+
+def test_retries_are_bounded(mlflow_server: ServerTracking, ckpt_dir: Path) -> None:
+    mlflow_server.faults.fail_next(10, status=500)
+    delays: list[float] = []
+    with mlflow.start_run():
+        uploader = ArtifactUploader(stage="training", sleep=delays.append)
+        with pytest.raises(UploadError, match=r"after 6 attempts \(last: HTTP 500\)"):
+            uploader.upload_checkpoint(ckpt_dir)
+    assert logged(mlflow_server, "PUT", "/mlflow-artifacts/", 6) == 6  # 1 + max_retries=5
+    assert len(delays) == 5
+    assert all(0 <= d <= 2.0 * 2**i for i, d in enumerate(delays))
+
+
+def test_connection_errors_are_retried(ckpt_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port on 127.0.0.1 where nothing listens
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    uploader = ArtifactUploader(
+        run_id="0" * 32, stage="training", tracking_uri=dead, max_retries=2, sleep=no_sleep
+    )
+    with pytest.raises(UploadError, match="after 3 attempts"):
+        uploader.upload_checkpoint(ckpt_dir)
+    assert uploader.attempts == 3
