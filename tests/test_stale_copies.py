@@ -20,13 +20,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import dead_endpoint, make_manifest
 
 from pytest_ckpts import ChecksumMismatchError, load_manifest
 from pytest_ckpts.cache import Cache
 from pytest_ckpts.cli import main
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
-from tests.helpers import dead_endpoint, make_manifest
 
 pytest_plugins = ["pytester"]
 
@@ -243,7 +243,7 @@ def test_read_only_restored_copy_with_the_hub_down_is_stale(
 ) -> None:
     """A restored cache mounted read-only (no stamp can be written, no lock taken): each
     file is still re-hashed once per process and served ``stale``."""
-    from tests.helpers import Mounts
+    from test_hardening_mounts import Mounts
 
     if shutil.which("mount") is None:
         pytest.skip("no mount command: a read-only cache needs a real mount")
