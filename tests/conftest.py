@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -141,6 +142,28 @@ def hub() -> Iterator[LocalHub]:
 
     with LocalHub() as h:
         yield h
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+@pytest.fixture
+def ckpt_dir(tmp_path: Path) -> Path:
+    """A checkpoint directory to upload: ``model/weights.pt`` (50 kB, random) and ``config.json``."""
+    d = tmp_path / "checkpoint"
+    (d / "model").mkdir(parents=True)
+    (d / "model" / "weights.pt").write_bytes(os.urandom(50_000))
+    (d / "config.json").write_text('{"lr": 0.001}')
+    return d
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own temp dir, so leftovers are ours (xdist workers share /tmp)."""
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
 
 
 # --------------------------------------------------------------------------- mounts
