@@ -45,13 +45,8 @@ class StaleSupport:
         commit = store.cached_commit(spec)
         path = store.snapshot_path(spec, commit) if commit else None
         if commit is None or path is None or not path.exists():
-            raise CheckpointSkipped(
-                f"pytest-ckpts: checkpoint '{spec.name}' is not cached in {store.cache} and "
-                "the mode is offline (no downloads).",
-                entry=spec.name,
-                cause="not cached",
-                fixes=(store.run_fix("fetch", spec.name), Fix.set("mode", Mode.AUTO.value)),
-            )
+            fixes = (store.run_fix("fetch", spec.name), Fix.set("mode", Mode.AUTO.value))
+            raise CheckpointSkipped.not_cached(spec.name, store.cache, fixes=fixes)
         ready = store._fast_path(spec, path, commit)
         if ready is not None:
             return ready
@@ -254,19 +249,11 @@ def mismatch_error(
 ) -> ChecksumMismatchError:
     """The one error for bytes that are not the manifest's: never skipped, names the fix."""
     return ChecksumMismatchError(
-        f"pytest-ckpts: Checksum mismatch for checkpoint '{spec.name}' ({why})",
         name=spec.name,
         path=path,
         expected=spec.sha256,
         actual=actual,
-        cause="checksum mismatch",
-        details=(
-            f"  file:     {path}\n"
-            f"  source:   {source}\n"
-            f"  expected: {spec.sha256}\n"
-            f"  actual:   {actual}\n"
-            "A checksum mismatch is never skipped: the upstream file changed or the local "
-            "copy is corrupted."
-        ),
+        why=why,
+        source=source,
         fixes=mismatch_fixes(spec) if fixes is None else fixes,
     )

@@ -48,7 +48,6 @@ __all__ = [
     "Kind",
     "ManifestError",
     "ManifestNotFoundError",
-    "MirrorUnavailable",
     "NoExperimentHashError",
     "SettingError",
     "TensorIndexError",
@@ -82,6 +81,18 @@ class Kind(str, enum.Enum):
     TRANSIENT = "transient"  # 429, 5xx, reset, cut body, read timeout: retried in the budget
     UNREACHABLE = "unreachable"  # refused, DNS, connect timeout: decided once per run
     PERMANENT = "permanent"  # 401, 403, 404, not found: never retried
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class MirrorKind(str, enum.Enum):
+    """How a mirror failure was classified (docs/mirrors.md "What happens on a fetch")."""
+
+    MISSING = "missing"  # no such object: the next source, quietly
+    REFUSED = "refused"  # 401, 403, no range support, a missing backend: remembered for the run
+    UNREACHABLE = "unreachable"  # refused connection, unmounted folder: remembered for the run
+    TRANSIENT = "transient"  # 5xx, 408, 429, a cut body: retried within the retry budget
 
     def __str__(self) -> str:
         return self.value
@@ -268,24 +279,69 @@ class CheckpointSkipped(CheckpointsError):
     library raises it so scripts can tell "not available by policy" from failure.
     """
 
+    #: the cache that was looked in (:meth:`not_cached`)
+    cache: object = None
+
+    @classmethod
+    def not_cached(
+        cls, entry: str, cache: object, *, tensors: bool = False, fixes: tuple[Fix, ...] = ()
+    ) -> CheckpointSkipped:
+        """Offline and not in ``cache`` (``tensors``: a partial read's pieces): the message
+        is built from the fields."""
+        what = f"tensors of checkpoint '{entry}' are" if tensors else f"checkpoint '{entry}' is"
+        exc = cls(
+            f"{PREFIX}{what} not cached in {cache} and the mode is offline (no downloads).",
+            entry=entry,
+            cause="not cached",
+            fixes=fixes,
+        )
+        exc.cache = cache
+        return exc
+
 
 class ChecksumMismatchError(CheckpointsError, ValueError):
-    """A file's sha256 does not match the manifest. Never turned into a skip."""
+    """A file's sha256 does not match the manifest. Never turned into a skip.
+
+    Built from its fields, the message names the file, ``expected`` and ``actual``:
+    with ``source`` (where an entry's bytes came from) and ``why``, as the store says
+    it for checkpoint ``name``; without, for a plain file (``path``). A message given
+    as the first argument is used as it is (partial reads, experiments).
+    """
+
+    #: what follows the detail lines of an entry's mismatch
+    NEVER_SKIPPED = (
+        "A checksum mismatch is never skipped: the upstream file changed or the local "
+        "copy is corrupted."
+    )
 
     def __init__(
         self,
-        message: str,
+        message: str | None = None,
         *,
         name: str | None = None,
         path: object = None,
         expected: str | None = None,
         actual: str | None = None,
+        why: str = "",
+        source: str | None = None,
         **data: Any,
     ) -> None:
         self.name = name
         self.path = path
         self.expected = expected
         self.actual = actual
+        self.why = why
+        self.source = source
+        if message is None and source is not None:  # an entry's file (the store)
+            message = f"{PREFIX}Checksum mismatch for checkpoint '{name}' ({why})"
+            data.setdefault("cause", "checksum mismatch")
+            data["details"] = (
+                f"  file:     {path}\n  source:   {source}\n  expected: {expected}\n"
+                f"  actual:   {actual}\n{self.NEVER_SKIPPED}"
+            )
+        elif message is None:  # a plain file (verify_checksum)
+            message = f"{PREFIX}Checksum mismatch for {path}"
+            data["details"] = f"  expected sha256: {expected}\n  actual sha256:   {actual}"
         super().__init__(message, entry=name, **data)
 
 
@@ -303,19 +359,32 @@ class CheckpointDownloadError(CheckpointsError, RuntimeError):
     - ``Kind.PERMANENT``: 401, 403, 404, revision or entry not found; never retried.
 
     ``cause`` is the hub's answer alone ("HTTP 503: ..."), for stale reasons and summaries.
+    Built from its fields (``what`` failed, and its ``cause``), the message is
+    ``pytest-ckpts: <what>: <cause>.`` and then the fixes; a message given as the first
+    argument is used as it is.
     """
+
+    #: what failed ("failed to download checkpoint 'vae' from repo ..."), when given
+    what: str | None = None
 
     def __init__(
         self,
-        message: str,
+        message: str | None = None,
         *,
         name: str | None = None,
         status: int | None = None,
         kind: Kind | str | None = None,
+        what: str | None = None,
         **data: Any,
     ) -> None:
         self.name = name
         self.kind = Kind(kind) if kind is not None else Kind.PERMANENT
+        if message is None:
+            cause = data.get("cause")
+            if what is None or cause is None:
+                raise TypeError("CheckpointDownloadError needs a message, or what= and cause=")
+            message = f"{PREFIX}{what}: {cause}" + ("." if data.get("fixes") else "")
+        self.what = what
         super().__init__(message, entry=name, status=status, **data)
 
     @property
@@ -524,17 +593,38 @@ class RetrySignal(CheckpointsError):
 class MirrorUnavailable(CheckpointsError):
     """A mirror could not serve a file (internal: the store moves on to the next source).
 
-    ``kind``: ``"missing"`` (no such object: next source, quietly), ``"refused"`` (401,
-    403, a missing backend: remembered for the run), ``"unreachable"`` (remembered for
-    the run) or ``"transient"`` (retried within the retry budget). The message names
-    the mirror redacted, never its credentials.
+    ``kind`` (a :class:`MirrorKind`): ``MISSING`` (no such object: next source,
+    quietly), ``REFUSED`` (401, 403, a missing backend: remembered for the run),
+    ``UNREACHABLE`` (remembered for the run) or ``TRANSIENT`` (retried within the retry
+    budget). ``mirror`` is the mirror's label (redacted, never its credentials) and
+    ``problem`` what went wrong; ``text`` is built from them ("mirror LABEL: problem").
     """
 
-    def __init__(self, kind: str, text: str, *, retry_after: float | None = None) -> None:
-        super().__init__(text)
-        self.kind = kind
-        self.text = text
+    def __init__(
+        self,
+        kind: MirrorKind,
+        mirror: str,
+        problem: str,
+        *,
+        retry_after: float | None = None,
+        text: str | None = None,
+    ) -> None:
+        self.kind = MirrorKind(kind)
+        self.mirror = mirror
+        self.problem = problem
         self.retry_after = retry_after
+        self.text = text if text is not None else f"mirror {mirror}: {problem}"
+        super().__init__(self.text)
+
+    @classmethod
+    def no_backend(cls, mirror: str, module: str, need: str) -> MirrorUnavailable:
+        """The fsspec implementation of the mirror's scheme is not installed."""
+        return cls(
+            MirrorKind.REFUSED,
+            mirror,
+            f"needs {module}",
+            text=f"mirror {mirror} needs {module}: {need}",
+        )
 
 
 class TransferStopped(CheckpointsError):

@@ -153,15 +153,12 @@ class PartialReader:
         if store.offline:
             commit = cached_commit(store, spec, [index.header, *wanted])
             if commit is None:
-                raise CheckpointSkipped(
-                    f"pytest-ckpts: tensors of checkpoint '{spec.name}' are not cached in "
-                    f"{store.cache} and the mode is offline (no downloads).",
-                    entry=spec.name,
-                    cause="not cached",
-                    fixes=(
-                        Fix.say("read them once online (the cache keeps them)"),
-                        Fix.set("mode", Mode.AUTO.value),
-                    ),
+                fixes = (
+                    Fix.say("read them once online (the cache keeps them)"),
+                    Fix.set("mode", Mode.AUTO.value),
+                )
+                raise CheckpointSkipped.not_cached(
+                    spec.name, store.cache, tensors=True, fixes=fixes
                 )
             out.commit = commit
             return self._from_cache(spec, index, commit, names, wanted, out, "offline")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from ._text import plural
 from .errors import CheckpointDownloadError, UsageFailure
+from .hub_client import HubClient, create_commit
 from .integrity import atomic_write_bytes, atomic_write_stream, calculate_sha256
 from .manifest import CheckpointSpec, Manifest
 from .settings import ENV
@@ -321,7 +322,7 @@ def _check_reachable(store: Store, specs: list[CheckpointSpec]) -> None:
 
 
 def _upload_groups(
-    client: Any,
+    client: HubClient,
     specs: list[CheckpointSpec],
     source_dir: Path,
     pin: bool,
@@ -336,7 +337,8 @@ def _upload_groups(
     edits: dict[str, dict[str, str]] = {}
     for (repo, repo_type, branch), group in groups.items():
         files = {s.hf_path: source_dir / s.hf_path for s in group}
-        commit = client.create_commit(
+        commit = create_commit(
+            client,
             repo=repo,
             repo_type=repo_type,
             branch=branch,
