@@ -627,6 +627,11 @@ class MirrorUnavailable(CheckpointsError):
         )
 
 
+class LockTimeout(CheckpointsError):
+    """A per-file download lock was not free within the timeout (``_lock.acquire``; the
+    store turns it into a ``CheckpointDownloadError`` naming the lock file)."""
+
+
 class TransferStopped(CheckpointsError):
     """A transfer was told to stop (the session ended: ``-x``, Ctrl-C, ``pytest.exit``);
     what it wrote stays as a partial file the next download continues with ``Range``."""

@@ -53,7 +53,7 @@ def _apply_edits(
     if edits:
         target = manifest.path.resolve()  # a symlinked manifest: edit what it points at
         key = hashlib.sha256(str(target).encode()).hexdigest()[:24]
-        lock_path = store.cache / ".ckpts" / "locks" / f"manifest-{key}.lock"
+        lock_path = store.layout.root / ".ckpts" / "locks" / f"manifest-{key}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(lock_path), timeout=60):
             text = target.read_bytes().decode("utf-8")  # re-read: another lock may have run
@@ -259,7 +259,7 @@ def _missing_commits(store: Store, specs: list[CheckpointSpec]) -> list[str]:
     lines = []
     for spec in specs:
         try:
-            store.probe(spec)
+            store.hub.probe(spec)
         except CheckpointDownloadError as exc:
             if exc.status == 404:
                 lines.append(
@@ -311,7 +311,7 @@ def _check_reachable(store: Store, specs: list[CheckpointSpec]) -> None:
             continue
         seen.add((spec.repo_type, spec.repo))
         try:
-            store.probe(spec)
+            store.hub.probe(spec)
         except CheckpointDownloadError as exc:
             if exc.unreachable:  # a missing branch or commit is fine: uploads make it
                 cause = exc.cause or exc.summary
