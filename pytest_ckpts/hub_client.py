@@ -65,7 +65,6 @@ from .retry import (
 from .settings import env_value
 
 __all__ = [
-    "DEFAULT_ENDPOINT",
     "Downloaded",
     "HubClient",
     "ProbeAnswer",
