@@ -7,7 +7,7 @@ arguments (and the cache directory in force). No engine names a command-line fla
 ``str(exc)`` says the fixes in the library's words (environment variables), and each
 front end renders the same fixes in its own (:meth:`CheckpointsError.render` with the
 plugin's ``--ckpts-*`` options, the CLI's ``--offline``/``--cache-dir``/``--manifest``).
-docs/architecture.md "Errors" shows the flow.
+docs/architecture.md "How errors travel" shows the flow.
 
 Every message starts with ``pytest-ckpts:`` and names what a user needs to act. The
 classes keep the built-in bases docs/how-to/writing-tests.md "The library API"

@@ -117,9 +117,14 @@ def test_errors_carry_data() -> None:
 def test_internal_signals_are_not_public_errors() -> None:
     from pytest_ckpts import errors
 
-    for name in ("RetrySignal", "YamlProblem", "DecompressError", "CommitRejected"):
+    internal = ("RetrySignal", "YamlProblem", "DecompressError", "CommitRejected")
+    internal += ("MirrorUnavailable", "MirrorKind", "LockTimeout")
+    for name in internal:
         assert hasattr(errors, name)
         assert name not in errors.__all__
+        assert name not in pytest_ckpts.__all__
+    reference = (PACKAGE.parent / "docs" / "reference" / "errors.md").read_text(encoding="utf-8")
+    assert not [name for name in internal if f"`{name}`" in reference]
 
 
 def _trees(*, engines_only: bool = False) -> list[tuple[Path, str, ast.Module]]:
