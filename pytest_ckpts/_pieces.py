@@ -398,15 +398,15 @@ def verified(
             f"{piece.sha256}; re-run `pytest-ckpts lock --tensors {spec.name}`"
         )
     raise ChecksumMismatchError(
-        f"pytest-ckpts: Checksum mismatch for tensor '{piece.label}' of checkpoint "
-        f"'{spec.name}' ({where})\n"
-        f"  expected sha256: {piece.sha256} (tensor index {label})\n"
-        f"  actual sha256:   {actual}\n"
-        "The bytes were not kept. If the file changed on purpose, update the "
-        f"manifest (`pytest-ckpts lock --update {spec.name}`) and the index "
-        f"(`pytest-ckpts lock --tensors {spec.name}`).",
         name=spec.name,
         path=where,
+        what=f"tensor '{piece.label}' of checkpoint '{spec.name}' ({where})",
         expected=piece.sha256,
+        recorded_by=f"tensor index {label}",
         actual=actual,
+        note=(
+            "The bytes were not kept. If the file changed on purpose, update the "
+            f"manifest (`pytest-ckpts lock --update {spec.name}`) and the index "
+            f"(`pytest-ckpts lock --tensors {spec.name}`)."
+        ),
     )

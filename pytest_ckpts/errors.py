@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import enum
 import pickle
-import shlex
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from .settings import ENV
+from ._fixes import Fix, Words, env_words, fixes_sentence
 
 __all__ = [
     "ArchiveError",
@@ -64,16 +61,6 @@ __all__ = [
 #: What every message of pytest-ckpts starts with.
 PREFIX = "pytest-ckpts: "
 
-#: What a setting's value is called where a fix cannot know it (``--cache-dir DIR``).
-METAVAR = {
-    "mode": "MODE",
-    "manifest": "PATH",
-    "cache_dir": "DIR",
-    "retry_budget": "SECONDS",
-    "prefetch": "N",
-    "trust_manifest_endpoint": "1",
-}
-
 
 class Kind(str, enum.Enum):
     """How a hub failure was classified (docs/how-to/ci.md "Retries and the retry budget")."""
@@ -96,90 +83,6 @@ class MirrorKind(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-@dataclass(frozen=True)
-class Fix:
-    """One way out of an error, as data; each front end says it in its own words.
-
-    Exactly one of: ``setting`` (a key of ``settings.ENV``) with ``value`` (None: the
-    user picks, shown as the setting's metavar); ``command`` (a ``pytest-ckpts``
-    command and its arguments) with the ``cache_dir`` in force when it is not the
-    manifest's default; ``text`` (a way out no front end has an option for, said as
-    is). ``why`` follows the fix ("to run from the cache").
-    """
-
-    setting: str | None = None
-    value: str | None = None
-    command: tuple[str, ...] = ()
-    cache_dir: str | None = None
-    text: str = ""
-    why: str = ""
-
-    @classmethod
-    def set(cls, setting: str, value: str | None = None, *, why: str = "") -> Fix:
-        assert setting in ENV, setting
-        return cls(setting=setting, value=value, why=why)
-
-    @classmethod
-    def run(cls, *command: str, cache_dir: object = None, why: str = "") -> Fix:
-        return cls(
-            command=command, cache_dir=None if cache_dir is None else str(cache_dir), why=why
-        )
-
-    @classmethod
-    def say(cls, text: str) -> Fix:
-        return cls(text=text)
-
-    @property
-    def command_line(self) -> str:
-        """The command as a shell line: the same words in every front end."""
-        words = ["pytest-ckpts", *self.command]
-        if self.cache_dir is not None:
-            words += ["--cache-dir", self.cache_dir]
-        return " ".join(shlex.quote(w) for w in words)
-
-    @property
-    def shown_value(self) -> str:
-        return self.value if self.value is not None else METAVAR.get(self.setting or "", "VALUE")
-
-
-#: A front end's words for a fix: ``Fix -> phrase`` ("set PYTEST_CKPTS_MODE=auto").
-Words = Callable[[Fix], str]
-
-
-def env_words(fix: Fix) -> str:
-    """The library's words: settings are environment variables (a script has no flags)."""
-    if fix.command:
-        phrase = f"run `{fix.command_line}`"
-    elif fix.setting is not None:
-        phrase = f"set {ENV[fix.setting]}={fix.shown_value}"
-    else:
-        phrase = fix.text
-    return f"{phrase} {fix.why}" if fix.why else phrase
-
-
-def foreign_line(exc: BaseException) -> str:
-    """The first line of another library's exception (yaml, int(), ...), whose text is its
-    only data; never used on pytest-ckpts' own errors, which carry fields."""
-    return str(exc).partition("\n")[0] or type(exc).__name__
-
-
-def hub_error_cause(exc: BaseException) -> str:
-    """A huggingface_hub error as a short cause, from its fields (class, status, the
-    server's message), not from its text."""
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    server = getattr(exc, "server_message", None)
-    cause = type(exc).__name__ + (f" (HTTP {status})" if status else "")
-    return f"{cause}: {server}" if server else cause
-
-
-def fixes_sentence(fixes: tuple[Fix, ...], words: Words) -> str:
-    """``fixes`` as one sentence: "Run `...`, or set X=1."."""
-    phrases = [words(f) for f in fixes]
-    text = ", or ".join(p for p in phrases if p)
-    return (text[:1].upper() + text[1:] + ".") if text else ""
 
 
 class CheckpointsError(Exception):
@@ -298,14 +201,29 @@ class CheckpointSkipped(CheckpointsError):
         exc.cache = cache
         return exc
 
+    @classmethod
+    def disabled(cls, entry: str, source: str) -> CheckpointSkipped:
+        """Downloads are off for this run (``mode`` skip, set by ``source``)."""
+        exc = cls(
+            f"Checkpoint download skipped ({source}). Cannot load checkpoint: {entry}",
+            entry=entry,
+            cause="downloads disabled",
+        )
+        exc.source = source
+        return exc
+
+    #: what turned downloads off (:meth:`disabled`): an option, a variable, an ini key
+    source: str | None = None
+
 
 class ChecksumMismatchError(CheckpointsError, ValueError):
     """A file's sha256 does not match the manifest. Never turned into a skip.
 
     Built from its fields, the message names the file, ``expected`` and ``actual``:
     with ``source`` (where an entry's bytes came from) and ``why``, as the store says
-    it for checkpoint ``name``; without, for a plain file (``path``). A message given
-    as the first argument is used as it is (partial reads, experiments).
+    it for checkpoint ``name``; without, for ``what`` (a plain file: ``path``), with
+    ``recorded_by`` (what holds ``expected``) and a closing ``note``. A message given as
+    the first argument is used as it is (one-line forms, experiments).
     """
 
     #: what follows the detail lines of an entry's mismatch
@@ -324,6 +242,9 @@ class ChecksumMismatchError(CheckpointsError, ValueError):
         actual: str | None = None,
         why: str = "",
         source: str | None = None,
+        what: str | None = None,
+        recorded_by: str = "",
+        note: str = "",
         **data: Any,
     ) -> None:
         self.name = name
@@ -339,9 +260,11 @@ class ChecksumMismatchError(CheckpointsError, ValueError):
                 f"  file:     {path}\n  source:   {source}\n  expected: {expected}\n"
                 f"  actual:   {actual}\n{self.NEVER_SKIPPED}"
             )
-        elif message is None:  # a plain file (verify_checksum)
-            message = f"{PREFIX}Checksum mismatch for {path}"
-            data["details"] = f"  expected sha256: {expected}\n  actual sha256:   {actual}"
+        elif message is None:  # a file (verify_checksum), a tensor (partial reads)
+            message = f"{PREFIX}Checksum mismatch for {what if what is not None else path}"
+            by = f" ({recorded_by})" if recorded_by else ""
+            lines = [f"  expected sha256: {expected}{by}", f"  actual sha256:   {actual}"]
+            data["details"] = "\n".join(lines + ([note] if note else []))
         super().__init__(message, entry=name, **data)
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._fixes import hub_error_cause
 from ._hf_state import hf_constants, user_agent
 from ._hub_auth import DEFAULT_ENDPOINT, EndpointAuth
 from ._redact import redact as _scrub
@@ -48,7 +49,6 @@ from .errors import (
     RetrySignal,
     TransferStopped,
     UsageFailure,
-    hub_error_cause,
 )
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import (

@@ -277,9 +277,7 @@ class CkptsSession:
     def _library_spec(self, name: str) -> CheckpointSpec:
         spec = self.spec(name)
         if self.settings.mode is Mode.SKIP:
-            raise CheckpointSkipped(
-                f"Checkpoint download skipped ({self.mode_source}). Cannot load checkpoint: {name}"
-            )
+            raise CheckpointSkipped.disabled(name, self.mode_source)
         return spec
 
     def resolve_for_library(self, name: str, force_download: bool = False) -> Checkpoint:

@@ -337,6 +337,21 @@ def test_reexports_are_imported() -> None:
     assert found == []
 
 
+def test_modules_and_classes_stay_small() -> None:
+    """Structural signal (CONTRIBUTING): no module over 600 lines, no class over 300."""
+    found = []
+    for path, _name, tree in _trees():
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if lines > 600:
+            found.append(f"{path.relative_to(PACKAGE)}: {lines} lines")
+        found += [
+            f"{_where(path, node)}: class {node.name}: {node.end_lineno - node.lineno + 1} lines"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ClassDef) and (node.end_lineno or 0) - node.lineno + 1 > 300
+        ]
+    assert found == []
+
+
 def test_cited_test_files_exist() -> None:
     """A comment or docstring of the package that names a test file names one that
     exists (cache.py cited ``tests/test_cache.py`` for a check no test made)."""
@@ -385,6 +400,22 @@ def test_errors_build_their_message_from_fields() -> None:
     skipped = CheckpointSkipped.not_cached("vae", "/c", tensors=True)
     assert (skipped.entry, skipped.cause, skipped.cache) == ("vae", "not cached", "/c")
     assert skipped.summary.startswith("tensors of checkpoint 'vae' are not cached in /c")
+
+    tensor = ChecksumMismatchError(
+        name="llm", path="hub", what="tensor 'embed' of checkpoint 'llm' (hub)", expected=sha[0],
+        recorded_by="tensor index t.json", actual=sha[1], note="The bytes were not kept.",
+    )  # fmt: skip
+    assert str(tensor) == (
+        "pytest-ckpts: Checksum mismatch for tensor 'embed' of checkpoint 'llm' (hub)\n"
+        f"  expected sha256: {sha[0]} (tensor index t.json)\n  actual sha256:   {sha[1]}\n"
+        "The bytes were not kept."
+    )
+    off = CheckpointSkipped.disabled("vae", "PYTEST_CKPTS_MODE=skip")
+    assert (off.entry, off.cause, off.source) == ("vae", "downloads disabled", off.source)
+    assert (
+        str(off)
+        == "Checkpoint download skipped (PYTEST_CKPTS_MODE=skip). Cannot load checkpoint: vae"
+    )
 
     gone = MirrorUnavailable(MirrorKind.MISSING, "/mnt/m/{sha256}", "no such file")
     assert (gone.mirror, gone.problem) == ("/mnt/m/{sha256}", "no such file")

@@ -24,7 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import MirrorKind, MirrorUnavailable, UsageFailure, foreign_line
+from .._fixes import foreign_line
+from ..errors import MirrorKind, MirrorUnavailable, UsageFailure
 from ..retry import TRANSIENT_STATUS, parse_retry_after
 from .template import Mirror, Storage, redact_url
 
