@@ -119,52 +119,28 @@ def _show_default(value: Any) -> str:
 
 
 def settings_rows(collected: Collected) -> list[dict[str, Any]]:
-    """One row per setting: its option(s), env variable, ini key, default and help."""
+    """One row per setting of ``settings.TABLE``: its option (as pytest collected it), env
+    variable, ini key (as pytest collected it), default and help."""
     from pytest_ckpts import settings
 
-    env = {f"ckpts_{k}": v for k, v in settings.ENV.items()}
-    rows: dict[str, dict[str, Any]] = {}
-
-    def row(key: str) -> dict[str, Any]:
-        return rows.setdefault(
-            key, {"key": key, "options": [], "env": None, "ini": None, "help": "", "ini_help": ""}
+    options = {opt["dest"]: opt for opt in collected.options}
+    rows = []
+    for setting in settings.TABLE:
+        opt = options.get(setting.dest) if setting.option else None
+        ini = collected.ini.get(setting.ini) if setting.ini else None
+        rows.append(
+            {
+                "key": setting.dest,
+                "options": [opt] if opt else [],
+                "env": setting.env,
+                # pytest < 7.x records an untyped key as None; later versions call it "string"
+                "ini": (setting.ini, ini[1] or "string", ini[2]) if ini else None,
+                "help": opt.get("help", "") if opt else "",
+                "ini_help": ini[0] if ini else "",
+                "default": setting.default,
+            }
         )
-
-    for opt in collected.options:
-        r = row(opt["dest"])
-        r["options"].append(opt)
-        r["help"] = opt.get("help", "")
-    for name, (help_text, kind, default) in collected.ini.items():
-        r = row(name)
-        # pytest < 7.x records an untyped key as None; later versions call it "string"
-        r["ini"] = (name, kind or "string", default)
-        r["ini_help"] = help_text
-    for key, var in env.items():
-        row(key)["env"] = var
-    # an option whose help names another row's env variable or ini key is that setting
-    for key in list(rows):
-        r = rows.get(key)
-        if r is None or not r["options"]:
-            continue
-        for other_key, other in list(rows.items()):
-            if other_key == key or other["options"]:
-                continue
-            names = [other["env"], other["ini"][0] if other["ini"] else None]
-            if any(n and re.search(rf"\b{re.escape(n)}\b", r["help"]) for n in names):
-                r["env"] = r["env"] or other["env"]
-                r["ini"] = r["ini"] or other["ini"]
-                r["ini_help"] = r["ini_help"] or other["ini_help"]
-                del rows[other_key]
-    fields = {f.name: f for f in dataclasses.fields(settings.Settings)}
-    for r in rows.values():
-        field = fields.get(r["key"].removeprefix("ckpts_"))
-        default: Any = None
-        if field is not None and field.default is not dataclasses.MISSING:
-            default = field.default
-        elif r["ini"] is not None and r["ini"][2] not in ("", None):
-            default = r["ini"][2]
-        r["default"] = default
-    return list(rows.values())
+    return rows
 
 
 def _flags(opt: dict[str, Any]) -> str:

@@ -28,17 +28,13 @@ from .errors import (
     env_words,
 )
 from .manifest import CheckpointSpec, Manifest, load_manifest
-from .settings import ENV, Settings, count_option, env_true
+from .settings import ENV, SETTINGS, Settings, count_option, env_true
 from .stats import human_size as _size
 from .store import Store
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-#: This command's option for each setting a fix may name (the rest are env variables).
-_OPTION = {"manifest": "--manifest", "cache_dir": "--cache-dir"}
 
 
 def cli_words(settings: Settings | None = None) -> Words:
@@ -53,8 +49,8 @@ def cli_words(settings: Settings | None = None) -> Words:
         elif fix.setting == "mode" and fix.value == "auto":
             if settings is None or settings.source("mode") == "--offline":
                 phrase = "run without --offline"
-        elif fix.setting in _OPTION:
-            phrase = f"use {_OPTION[fix.setting]} {fix.shown_value}"
+        elif fix.setting in SETTINGS and SETTINGS[fix.setting].cli not in (None, "--offline"):
+            phrase = f"use {SETTINGS[fix.setting].cli} {fix.shown_value}"
         if phrase is None:
             return env_words(fix)
         return f"{phrase} {fix.why}" if fix.why else phrase

@@ -30,7 +30,7 @@ from .errors import (
     TensorIndexError,
     env_words,
 )
-from .settings import Mode, Settings
+from .settings import SETTINGS, Mode, Settings
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -52,19 +52,11 @@ __all__ = [
     "used_checkpoint_shas",
 ]
 
-#: pytest's option for each setting a fix may name (the rest are environment variables).
-_OPTION = {
-    "mode": "--ckpts",
-    "manifest": "--ckpts-manifest",
-    "cache_dir": "--ckpts-cache-dir",
-    "retry_budget": "--ckpts-retry-budget",
-    "prefetch": "--ckpts-prefetch",
-}
-
 
 def plugin_words(fix: Fix) -> str:
     """The plugin's words for a fix: its ``--ckpts*`` options (``--ckpts=auto``)."""
-    option = _OPTION.get(fix.setting or "")
+    row = SETTINGS.get(fix.setting or "")
+    option = None if row is None else row.option
     if option is None:
         return env_words(fix)
     if fix.setting == "mode":

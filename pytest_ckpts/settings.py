@@ -10,9 +10,16 @@ Precedence, highest first, for every setting that has all four sources:
 The run mode has one extra level: ``SKIP_CHECKPOINT_DOWNLOAD=true`` sits between the
 command line and ``PYTEST_CKPTS_MODE`` (it is CI's kill switch: only an explicit
 ``--ckpts`` beats it), and ``HF_HUB_OFFLINE=1`` turns the *default* into ``offline``.
+
+Relative paths: on the command line from the directory pytest (or ``pytest-ckpts``) was
+started in, in ini files from the rootdir, in ``PYTEST_CKPTS_*`` variables from the
+current directory; paths in the manifest from the project root (docs/manifest.md).
 docs/reference/options.md "Precedence" is generated from this docstring.
 
-One frozen :class:`Settings` is built by :meth:`Settings.from_pytest` (the plugin),
+Every setting is one row of :data:`TABLE` (its pytest option, CLI flag, variable, ini
+key, default, parser and whether it is a path); the three builders below read the rows,
+``add_pytest_options`` declares them, and the docs' option reference is generated from
+them. One frozen :class:`Settings` is built by :meth:`Settings.from_pytest` (the plugin),
 :meth:`Settings.from_args` (the ``pytest-ckpts`` CLI) or :meth:`Settings.from_env`
 (``get_checkpoint()`` outside pytest). ``sources`` records where each value came from,
 so messages say "--ckpts" or "PYTEST_CKPTS_MODE" rather than guessing. This module is
@@ -24,7 +31,7 @@ from __future__ import annotations
 import enum
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,14 +39,18 @@ from typing import Any
 __all__ = [
     "DEFAULT_MANIFEST",
     "ENV",
+    "ENV_VARS",
     "MODES",
+    "RELATIVE_PATHS",
+    "SETTINGS",
+    "TABLE",
     "Mode",
+    "Setting",
     "Settings",
     "add_pytest_options",
     "env_value",
     "find_manifest",
     "hf_cache_dirs",
-    "mode_option",
     "parse_mode",
     "resolve_mode",
 ]
@@ -47,16 +58,6 @@ __all__ = [
 #: Where the manifest lives relative to the project root.
 DEFAULT_MANIFEST = Path("checkpoints") / "checkpoints.yaml"
 
-#: The environment variables of pytest-ckpts, by setting.
-ENV = {
-    "mode": "PYTEST_CKPTS_MODE",
-    "manifest": "PYTEST_CKPTS_MANIFEST",
-    "cache_dir": "PYTEST_CKPTS_CACHE_DIR",
-    "retry_budget": "PYTEST_CKPTS_RETRY_BUDGET",
-    "prefetch": "PYTEST_CKPTS_PREFETCH",
-    "trust_manifest_endpoint": "PYTEST_CKPTS_TRUST_MANIFEST_ENDPOINT",
-    "mirrors": "PYTEST_CKPTS_MIRRORS",
-}
 SKIP_SWITCH = "SKIP_CHECKPOINT_DOWNLOAD"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -102,16 +103,6 @@ def parse_mode(value: str, *, source: str) -> Mode:
         ) from None
 
 
-def mode_option(value: str) -> str:
-    """argparse ``type=`` for ``--ckpts``: a bad value is a usage error listing the modes."""
-    import argparse
-
-    try:
-        return parse_mode(value, source="--ckpts").value
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _number(value: str, *, source: str, kind: type[float] | type[int]) -> float:
     try:
         number = kind(value.strip())
@@ -125,16 +116,6 @@ def _number(value: str, *, source: str, kind: type[float] | type[int]) -> float:
             f"pytest-ckpts: invalid value {value!r} from {source}: must be >= 0 and finite"
         )
     return number
-
-
-def seconds_option(value: str) -> float:
-    """argparse ``type=`` for ``--ckpts-retry-budget``."""
-    import argparse
-
-    try:
-        return _number(value, source="--ckpts-retry-budget", kind=float)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def count_option(value: str) -> int:
@@ -201,24 +182,6 @@ def hf_cache_dirs(env: Mapping[str, str] | None = None) -> tuple[Path, Path | No
     return home, (None if hub is None or hub == home / "hub" else hub)
 
 
-def _pick(
-    name: str,
-    cli: Any,
-    cli_label: str,
-    ini: Any,
-    env: Mapping[str, str] | None,
-) -> tuple[str | None, str]:
-    """The first of command line > env > ini that is set, as text, with its source."""
-    if cli is not None and cli != "":
-        return str(cli), cli_label
-    value = env_value(ENV[name], env) if name in ENV else None
-    if value is not None:
-        return value, ENV[name]
-    if ini is not None and ini != "":
-        return str(ini), f"ini ckpts_{name}"
-    return None, "default"
-
-
 def resolve_mirrors(
     cli: list[str] | None, cli_label: str, env: Mapping[str, str] | None = None
 ) -> tuple[tuple[str, ...] | None, str]:
@@ -246,6 +209,220 @@ def _flag(text: str, source: str) -> bool:
     if lowered in _FALSE:
         return False
     raise ValueError(f"pytest-ckpts: invalid value {text!r} from {source}: expected true or false")
+
+
+def _path(text: str, source: str) -> Path:
+    return Path(os.path.expanduser(text))
+
+
+def _seconds(text: str, source: str) -> float:
+    return _number(text, source=source, kind=float)
+
+
+def _count(text: str, source: str) -> int:
+    return int(_number(text, source=source, kind=int))
+
+
+def _text_value(text: str, source: str) -> str:
+    return text
+
+
+#: What a front end hands the table: the raw values of its own flags (None: not given),
+#: the raw ini values (pytest only), the environment, and the folders relative paths start
+#: from (see "Relative paths" in the module docstring).
+@dataclass(frozen=True)
+class _Inputs:
+    cli: Mapping[str, Any]
+    cli_labels: Mapping[str, str]
+    ini: Mapping[str, Any]
+    env: Mapping[str, str] | None
+    cli_base: Path
+    ini_base: Path
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table: every name a setting has in every front end.
+
+    ``option`` is the pytest flag (dest ``ckpts_<name>``), ``cli`` the ``pytest-ckpts``
+    flag (dest: the flag's name), ``env`` the variable, ``ini`` the ini key
+    (``ckpts_<name>``); None where a front end has none. ``parse`` turns text into the
+    value or raises ValueError naming the source. ``path`` rows are relative to a base
+    (module docstring, "Relative paths"). ``resolve`` replaces command line > env > ini
+    for the two settings that have another level (the mode) or another shape (mirrors).
+    """
+
+    name: str
+    default: Any
+    parse: Callable[[str, str], Any]
+    help: str
+    option: str | None = None
+    cli: str | None = None
+    env: str | None = None
+    ini: str | None = None
+    ini_type: str | None = None
+    ini_help: str = ""
+    ini_default: Any = ""
+    metavar: str | None = None
+    path: bool = False
+    resolve: Callable[[Setting, _Inputs], tuple[Any, str]] | None = None
+
+    @property
+    def dest(self) -> str:
+        """The pytest option's dest (and the ini key's name)."""
+        return f"ckpts_{self.name}"
+
+    @property
+    def cli_dest(self) -> str | None:
+        """The ``pytest-ckpts`` argparse dest of :attr:`cli`."""
+        return None if self.cli is None else self.cli.lstrip("-").replace("-", "_")
+
+    def names(self) -> str:
+        """Where else this setting can be given, for ``--help``: "env X, ini Y"."""
+        where = [f"env {self.env}" if self.env else "", f"ini {self.ini}" if self.ini else ""]
+        return ", ".join(w for w in where if w)
+
+    def lookup(self, given: _Inputs) -> tuple[Any, str]:
+        """The value and its source: command line > environment > ini > default."""
+        if self.resolve is not None:
+            return self.resolve(self, given)
+        raw = given.cli.get(self.name)
+        if raw is not None and raw != "":
+            return self._value(raw, given.cli_labels[self.name], given.cli_base)
+        text = env_value(self.env, given.env) if self.env else None
+        if text is not None:
+            return self._value(text, self.env or "", None)
+        raw = given.ini.get(self.name)
+        if raw is not None and raw != "" and raw is not False:
+            return self._value(raw, f"ini {self.ini}", given.ini_base)
+        return self.default, "default"
+
+    def _value(self, raw: Any, source: str, base: Path | None) -> tuple[Any, str]:
+        value = raw if isinstance(raw, bool) else self.parse(str(raw), source)
+        if self.path and isinstance(value, Path) and not value.is_absolute():
+            value = (base / value) if base is not None else value.absolute()
+        return value, source
+
+
+def _mode_row(row: Setting, given: _Inputs) -> tuple[Any, str]:
+    raw = given.cli.get("mode")
+    mode, source = resolve_mode(raw or None, str(given.ini.get("mode") or ""), given.env)
+    return mode, given.cli_labels["mode"] if raw else source
+
+
+def _mirrors_row(row: Setting, given: _Inputs) -> tuple[Any, str]:
+    return resolve_mirrors(given.cli.get("mirrors"), given.cli_labels["mirrors"], given.env)
+
+
+_MODE_HELP = (
+    f"what to do with tests that need checkpoints: {', '.join(MODES)}. "
+    "auto: download missing, skip if the hub is down; offline: cache only; "
+    "skip: skip them all; require: any failure is an error. "
+    "Precedence: this flag > SKIP_CHECKPOINT_DOWNLOAD=true > PYTEST_CKPTS_MODE > "
+    "ini ckpts_mode > auto"
+)
+
+#: Every setting, once: the plugin's options and ini keys, the CLI's flags, the
+#: environment variables and the library all come from these rows.
+TABLE: tuple[Setting, ...] = (
+    Setting(
+        "mode", Mode.AUTO, lambda text, source: parse_mode(text, source=source), _MODE_HELP,
+        option="--ckpts", cli="--offline", env="PYTEST_CKPTS_MODE", ini="ckpts_mode",
+        ini_help=f"default checkpoint mode ({', '.join(MODES)})", metavar="MODE",
+        resolve=_mode_row,
+    ),
+    Setting(
+        "manifest", None, _path,
+        "checkpoint manifest, default <rootdir>/checkpoints/checkpoints.yaml",
+        option="--ckpts-manifest", cli="--manifest", env="PYTEST_CKPTS_MANIFEST",
+        ini="ckpts_manifest", ini_help="path of the checkpoint manifest", metavar="PATH",
+        path=True,
+    ),
+    Setting(
+        "cache_dir", None, _path,
+        "where checkpoints are cached, overriding the manifest's cache_dir",
+        option="--ckpts-cache-dir", cli="--cache-dir", env="PYTEST_CKPTS_CACHE_DIR",
+        ini="ckpts_cache_dir", ini_help="checkpoint cache directory", metavar="DIR", path=True,
+    ),
+    Setting(
+        "retry_budget", DEFAULT_RETRY_BUDGET, _seconds,
+        "total seconds one process may spend retrying transient hub errors (429, 5xx, "
+        "resets) in this run, waits and failed requests included; a finite number >= 0, "
+        "default 60",
+        option="--ckpts-retry-budget", env="PYTEST_CKPTS_RETRY_BUDGET",
+        ini="ckpts_retry_budget", ini_help="retry budget in seconds (default 60)",
+        metavar="SECONDS",
+    ),
+    Setting(
+        "prefetch", DEFAULT_PREFETCH, _count,
+        "after collection, fetch the checkpoints the selected tests need, N at a time, "
+        "while tests run; stops when the session ends, keeping partial files the next "
+        "download continues; default 4, 0 off",
+        option="--ckpts-prefetch", env="PYTEST_CKPTS_PREFETCH", ini="ckpts_prefetch",
+        ini_help="checkpoints fetched in parallel ahead of tests (default 4)", metavar="N",
+    ),
+    Setting(
+        "mirrors", None, _text_value,
+        "fetch checkpoints from this mirror before the hub (repeatable, tried in order; "
+        "a folder, file://, http(s)://, s3://, gs:// URL template with {sha256} {name} "
+        "{repo} {revision} {path} {filename}; default layout {sha256}). Replaces "
+        "PYTEST_CKPTS_MIRRORS (whitespace separated) and the manifest's config.mirrors; "
+        '--ckpts-mirror "" turns mirrors off. Bytes are trusted only if their sha256 matches',
+        option="--ckpts-mirror", cli="--mirror", env="PYTEST_CKPTS_MIRRORS", metavar="URL",
+        resolve=_mirrors_row,
+    ),
+    Setting(
+        "report", None, _path,
+        "write a JSON report of every checkpoint (status, sha256, commit, bytes, seconds, "
+        "reason) to PATH; a GitHub step summary is appended when GITHUB_STEP_SUMMARY is "
+        "set. Write it as --ckpts-report=PATH: after a space, an existing PATH is taken "
+        "for a test path when pytest picks rootdir",
+        option="--ckpts-report", metavar="PATH", path=True,
+    ),
+    Setting(
+        "strict", False, lambda text, source: _flag(text, source),
+        "error (not warn) when a used checkpoint has no sha256 in the manifest",
+        option="--ckpts-strict", ini="ckpts_strict", ini_type="bool", ini_default=False,
+        ini_help="error when a used checkpoint has no sha256",
+    ),
+    Setting(
+        "rehash", False, lambda text, source: _flag(text, source),
+        "re-hash every checkpoint instead of trusting verification stamps",
+        option="--ckpts-rehash",
+    ),
+    Setting(
+        "update_baselines", False, lambda text, source: _flag(text, source),
+        "rewrite ckpt_baseline files that are missing or do not match, and pass",
+        option="--ckpts-update-baselines",
+    ),
+    Setting(
+        "trust_manifest_endpoint", False, lambda text, source: _flag(text, source),
+        "send HF_TOKEN to the manifest's config.endpoint; default false: only to the "
+        "public hub or HF_ENDPOINT",
+        env="PYTEST_CKPTS_TRUST_MANIFEST_ENDPOINT", ini="ckpts_trust_manifest_endpoint",
+    ),
+    Setting(
+        "baselines_dir", Path("tests/baselines"), _path,
+        "directory of ckpt_baseline files",
+        ini="ckpts_baselines_dir", ini_default="tests/baselines", path=True,
+    ),
+)  # fmt: skip
+
+#: The rows by setting name.
+SETTINGS = {row.name: row for row in TABLE}
+
+#: The environment variables of pytest-ckpts, by setting.
+ENV = {row.name: row.env for row in TABLE if row.env}
+
+#: Every variable a run reads for its settings (a test suite isolating itself from the
+#: caller scrubs these: tests/conftest.py).
+ENV_VARS = (*ENV.values(), SKIP_SWITCH, "HF_HUB_OFFLINE")
+
+#: How relative paths are read, said the same in --help, the docs and here.
+RELATIVE_PATHS = (
+    "Relative paths: on the command line from the directory pytest was started in, in "
+    "ini files from the rootdir, in PYTEST_CKPTS_* variables from the current directory"
+)
 
 
 @dataclass(frozen=True)
@@ -283,6 +460,14 @@ class Settings:
 
     # ------------------------------------------------------------------ builders
     @classmethod
+    def _build(cls, given: _Inputs) -> tuple[dict[str, Any], dict[str, str]]:
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for row in TABLE:
+            values[row.name], sources[row.name] = row.lookup(given)
+        return values, sources
+
+    @classmethod
     def from_pytest(cls, config: Any, *, discover: bool = False) -> Settings:
         """The plugin's settings: ``--ckpts-*`` > ``PYTEST_CKPTS_*`` > ini > default.
 
@@ -295,260 +480,104 @@ class Settings:
         Raises ValueError naming the source of a bad value (the plugin turns it into a
         ``pytest.UsageError``; a library call raises it as it is).
         """
-        sources: dict[str, str] = {}
-        mode, sources["mode"] = resolve_mode(
-            config.getoption("ckpts_mode"), str(config.getini("ckpts_mode") or "")
+        rootdir = Path(config.rootpath)
+        given = _Inputs(
+            cli={r.name: config.getoption(r.dest) for r in TABLE if r.option},
+            cli_labels={r.name: r.option for r in TABLE if r.option},
+            ini={r.name: config.getini(r.ini) for r in TABLE if r.ini},
+            env=None,
+            cli_base=Path(config.invocation_params.dir),
+            ini_base=rootdir,
         )
-        invocation = Path(config.invocation_params.dir)
-        ini_base = Path(config.inipath).parent if config.inipath else Path(config.rootpath)
-
-        def path_setting(name: str, option: str, flag: str) -> Path | None:
-            text, src = _pick(name, config.getoption(option), flag, config.getini(option), None)
-            sources[name] = src
-            if text is None:
-                return None
-            base = invocation if src == flag else ini_base if src.startswith("ini") else None
-            path = Path(os.path.expanduser(text))
-            return (base / path) if base is not None else path.absolute()
-
-        manifest = path_setting("manifest", "ckpts_manifest", "--ckpts-manifest")
-        if manifest is None and discover:
-            manifest = find_manifest(env={})
-            sources["manifest"] = "found" if manifest is not None else "default"
-        if manifest is None:
-            default = Path(config.rootpath) / DEFAULT_MANIFEST
-            manifest = default if default.is_file() else None
-        cache_dir = path_setting("cache_dir", "ckpts_cache_dir", "--ckpts-cache-dir")
-
-        strict_cli = config.getoption("ckpts_strict")
-        strict = bool(strict_cli) if strict_cli is not None else bool(config.getini("ckpts_strict"))
-        sources["strict"] = (
-            "--ckpts-strict" if strict_cli else "ini ckpts_strict" if strict else "default"
-        )
-
-        text, sources["retry_budget"] = _pick(
-            "retry_budget",
-            config.getoption("ckpts_retry_budget"),
-            "--ckpts-retry-budget",
-            config.getini("ckpts_retry_budget"),
-            None,
-        )
-        budget = (
-            DEFAULT_RETRY_BUDGET
-            if text is None
-            else _number(text, source=sources["retry_budget"], kind=float)
-        )
-        text, sources["prefetch"] = _pick(
-            "prefetch",
-            config.getoption("ckpts_prefetch"),
-            "--ckpts-prefetch",
-            config.getini("ckpts_prefetch"),
-            None,
-        )
-        prefetch = (
-            DEFAULT_PREFETCH
-            if text is None
-            else int(_number(text, source=sources["prefetch"], kind=int))
-        )
-        text, sources["trust_manifest_endpoint"] = _pick(
-            "trust_manifest_endpoint",
-            None,
-            "",
-            config.getini("ckpts_trust_manifest_endpoint"),
-            None,
-        )
-        trust = text is not None and _flag(text, sources["trust_manifest_endpoint"])
-        mirrors, sources["mirrors"] = resolve_mirrors(
-            config.getoption("ckpts_mirrors"), "--ckpts-mirror"
-        )
-        report = config.getoption("ckpts_report")
-        baselines = Path(str(config.getini("ckpts_baselines_dir") or "tests/baselines"))
-        return cls(
-            mode=mode,
-            manifest=manifest,
-            cache_dir=cache_dir,
-            strict=strict,
-            rehash=bool(config.getoption("ckpts_rehash")),
-            retry_budget=budget,
-            prefetch=prefetch,
-            report=(invocation / report) if report else None,
-            trust_manifest_endpoint=trust,
-            update_baselines=bool(config.getoption("ckpts_update_baselines")),
-            baselines_dir=baselines
-            if baselines.is_absolute()
-            else Path(config.rootpath) / baselines,
-            mirrors=mirrors,
-            sources=sources,
-        )
+        values, sources = cls._build(given)
+        if values["manifest"] is None and discover:
+            values["manifest"] = find_manifest(env={})
+            sources["manifest"] = "found" if values["manifest"] is not None else "default"
+        if values["manifest"] is None:
+            default = rootdir / DEFAULT_MANIFEST
+            values["manifest"] = default if default.is_file() else None
+        if not values["baselines_dir"].is_absolute():  # the default, relative to rootdir
+            values["baselines_dir"] = rootdir / values["baselines_dir"]
+        return cls(**values, sources=sources)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, offline: bool = False) -> Settings:
         """Settings outside pytest: the environment, else defaults (``--offline`` wins)."""
-        sources: dict[str, str] = {}
-        mode, sources["mode"] = resolve_mode("offline" if offline else None, None, env)
-        if offline:
-            sources["mode"] = "--offline"
-        manifest = find_manifest(env=env)
-        sources["manifest"] = ENV["manifest"] if env_value(ENV["manifest"], env) else "found"
-        cache = env_value(ENV["cache_dir"], env)
-        sources["cache_dir"] = ENV["cache_dir"] if cache else "default"
-        budget_text = env_value(ENV["retry_budget"], env)
-        prefetch_text = env_value(ENV["prefetch"], env)
-        trust_text = env_value(ENV["trust_manifest_endpoint"], env)
-        mirrors, sources["mirrors"] = resolve_mirrors(None, "", env)
-        for name, text in (
-            ("retry_budget", budget_text),
-            ("prefetch", prefetch_text),
-            ("trust_manifest_endpoint", trust_text),
-        ):
-            sources[name] = ENV[name] if text else "default"
-        return cls(
-            mode=mode,
-            manifest=manifest,
-            cache_dir=Path(cache).expanduser().absolute() if cache else None,
-            retry_budget=(
-                _number(budget_text, source=ENV["retry_budget"], kind=float)
-                if budget_text
-                else DEFAULT_RETRY_BUDGET
-            ),
-            prefetch=(
-                int(_number(prefetch_text, source=ENV["prefetch"], kind=int))
-                if prefetch_text
-                else DEFAULT_PREFETCH
-            ),
-            trust_manifest_endpoint=bool(trust_text)
-            and _flag(str(trust_text), ENV["trust_manifest_endpoint"]),
-            mirrors=mirrors,
-            sources=sources,
-        )
+        return cls._outside({"mode": "offline" if offline else None}, env)
 
     @classmethod
     def from_args(cls, args: Any, env: Mapping[str, str] | None = None) -> Settings:
-        """The CLI's settings: its flags (``--manifest``, ``--cache-dir``, ``--offline``) > env."""
-        base = cls.from_env(env, offline=bool(getattr(args, "offline", False)))
-        changes: dict[str, Any] = {}
-        sources = dict(base.sources)
-        if getattr(args, "manifest", None):
-            changes["manifest"] = Path(args.manifest).expanduser().absolute()
-            sources["manifest"] = "--manifest"
-        if getattr(args, "cache_dir", None):
-            changes["cache_dir"] = Path(args.cache_dir).expanduser().absolute()
-            sources["cache_dir"] = "--cache-dir"
-        if getattr(args, "mirror", None) is not None:
-            changes["mirrors"], sources["mirrors"] = resolve_mirrors(args.mirror, "--mirror", env)
-        return cls(**{**base.__dict__, **changes, "sources": sources})
+        """The CLI's settings: its flags (``--manifest``, ``--cache-dir``, ``--offline``,
+        ``--mirror``) > env > defaults."""
+        given = {r.name: getattr(args, r.cli_dest, None) for r in TABLE if r.cli_dest}
+        given["mode"] = "offline" if given.get("mode") else None  # --offline is a switch
+        return cls._outside(given, env)
+
+    @classmethod
+    def _outside(cls, cli: Mapping[str, Any], env: Mapping[str, str] | None) -> Settings:
+        """Outside pytest there is no ini; relative paths start at the current directory;
+        the manifest is found walking up (:func:`find_manifest`)."""
+        here = Path.cwd()
+        given = _Inputs(
+            cli=cli,
+            cli_labels={r.name: r.cli for r in TABLE if r.cli},
+            ini={},
+            env=env,
+            cli_base=here,
+            ini_base=here,
+        )
+        values, sources = cls._build(given)
+        if values["manifest"] is None:
+            values["manifest"] = find_manifest(env=env)
+            sources["manifest"] = "found"
+        return cls(**values, sources=sources)
+
+
+def _option_type(row: Setting) -> Callable[[str], Any]:
+    """argparse ``type=`` for a pytest option: a bad value is a usage error naming the flag."""
+
+    def convert(text: str) -> Any:
+        import argparse
+
+        try:
+            row.parse(text, row.option or row.name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text  # parsed again, with its source, by Setting.lookup
+
+    convert.__name__ = row.metavar or row.name  # argparse names it in "invalid X value"
+    return convert
 
 
 def add_pytest_options(parser: Any) -> None:
-    """Declare every ``--ckpts-*`` option and ``ckpts_*`` ini key (the plugin calls this)."""
+    """Declare every ``--ckpts-*`` option and ``ckpts_*`` ini key from :data:`TABLE`."""
     group = parser.getgroup("ckpts", "checkpoints (pytest-ckpts)")
-    group.addoption(
-        "--ckpts",
-        dest="ckpts_mode",
-        metavar="MODE",
-        type=mode_option,
-        default=None,
-        help=f"what to do with tests that need checkpoints: {', '.join(MODES)}. "
-        "auto: download missing, skip if the hub is down; offline: cache only; "
-        "skip: skip them all; require: any failure is an error. "
-        "Precedence: this flag > SKIP_CHECKPOINT_DOWNLOAD=true > PYTEST_CKPTS_MODE > "
-        "ini ckpts_mode > auto.",
-    )
-    group.addoption(
-        "--ckpts-manifest",
-        dest="ckpts_manifest",
-        metavar="PATH",
-        default=None,
-        help="checkpoint manifest (default: <rootdir>/checkpoints/checkpoints.yaml; "
-        f"env {ENV['manifest']}, ini ckpts_manifest).",
-    )
-    group.addoption(
-        "--ckpts-cache-dir",
-        dest="ckpts_cache_dir",
-        metavar="DIR",
-        default=None,
-        help="where checkpoints are cached (overrides the manifest's cache_dir; "
-        f"env {ENV['cache_dir']}, ini ckpts_cache_dir).",
-    )
-    group.addoption(
-        "--ckpts-retry-budget",
-        dest="ckpts_retry_budget",
-        metavar="SECONDS",
-        type=seconds_option,
-        default=None,
-        help="total seconds one process may spend retrying transient hub errors "
-        "(429, 5xx, resets) in this run, waits and failed requests included; a finite "
-        f"number >= 0 (default 60; env {ENV['retry_budget']}, ini ckpts_retry_budget).",
-    )
-    group.addoption(
-        "--ckpts-prefetch",
-        dest="ckpts_prefetch",
-        metavar="N",
-        type=count_option,
-        default=None,
-        help="after collection, fetch the checkpoints the selected tests need, N at a time, "
-        "while tests run; stops when the session ends, keeping partial files the next "
-        f"download continues (default 4, 0 off; env {ENV['prefetch']}, ini ckpts_prefetch).",
-    )
-    group.addoption(
-        "--ckpts-mirror",
-        dest="ckpts_mirrors",
-        metavar="URL",
-        action="append",
-        default=None,
-        help="fetch checkpoints from this mirror before the hub (repeatable, tried in order; "
-        "a folder, file://, http(s)://, s3://, gs:// URL template with {sha256} {name} {repo} "
-        "{revision} {path} {filename}; default layout {sha256}). Replaces "
-        f"{ENV['mirrors']} (whitespace separated) and the manifest's config.mirrors; "
-        '--ckpts-mirror "" turns mirrors off. Bytes are trusted only if their sha256 matches.',
-    )
-    group.addoption(
-        "--ckpts-report",
-        dest="ckpts_report",
-        metavar="PATH",
-        default=None,
-        help="write a JSON report of every checkpoint (status, sha256, commit, bytes, "
-        "seconds, reason) to PATH; a GitHub step summary is appended when "
-        "GITHUB_STEP_SUMMARY is set. Write it as --ckpts-report=PATH: after a space, an "
-        "existing PATH is taken for a test path when pytest picks rootdir.",
-    )
-    group.addoption(
-        "--ckpts-strict",
-        dest="ckpts_strict",
-        action="store_true",
-        default=None,
-        help="error (not warn) when a used checkpoint has no sha256 in the manifest.",
-    )
-    group.addoption(
-        "--ckpts-rehash",
-        dest="ckpts_rehash",
-        action="store_true",
-        default=False,
-        help="re-hash every checkpoint instead of trusting verification stamps.",
-    )
-    group.addoption(
-        "--ckpts-update-baselines",
-        dest="ckpts_update_baselines",
-        action="store_true",
-        default=False,
-        help="rewrite ckpt_baseline files that are missing or do not match, and pass.",
-    )
-    parser.addini("ckpts_mode", f"default checkpoint mode ({', '.join(MODES)})", default="")
-    parser.addini("ckpts_manifest", "path of the checkpoint manifest, relative to rootdir")
-    parser.addini("ckpts_cache_dir", "checkpoint cache directory, relative to rootdir")
-    parser.addini("ckpts_retry_budget", "retry budget in seconds (default 60)", default="")
-    parser.addini("ckpts_prefetch", "checkpoints fetched in parallel ahead of tests (default 4)")
-    parser.addini(
-        "ckpts_trust_manifest_endpoint",
-        "send HF_TOKEN to the manifest's config.endpoint (default false: only to the public "
-        f"hub or HF_ENDPOINT; env {ENV['trust_manifest_endpoint']})",
-        default="",
-    )
-    parser.addini(
-        "ckpts_strict", "error when a used checkpoint has no sha256", type="bool", default=False
-    )
-    parser.addini(
-        "ckpts_baselines_dir",
-        "directory of ckpt_baseline files, relative to rootdir (default: tests/baselines)",
-        default="tests/baselines",
-    )
+    for row in TABLE:
+        if row.option is None:
+            continue
+        names = row.names() if row.name != "mode" else ""  # the mode's help has its precedence
+        if row.env and row.env in row.help:
+            names = names.replace(f"env {row.env}", "").strip(", ")
+        help_text = row.help + (f" ({names})." if names else ".")
+        if row.path and row.env:
+            help_text += f" {RELATIVE_PATHS}."
+        if row.metavar is None:  # a switch
+            group.addoption(
+                row.option, dest=row.dest, action="store_true", default=None, help=help_text
+            )
+            continue
+        kwargs: dict[str, Any] = {"action": "append"} if row.name == "mirrors" else {}
+        if not row.path and row.name != "mirrors":
+            kwargs["type"] = _option_type(row)
+        group.addoption(
+            row.option, dest=row.dest, metavar=row.metavar, default=None, help=help_text, **kwargs
+        )
+    for row in TABLE:
+        if row.ini is None:
+            continue
+        help_text = (row.ini_help or row.help) + (", relative to rootdir" if row.path else "")
+        if row.ini_default and row.ini_type is None and row.ini_default not in help_text:
+            help_text += f" (default: {row.ini_default})"
+        if row.env and row.option is None:
+            help_text += f" (env {row.env})"
+        parser.addini(row.ini, help_text, type=row.ini_type, default=row.ini_default)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_ckpts.settings import ENV_VARS
+
 if TYPE_CHECKING:
     from pytest_ckpts.testing import LocalHub
 
@@ -26,21 +28,18 @@ os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 # endpoint fails fast instead of reaching the public hub.
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 
+#: Every variable the settings table reads (pytest_ckpts/settings.py TABLE), plus the
+#: tokens and the MLflow/archive variables other parts read.
 _SCRUB = (
+    *ENV_VARS,
     "HF_TOKEN",
     "HUGGING_FACE_HUB_TOKEN",
-    "HF_HUB_OFFLINE",
-    "PYTEST_CKPTS_MANIFEST",
-    "PYTEST_CKPTS_MODE",
-    "PYTEST_CKPTS_CACHE_DIR",
-    "SKIP_CHECKPOINT_DOWNLOAD",
     "MLFLOW_TRACKING_URI",
     "MLFLOW_RUN_ID",
     "MLFLOW_EXPERIMENT_NAME",
     "MLFLOW_EXPERIMENT_ID",
     "MLFLOW_SKIP_ARTIFACT_LOGGING",
     "SOURCE_DATE_EPOCH",
-    "PYTEST_CKPTS_MIRRORS",
 )
 
 
