@@ -101,7 +101,7 @@ def test_hostile_revision_writes_nothing_outside_the_cache(
     assert not (cache.parent.parent / "victim.txt").exists()
     assert not (tmp_path / "victim.txt").exists()
     assert hub.stats.request_count == 0  # refused before asking the hub
-    assert store.cached_commit(_spec(HOSTILE)) is None  # reading a hostile ref: just absent
+    assert store.layout.cached_commit(_spec(HOSTILE)) is None  # reading a hostile ref: just absent
 
 
 @pytest.mark.parametrize("revision", ["feature/x", "refs/pr/3", "v1.2"])
