@@ -42,16 +42,11 @@ class StaleSupport:
 
     def _resolve_offline(self, spec: CheckpointSpec) -> Checkpoint:
         store = cast("Store", self)
-        commit = store.cached_commit(spec)
+        commit = store.layout.cached_commit(spec)
         path = store.snapshot_path(spec, commit) if commit else None
         if commit is None or path is None or not path.exists():
-            raise CheckpointSkipped(
-                f"pytest-ckpts: checkpoint '{spec.name}' is not cached in {store.cache} and "
-                "the mode is offline (no downloads).",
-                entry=spec.name,
-                cause="not cached",
-                fixes=(store.run_fix("fetch", spec.name), Fix.set("mode", Mode.AUTO.value)),
-            )
+            fixes = (store.run_fix("fetch", spec.name), Fix.set("mode", Mode.AUTO.value))
+            raise CheckpointSkipped.not_cached(spec.name, store.layout.root, fixes=fixes)
         ready = store._fast_path(spec, path, commit)
         if ready is not None:
             return ready
@@ -68,7 +63,7 @@ class StaleSupport:
         store = cast("Store", self)
         if not exc.hub_down:
             return None
-        commit = store.cached_commit(spec)
+        commit = store.layout.cached_commit(spec)
         if commit is None:
             return None
         path = store.snapshot_path(spec, commit)
@@ -156,13 +151,14 @@ class StaleSupport:
                 store.run_fix("fetch", "--force", spec.name, why="to download it again"),
                 *fixes,
             )
-        return mismatch_error(spec, path, actual, why, store.describe(spec), fixes)
+        return mismatch_error(spec, path, actual, why, store.hub.describe(spec), fixes)
 
     def _locked(
         self, spec: CheckpointSpec, path: Path, commit: str, force_download: bool
     ) -> Checkpoint:
         store = cast("Store", self)
-        from ._lock import LockTimeout, acquire
+        from ._lock import acquire
+        from .errors import LockTimeout
 
         lock_path = store.layout.lock_path(spec)
         try:
@@ -185,7 +181,7 @@ class StaleSupport:
             if blocked is not None:
                 raise blocked from None
             raise CacheError(
-                f"pytest-ckpts: cannot download checkpoint '{spec.name}': the cache {store.cache} "
+                f"pytest-ckpts: cannot download checkpoint '{spec.name}': the cache {store.layout.root} "
                 f"is not writable ({exc.strerror or exc}).",
                 entry=spec.name,
                 cause="cache not writable",
@@ -254,19 +250,11 @@ def mismatch_error(
 ) -> ChecksumMismatchError:
     """The one error for bytes that are not the manifest's: never skipped, names the fix."""
     return ChecksumMismatchError(
-        f"pytest-ckpts: Checksum mismatch for checkpoint '{spec.name}' ({why})",
         name=spec.name,
         path=path,
         expected=spec.sha256,
         actual=actual,
-        cause="checksum mismatch",
-        details=(
-            f"  file:     {path}\n"
-            f"  source:   {source}\n"
-            f"  expected: {spec.sha256}\n"
-            f"  actual:   {actual}\n"
-            "A checksum mismatch is never skipped: the upstream file changed or the local "
-            "copy is corrupted."
-        ),
+        why=why,
+        source=source,
         fixes=mismatch_fixes(spec) if fixes is None else fixes,
     )

@@ -51,7 +51,7 @@ class EndpointAuth:
     endpoint: str
     trust_endpoint: bool
 
-    def _token(self) -> str | None:
+    def token(self) -> str | None:
         """The user's token, if this endpoint may see it (docs/how-to/ci.md "Tokens")."""
         from huggingface_hub import get_token
 
@@ -62,12 +62,12 @@ class EndpointAuth:
         return None
 
     def has_token(self) -> bool:
-        return self._token() is not None
+        return self.token() is not None
 
     def _auth(self) -> Any:
         """Bearer token, else the endpoint's userinfo as Basic auth (what httpx would do
         with the URL), so URLs built here never carry the userinfo."""
-        token = self._token()
+        token = self.token()
         if token:
             return _auth_class()(token)
         _, user, password = split_userinfo(self.endpoint)
@@ -92,7 +92,7 @@ class EndpointAuth:
 
     def _secrets(self) -> tuple[str, ...]:
         machine = env_value("HF_ENDPOINT")
-        return secrets_of(self.endpoint, self._token()) + secrets_of(machine)
+        return secrets_of(self.endpoint, self.token()) + secrets_of(machine)
 
     def redact(self, text: str) -> str:
         return _scrub(text, self._secrets())

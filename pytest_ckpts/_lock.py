@@ -15,11 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LockTimeout", "acquire"]
+from .errors import LockTimeout
 
-
-class LockTimeout(Exception):
-    """The lock was not free within the timeout."""
+__all__ = ["acquire"]
 
 
 class _Flock:

@@ -156,7 +156,7 @@ class FromHub(Source):
         return self.known_size
 
     def where(self, piece: Piece) -> str:
-        hub = self.store.describe(self.spec, self.commit)
+        hub = self.store.hub.describe(self.spec, self.commit)
         return f"bytes {piece.begin}-{piece.end - 1} from {hub}"
 
     def get(self, pieces: list[Piece]) -> dict[str, bytes]:
@@ -165,7 +165,7 @@ class FromHub(Source):
         missing = _load_cached(store, spec, commit, pieces, got)
         if missing:
             if is_pinned(spec.revision) and store.mirror_set is None:
-                store.probe(spec)  # one short probe per run says "is the hub there"
+                store.hub.probe(spec)  # one short probe per run says "is the hub there"
             with _piece_locks(store, spec, commit, missing):
                 missing = _load_cached(store, spec, commit, missing, got)  # others' work
                 for group in _groups(missing, self.merge_gap):
@@ -186,14 +186,14 @@ class FromHub(Source):
         length = 8 + int.from_bytes(first[:8], "little")
         if length != end:
             why = f"its header is {length} bytes long, the index says {end}"
-            where = f"bytes 0-{HEADER_PROBE - 1} from {self.store.describe(self.spec)}"
+            where = f"bytes 0-{HEADER_PROBE - 1} from {self.store.hub.describe(self.spec)}"
             raise not_this_file(self.store.manifest, self.spec, self.index, where, why)
         return first + self._range(HEADER_PROBE, end)
 
     def _fetch_group(self, group: list[Piece], got: dict[str, bytes]) -> None:
         store, spec = self.store, self.spec
         begin, end = group[0].begin, max(p.end for p in group)
-        where = f"bytes {begin}-{end - 1} from {store.describe(spec, self.commit)}"
+        where = f"bytes {begin}-{end - 1} from {store.hub.describe(spec, self.commit)}"
         mirrored = self._from_mirror(group, begin, end) if end > begin else None
         if mirrored is not None:
             body, where = mirrored
@@ -398,15 +398,15 @@ def verified(
             f"{piece.sha256}; re-run `pytest-ckpts lock --tensors {spec.name}`"
         )
     raise ChecksumMismatchError(
-        f"pytest-ckpts: Checksum mismatch for tensor '{piece.label}' of checkpoint "
-        f"'{spec.name}' ({where})\n"
-        f"  expected sha256: {piece.sha256} (tensor index {label})\n"
-        f"  actual sha256:   {actual}\n"
-        "The bytes were not kept. If the file changed on purpose, update the "
-        f"manifest (`pytest-ckpts lock --update {spec.name}`) and the index "
-        f"(`pytest-ckpts lock --tensors {spec.name}`).",
         name=spec.name,
         path=where,
+        what=f"tensor '{piece.label}' of checkpoint '{spec.name}' ({where})",
         expected=piece.sha256,
+        recorded_by=f"tensor index {label}",
         actual=actual,
+        note=(
+            "The bytes were not kept. If the file changed on purpose, update the "
+            f"manifest (`pytest-ckpts lock --update {spec.name}`) and the index "
+            f"(`pytest-ckpts lock --tensors {spec.name}`)."
+        ),
     )

@@ -309,7 +309,7 @@ def download(
 
     def fetch() -> None:
         byte_range = f"bytes={state['got']}-" if state["got"] else None
-        with client._get_file(spec, commit, what, byte_range) as response:
+        with client.get_file(spec, commit, what, byte_range) as response:
             first = response.history[0] if response.history else response
             state["etag"] = state["etag"] or etag_of(first) or etag_of(response)
             if state["got"] and response.status_code != 206:  # no resume: start over
@@ -343,7 +343,7 @@ def download(
             fetch()
 
     try:
-        client._send(spec, what, once, progress=lambda: int(state["got"]))
+        client.send(spec, what, once, progress=lambda: int(state["got"]))
     except (TransferStopped, KeyboardInterrupt, SystemExit):
         raise  # stopped from outside: what arrived stays for the next download
     except BaseException:  # a failure: the cache holds whole files or nothing

@@ -24,7 +24,8 @@ from __future__ import annotations
 import reprlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import YamlProblem, foreign_line
+from ._fixes import foreign_line
+from .errors import YamlProblem
 
 if TYPE_CHECKING:
     import yaml

@@ -91,10 +91,7 @@ def _standalone(name: str, settings: Settings) -> tuple[Manifest, Store]:
     from .store import Store
 
     if settings.mode is Mode.SKIP:
-        raise CheckpointSkipped(
-            f"Checkpoint download skipped ({settings.source('mode')}). "
-            f"Cannot load checkpoint: {name}"
-        )
+        raise CheckpointSkipped.disabled(name, settings.source("mode"))
     manifest = load_manifest(settings.manifest)
     return manifest, Store.from_settings(manifest, settings)
 

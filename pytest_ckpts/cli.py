@@ -75,7 +75,7 @@ def _store(args: argparse.Namespace, manifest: Manifest, **kwargs: Any) -> Store
 
 def _state(store: Store, spec: CheckpointSpec) -> dict[str, Any]:
     """One entry of ``list --json`` / ``verify --json`` (the run report's shape)."""
-    path = store.cached_path(spec)
+    path = store.layout.cached_path(spec)
     size = path.stat().st_size if path is not None else spec.size
     return {
         "name": spec.name,
@@ -132,7 +132,7 @@ def cmd_list(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int:
             ]
         )
     _table(rows, out)
-    out.write(f"manifest: {manifest.path}\ncache:    {store.cache}\n")
+    out.write(f"manifest: {manifest.path}\ncache:    {store.layout.root}\n")
     return EXIT_OK
 
 
@@ -205,7 +205,7 @@ def cmd_verify(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int
         state = _state(store, spec)
         state["verified"] = False
         states.append(state)
-        path = store.cached_path(spec)
+        path = store.layout.cached_path(spec)
         if path is None:
             failed += 1
             state["error"] = "not cached"

@@ -59,6 +59,7 @@ def cmd_mirror(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int
     from .sources.backends import FolderBackend
     from .sources.fetch import MirrorSet
     from .sources.push import Outcome, push_one, verify_one
+    from .sources.template import Storage
     from .stats import human_size as _size
 
     store = _store(args, manifest, progress=False)
@@ -80,7 +81,7 @@ def cmd_mirror(args: argparse.Namespace, manifest: Manifest, out: TextIO) -> int
     except OSError as exc:
         sys.stderr.write(f"pytest-ckpts: cannot create {mirror.label}: {exc.strerror or exc}\n")
         return EXIT_USAGE
-    if pushing and mirror.kind == "http":
+    if pushing and mirror.kind is Storage.HTTP:
         sys.stderr.write(
             f"pytest-ckpts: cannot push to {mirror.label}: HTTP mirrors are read-only. Push to "
             "a folder and upload it (a GitHub Release: `gh release upload TAG DIR/*`), or "

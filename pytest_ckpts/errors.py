@@ -7,7 +7,7 @@ arguments (and the cache directory in force). No engine names a command-line fla
 ``str(exc)`` says the fixes in the library's words (environment variables), and each
 front end renders the same fixes in its own (:meth:`CheckpointsError.render` with the
 plugin's ``--ckpts-*`` options, the CLI's ``--offline``/``--cache-dir``/``--manifest``).
-docs/architecture.md "Errors" shows the flow.
+docs/architecture.md "How errors travel" shows the flow.
 
 Every message starts with ``pytest-ckpts:`` and names what a user needs to act. The
 classes keep the built-in bases docs/how-to/writing-tests.md "The library API"
@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import enum
 import pickle
-import shlex
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from .settings import ENV
+from ._fixes import Fix, Words, env_words, fixes_sentence
 
 __all__ = [
     "ArchiveError",
@@ -48,7 +45,6 @@ __all__ = [
     "Kind",
     "ManifestError",
     "ManifestNotFoundError",
-    "MirrorUnavailable",
     "NoExperimentHashError",
     "SettingError",
     "TensorIndexError",
@@ -65,16 +61,6 @@ __all__ = [
 #: What every message of pytest-ckpts starts with.
 PREFIX = "pytest-ckpts: "
 
-#: What a setting's value is called where a fix cannot know it (``--cache-dir DIR``).
-METAVAR = {
-    "mode": "MODE",
-    "manifest": "PATH",
-    "cache_dir": "DIR",
-    "retry_budget": "SECONDS",
-    "prefetch": "N",
-    "trust_manifest_endpoint": "1",
-}
-
 
 class Kind(str, enum.Enum):
     """How a hub failure was classified (docs/how-to/ci.md "Retries and the retry budget")."""
@@ -87,88 +73,16 @@ class Kind(str, enum.Enum):
         return self.value
 
 
-@dataclass(frozen=True)
-class Fix:
-    """One way out of an error, as data; each front end says it in its own words.
+class MirrorKind(str, enum.Enum):
+    """How a mirror failure was classified (docs/mirrors.md "What happens on a fetch")."""
 
-    Exactly one of: ``setting`` (a key of ``settings.ENV``) with ``value`` (None: the
-    user picks, shown as the setting's metavar); ``command`` (a ``pytest-ckpts``
-    command and its arguments) with the ``cache_dir`` in force when it is not the
-    manifest's default; ``text`` (a way out no front end has an option for, said as
-    is). ``why`` follows the fix ("to run from the cache").
-    """
+    MISSING = "missing"  # no such object: the next source, quietly
+    REFUSED = "refused"  # 401, 403, no range support, a missing backend: remembered for the run
+    UNREACHABLE = "unreachable"  # refused connection, unmounted folder: remembered for the run
+    TRANSIENT = "transient"  # 5xx, 408, 429, a cut body: retried within the retry budget
 
-    setting: str | None = None
-    value: str | None = None
-    command: tuple[str, ...] = ()
-    cache_dir: str | None = None
-    text: str = ""
-    why: str = ""
-
-    @classmethod
-    def set(cls, setting: str, value: str | None = None, *, why: str = "") -> Fix:
-        assert setting in ENV, setting
-        return cls(setting=setting, value=value, why=why)
-
-    @classmethod
-    def run(cls, *command: str, cache_dir: object = None, why: str = "") -> Fix:
-        return cls(
-            command=command, cache_dir=None if cache_dir is None else str(cache_dir), why=why
-        )
-
-    @classmethod
-    def say(cls, text: str) -> Fix:
-        return cls(text=text)
-
-    @property
-    def command_line(self) -> str:
-        """The command as a shell line: the same words in every front end."""
-        words = ["pytest-ckpts", *self.command]
-        if self.cache_dir is not None:
-            words += ["--cache-dir", self.cache_dir]
-        return " ".join(shlex.quote(w) for w in words)
-
-    @property
-    def shown_value(self) -> str:
-        return self.value if self.value is not None else METAVAR.get(self.setting or "", "VALUE")
-
-
-#: A front end's words for a fix: ``Fix -> phrase`` ("set PYTEST_CKPTS_MODE=auto").
-Words = Callable[[Fix], str]
-
-
-def env_words(fix: Fix) -> str:
-    """The library's words: settings are environment variables (a script has no flags)."""
-    if fix.command:
-        phrase = f"run `{fix.command_line}`"
-    elif fix.setting is not None:
-        phrase = f"set {ENV[fix.setting]}={fix.shown_value}"
-    else:
-        phrase = fix.text
-    return f"{phrase} {fix.why}" if fix.why else phrase
-
-
-def foreign_line(exc: BaseException) -> str:
-    """The first line of another library's exception (yaml, int(), ...), whose text is its
-    only data; never used on pytest-ckpts' own errors, which carry fields."""
-    return str(exc).partition("\n")[0] or type(exc).__name__
-
-
-def hub_error_cause(exc: BaseException) -> str:
-    """A huggingface_hub error as a short cause, from its fields (class, status, the
-    server's message), not from its text."""
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    server = getattr(exc, "server_message", None)
-    cause = type(exc).__name__ + (f" (HTTP {status})" if status else "")
-    return f"{cause}: {server}" if server else cause
-
-
-def fixes_sentence(fixes: tuple[Fix, ...], words: Words) -> str:
-    """``fixes`` as one sentence: "Run `...`, or set X=1."."""
-    phrases = [words(f) for f in fixes]
-    text = ", or ".join(p for p in phrases if p)
-    return (text[:1].upper() + text[1:] + ".") if text else ""
+    def __str__(self) -> str:
+        return self.value
 
 
 class CheckpointsError(Exception):
@@ -268,24 +182,89 @@ class CheckpointSkipped(CheckpointsError):
     library raises it so scripts can tell "not available by policy" from failure.
     """
 
+    #: the cache that was looked in (:meth:`not_cached`)
+    cache: object = None
+
+    @classmethod
+    def not_cached(
+        cls, entry: str, cache: object, *, tensors: bool = False, fixes: tuple[Fix, ...] = ()
+    ) -> CheckpointSkipped:
+        """Offline and not in ``cache`` (``tensors``: a partial read's pieces): the message
+        is built from the fields."""
+        what = f"tensors of checkpoint '{entry}' are" if tensors else f"checkpoint '{entry}' is"
+        exc = cls(
+            f"{PREFIX}{what} not cached in {cache} and the mode is offline (no downloads).",
+            entry=entry,
+            cause="not cached",
+            fixes=fixes,
+        )
+        exc.cache = cache
+        return exc
+
+    @classmethod
+    def disabled(cls, entry: str, source: str) -> CheckpointSkipped:
+        """Downloads are off for this run (``mode`` skip, set by ``source``)."""
+        exc = cls(
+            f"Checkpoint download skipped ({source}). Cannot load checkpoint: {entry}",
+            entry=entry,
+            cause="downloads disabled",
+        )
+        exc.source = source
+        return exc
+
+    #: what turned downloads off (:meth:`disabled`): an option, a variable, an ini key
+    source: str | None = None
+
 
 class ChecksumMismatchError(CheckpointsError, ValueError):
-    """A file's sha256 does not match the manifest. Never turned into a skip."""
+    """A file's sha256 does not match the manifest. Never turned into a skip.
+
+    Built from its fields, the message names the file, ``expected`` and ``actual``:
+    with ``source`` (where an entry's bytes came from) and ``why``, as the store says
+    it for checkpoint ``name``; without, for ``what`` (a plain file: ``path``), with
+    ``recorded_by`` (what holds ``expected``) and a closing ``note``. A message given as
+    the first argument is used as it is (one-line forms, experiments).
+    """
+
+    #: what follows the detail lines of an entry's mismatch
+    NEVER_SKIPPED = (
+        "A checksum mismatch is never skipped: the upstream file changed or the local "
+        "copy is corrupted."
+    )
 
     def __init__(
         self,
-        message: str,
+        message: str | None = None,
         *,
         name: str | None = None,
         path: object = None,
         expected: str | None = None,
         actual: str | None = None,
+        why: str = "",
+        source: str | None = None,
+        what: str | None = None,
+        recorded_by: str = "",
+        note: str = "",
         **data: Any,
     ) -> None:
         self.name = name
         self.path = path
         self.expected = expected
         self.actual = actual
+        self.why = why
+        self.source = source
+        if message is None and source is not None:  # an entry's file (the store)
+            message = f"{PREFIX}Checksum mismatch for checkpoint '{name}' ({why})"
+            data.setdefault("cause", "checksum mismatch")
+            data["details"] = (
+                f"  file:     {path}\n  source:   {source}\n  expected: {expected}\n"
+                f"  actual:   {actual}\n{self.NEVER_SKIPPED}"
+            )
+        elif message is None:  # a file (verify_checksum), a tensor (partial reads)
+            message = f"{PREFIX}Checksum mismatch for {what if what is not None else path}"
+            by = f" ({recorded_by})" if recorded_by else ""
+            lines = [f"  expected sha256: {expected}{by}", f"  actual sha256:   {actual}"]
+            data["details"] = "\n".join(lines + ([note] if note else []))
         super().__init__(message, entry=name, **data)
 
 
@@ -303,19 +282,32 @@ class CheckpointDownloadError(CheckpointsError, RuntimeError):
     - ``Kind.PERMANENT``: 401, 403, 404, revision or entry not found; never retried.
 
     ``cause`` is the hub's answer alone ("HTTP 503: ..."), for stale reasons and summaries.
+    Built from its fields (``what`` failed, and its ``cause``), the message is
+    ``pytest-ckpts: <what>: <cause>.`` and then the fixes; a message given as the first
+    argument is used as it is.
     """
+
+    #: what failed ("failed to download checkpoint 'vae' from repo ..."), when given
+    what: str | None = None
 
     def __init__(
         self,
-        message: str,
+        message: str | None = None,
         *,
         name: str | None = None,
         status: int | None = None,
         kind: Kind | str | None = None,
+        what: str | None = None,
         **data: Any,
     ) -> None:
         self.name = name
         self.kind = Kind(kind) if kind is not None else Kind.PERMANENT
+        if message is None:
+            cause = data.get("cause")
+            if what is None or cause is None:
+                raise TypeError("CheckpointDownloadError needs a message, or what= and cause=")
+            message = f"{PREFIX}{what}: {cause}" + ("." if data.get("fixes") else "")
+        self.what = what
         super().__init__(message, entry=name, status=status, **data)
 
     @property
@@ -524,17 +516,43 @@ class RetrySignal(CheckpointsError):
 class MirrorUnavailable(CheckpointsError):
     """A mirror could not serve a file (internal: the store moves on to the next source).
 
-    ``kind``: ``"missing"`` (no such object: next source, quietly), ``"refused"`` (401,
-    403, a missing backend: remembered for the run), ``"unreachable"`` (remembered for
-    the run) or ``"transient"`` (retried within the retry budget). The message names
-    the mirror redacted, never its credentials.
+    ``kind`` (a :class:`MirrorKind`): ``MISSING`` (no such object: next source,
+    quietly), ``REFUSED`` (401, 403, a missing backend: remembered for the run),
+    ``UNREACHABLE`` (remembered for the run) or ``TRANSIENT`` (retried within the retry
+    budget). ``mirror`` is the mirror's label (redacted, never its credentials) and
+    ``problem`` what went wrong; ``text`` is built from them ("mirror LABEL: problem").
     """
 
-    def __init__(self, kind: str, text: str, *, retry_after: float | None = None) -> None:
-        super().__init__(text)
-        self.kind = kind
-        self.text = text
+    def __init__(
+        self,
+        kind: MirrorKind,
+        mirror: str,
+        problem: str,
+        *,
+        retry_after: float | None = None,
+        text: str | None = None,
+    ) -> None:
+        self.kind = MirrorKind(kind)
+        self.mirror = mirror
+        self.problem = problem
         self.retry_after = retry_after
+        self.text = text if text is not None else f"mirror {mirror}: {problem}"
+        super().__init__(self.text)
+
+    @classmethod
+    def no_backend(cls, mirror: str, module: str, need: str) -> MirrorUnavailable:
+        """The fsspec implementation of the mirror's scheme is not installed."""
+        return cls(
+            MirrorKind.REFUSED,
+            mirror,
+            f"needs {module}",
+            text=f"mirror {mirror} needs {module}: {need}",
+        )
+
+
+class LockTimeout(CheckpointsError):
+    """A per-file download lock was not free within the timeout (``_lock.acquire``; the
+    store turns it into a ``CheckpointDownloadError`` naming the lock file)."""
 
 
 class TransferStopped(CheckpointsError):

@@ -3,7 +3,7 @@
 huggingface_hub provides the HTTP session, headers, URLs and upload protocol; this
 module owns the *retry loop* because the client's own loops have no cap on the total
 wait (a ``Retry-After: 3600`` sleeps an hour, an unreachable hub costs ~23 s per file;
-docs/how-to/ci.md "Retries and the retry budget" lists what was measured). Every request goes through :meth:`HubClient._send`:
+docs/how-to/ci.md "Retries and the retry budget" lists what was measured). Every request goes through :meth:`HubClient.send`:
 
 - transient failures (429, 500, 502, 503, 504, resets, cut bodies, read timeouts) are
   retried with backoff and jitter, honouring ``Retry-After`` (on a 429 without it, the
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._fixes import hub_error_cause
 from ._hf_state import hf_constants, user_agent
 from ._hub_auth import DEFAULT_ENDPOINT, EndpointAuth
 from ._redact import redact as _scrub
@@ -48,7 +49,6 @@ from .errors import (
     RetrySignal,
     TransferStopped,
     UsageFailure,
-    hub_error_cause,
 )
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import (
@@ -65,10 +65,11 @@ from .retry import (
 from .settings import env_value
 
 __all__ = [
-    "DEFAULT_ENDPOINT",
     "Downloaded",
     "HubClient",
+    "ProbeAnswer",
     "Ranged",
+    "create_commit",
     "redact",
     "resolve_endpoint",
 ]
@@ -145,21 +146,47 @@ def probe_hint(failure: Failure, has_token: bool) -> tuple[Fix, ...]:
     return ()
 
 
-def probe_error(spec: CheckpointSpec, where: str, known: dict[str, Any]) -> CheckpointDownloadError:
-    """A remembered probe failure (JSON: xdist workers get it in ``workerinput``) raised
-    for ``spec``, its fixes back as data."""
-    fixes = tuple(
-        Fix(**{**f, "command": tuple(f.get("command", ()))}) for f in known.get("fixes", ())
-    )
-    return CheckpointDownloadError(
-        f"pytest-ckpts: checkpoint '{spec.name}' from {where}: {known['error']}"
-        + ("." if fixes else ""),
-        name=spec.name,
-        status=known.get("status"),
-        kind=known["kind"],
-        cause=known["error"],
-        fixes=fixes,
-    )
+@dataclass(frozen=True)
+class ProbeAnswer:
+    """What one revision probe found: the ``commit``, or why not (``cause``, ``kind``,
+    ``status``, ``fixes``). Remembered for the run; xdist workers get it as JSON
+    (``workerinput``), in the shape :meth:`to_json` writes."""
+
+    commit: str | None = None
+    cause: str = ""
+    kind: Kind = Kind.PERMANENT
+    status: int | None = None
+    fixes: tuple[Fix, ...] = ()
+
+    @classmethod
+    def failed(cls, exc: CheckpointDownloadError) -> ProbeAnswer:
+        return cls(None, exc.cause or exc.summary, exc.kind, exc.status, exc.fixes)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.commit is not None:
+            return {"commit": self.commit}
+        fixes = [dataclasses.asdict(f) for f in self.fixes]
+        return {"error": self.cause, "kind": self.kind.value, "status": self.status, "fixes": fixes}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProbeAnswer:
+        if isinstance(data.get("commit"), str):
+            return cls(commit=data["commit"])
+        fixes = tuple(
+            Fix(**{**f, "command": tuple(f.get("command", ()))}) for f in data.get("fixes") or ()
+        )
+        return cls(None, str(data.get("error", "")), Kind(data["kind"]), data.get("status"), fixes)
+
+    def error(self, spec: CheckpointSpec, where: str) -> CheckpointDownloadError:
+        """This failure raised for ``spec`` (``where``: its repo, revision and endpoint)."""
+        return CheckpointDownloadError(
+            what=f"checkpoint '{spec.name}' from {where}",
+            name=spec.name,
+            status=self.status,
+            kind=self.kind,
+            cause=self.cause,
+            fixes=self.fixes,
+        )
 
 
 @dataclass(repr=False)  # EndpointAuth's repr: the endpoint without its userinfo
@@ -177,7 +204,7 @@ class HubClient(EndpointAuth):
     clock: Callable[[], float] = time.monotonic
     #: set by the prefetcher: stopping it ends this client's transfers (docs/how-to/ci.md "Prefetch")
     stop: TransferStop | None = None
-    _probes: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _probes: dict[str, ProbeAnswer] = field(default_factory=dict, repr=False)
     #: body bytes received per checkpoint name by :meth:`download`, finished or not (reports)
     received: dict[str, int] = field(default_factory=dict, repr=False)
     _probe_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -205,7 +232,7 @@ class HubClient(EndpointAuth):
         """``cause``: the hub's answer (and ``note``); ``fixes``: data, worded by front ends."""
         cause = self.redact(failure.text + (f" ({note})" if note else ""))
         return CheckpointDownloadError(
-            self.redact(f"pytest-ckpts: {what}: ") + cause + ("." if fixes else ""),
+            what=self.redact(what),
             name=spec.name if spec else None,
             status=failure.status,
             kind=failure.kind,
@@ -217,7 +244,7 @@ class HubClient(EndpointAuth):
         """Why this endpoint must not be asked again in this run, if so."""
         return self.run_state.failure(self.shown)
 
-    def _send(
+    def send(
         self,
         spec: CheckpointSpec | None,
         what: str,
@@ -325,11 +352,11 @@ class HubClient(EndpointAuth):
             if known is None:
                 known = self._do_probe(spec)
                 self._probes[key] = known
-        if "commit" in known:
-            return str(known["commit"])
-        raise probe_error(spec, self.describe(spec), known)
+        if known.commit is not None:
+            return known.commit
+        raise known.error(spec, self.describe(spec))
 
-    def _do_probe(self, spec: CheckpointSpec) -> dict[str, Any]:
+    def _do_probe(self, spec: CheckpointSpec) -> ProbeAnswer:
         import httpx2
 
         url = (
@@ -360,47 +387,36 @@ class HubClient(EndpointAuth):
             return body
 
         try:
-            body = self._send(None, what, once, probing=True)
-        except CheckpointDownloadError as exc:  # JSON-able: workers get it in workerinput
-            fixes = [dataclasses.asdict(f) for f in exc.fixes]
-            return {
-                "error": exc.cause,
-                "kind": exc.kind.value,
-                "status": exc.status,
-                "fixes": fixes,
-            }
+            body = self.send(None, what, once, probing=True)
+        except CheckpointDownloadError as exc:
+            return ProbeAnswer.failed(exc)
         commit = body.get("sha") if isinstance(body, dict) else None
         if not isinstance(commit, str) or not is_pinned(commit):
-            return {
-                "error": "the hub gave no commit",
-                "kind": Kind.PERMANENT.value,
-                "status": None,
-            }
-        return {"commit": commit}
+            return ProbeAnswer(cause="the hub gave no commit")
+        return ProbeAnswer(commit=commit)
 
     def known_commit(self, spec: CheckpointSpec) -> str | None:
         """The commit ``spec``'s revision resolved to in this run, if it was asked."""
         if is_pinned(spec.revision):
             return spec.revision
-        known = self._probes.get("\0".join((spec.repo_type, spec.repo, spec.revision)), {})
-        commit = known.get("commit")
-        return commit if isinstance(commit, str) else None
+        known = self._probes.get("\0".join((spec.repo_type, spec.repo, spec.revision)))
+        return None if known is None else known.commit
 
     def probes_to_json(self) -> dict[str, dict[str, Any]]:
         """Probe answers (commits and failures) for xdist workers (``workerinput``)."""
-        return dict(self._probes)
+        return {key: answer.to_json() for key, answer in self._probes.items()}
 
     def probes_from_json(self, data: dict[str, dict[str, Any]]) -> None:
         """Seed this client with answers the controller already got."""
-        self._probes.update(data)
+        self._probes.update({key: ProbeAnswer.from_json(v) for key, v in data.items()})
 
     # ------------------------------------------------------------------ file GETs
     @contextmanager
-    def _get_file(
+    def get_file(
         self, spec: CheckpointSpec, commit: str, what: str, byte_range: str | None
     ) -> Iterator[Any]:
         """One streamed GET of ``spec``'s file at ``commit`` (a ``Range`` if given); a
-        transient status raises ``RetrySignal`` for :meth:`_send`, a permanent one the error."""
+        transient status raises ``RetrySignal`` for :meth:`send`, a permanent one the error."""
         import httpx2
 
         url = (
@@ -447,64 +463,51 @@ class HubClient(EndpointAuth):
     def read_range(
         self, spec: CheckpointSpec, commit: str, begin: int, end: int, *, what: str = ""
     ) -> Ranged:
-        """Bytes ``[begin, end)`` of ``spec`` at ``commit`` (see :func:`read_range`)."""
-        return read_range(self, spec, commit, begin, end, what=what)
+        """Bytes ``[begin, end)`` of ``spec`` at ``commit`` by one HTTP ``Range`` request.
 
-    def create_commit(
-        self, *, repo: str, repo_type: str, branch: str, files: dict[str, Path], message: str
-    ) -> str:
-        """Upload ``files`` in one commit (see :func:`create_commit`)."""
-        return create_commit(
-            self, repo=repo, repo_type=repo_type, branch=branch, files=files, message=message
+        For :mod:`pytest_ckpts.partial`, which verifies them. An answer with the whole
+        file (200) or another range is refused, not read: never a silent full download.
+        """
+        if not 0 <= begin < end:
+            raise ValueError(f"bad byte range [{begin}, {end})")
+        what = what or (
+            f"failed to read bytes {begin}-{end - 1} of checkpoint '{spec.name}' from "
+            f"{self.describe(spec, commit)}"
         )
+        started = time.perf_counter()
+
+        def once() -> Ranged:
+            with self.get_file(spec, commit, what, f"bytes={begin}-{end - 1}") as response:
+                total = _content_range(response, begin, end)
+                if total is None:
+                    got = self.redact(response.headers.get("Content-Range") or "no Content-Range")
+                    text = f"HTTP {response.status_code} ({got}) for bytes={begin}-{end - 1}"
+                    note = "partial reads need a hub that serves byte ranges"
+                    failure = Failure(Kind.PERMANENT, int(response.status_code), text)
+                    raise self._error(spec, what, failure, (), note)
+                data = _body(response, min(end, total) - begin)
+                return Ranged(data, total, time.perf_counter() - started)
+
+        result: Ranged = self.send(spec, what, once)
+        return result
 
 
-# --------------------------------------------------------------------------- transfers
+def _body(response: Any, want: int) -> bytes:
+    """Exactly ``want`` bytes of ``response``'s body; a shorter or longer one is retried."""
+    chunks: list[bytes] = []
+    got = 0
+    for chunk in response.iter_bytes():
+        got += len(chunk)
+        if got > want:
+            break
+        chunks.append(chunk)
+    if got != want:
+        cut = f"body of {got} bytes, not the {want} asked for"
+        raise RetrySignal(Failure(Kind.TRANSIENT, None, cut))
+    return b"".join(chunks)
 
 
-def read_range(
-    client: HubClient, spec: CheckpointSpec, commit: str, begin: int, end: int, *, what: str = ""
-) -> Ranged:
-    """Bytes ``[begin, end)`` of ``spec`` at ``commit`` by one HTTP ``Range`` request.
-
-    For :mod:`pytest_ckpts.partial`, which verifies them. An answer with the whole
-    file (200) or another range is refused, not read: never a silent full download.
-    """
-
-    if not 0 <= begin < end:
-        raise ValueError(f"bad byte range [{begin}, {end})")
-    what = what or (
-        f"failed to read bytes {begin}-{end - 1} of checkpoint '{spec.name}' from "
-        f"{client.describe(spec, commit)}"
-    )
-    started = time.perf_counter()
-
-    def once() -> Ranged:
-        with client._get_file(spec, commit, what, f"bytes={begin}-{end - 1}") as response:
-            total = _content_range(response, begin, end)
-            if total is None:
-                got_range = client.redact(
-                    response.headers.get("Content-Range") or "no Content-Range"
-                )
-                text = f"HTTP {response.status_code} ({got_range}) for bytes={begin}-{end - 1}"
-                note = "partial reads need a hub that serves byte ranges"
-                failure = Failure(Kind.PERMANENT, int(response.status_code), text)
-                raise client._error(spec, what, failure, (), note)
-            want = min(end, total) - begin
-            chunks: list[bytes] = []
-            got = 0
-            for chunk in response.iter_bytes():
-                got += len(chunk)
-                if got > want:
-                    break
-                chunks.append(chunk)
-            if got != want:
-                cut = f"body of {got} bytes, not the {want} asked for"
-                raise RetrySignal(Failure(Kind.TRANSIENT, None, cut))
-            return Ranged(b"".join(chunks), total, time.perf_counter() - started)
-
-    result: Ranged = client._send(spec, what, once)
-    return result
+# --------------------------------------------------------------------------- uploads
 
 
 def create_commit(
@@ -516,7 +519,9 @@ def create_commit(
     files: dict[str, Path],
     message: str,
 ) -> str:
-    """Upload ``files`` (path in repo -> local file) in one commit; its id.
+    """Upload ``files`` (path in repo -> local file) in one commit; its id. It uses the
+    client's endpoint, token and progress setting only: no retry loop (huggingface_hub's
+    upload protocol has its own), so it is a function of this module, not a method.
 
     huggingface_hub's upload protocol does the work. Its 2.4.0 upload path reads two
     constants at call time and has no argument for either, so they are set for this
@@ -534,7 +539,7 @@ def create_commit(
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub import errors as hf_errors
 
-    api = HfApi(endpoint=client.endpoint, token=client._token())
+    api = HfApi(endpoint=client.endpoint, token=client.token())
     ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in files.items()]
     scoped: dict[str, Any] = {"HF_HUB_DISABLE_TELEMETRY": True}
     if client.endpoint != DEFAULT_ENDPOINT:

@@ -45,14 +45,7 @@ def verify_checksum(file_path: str | os.PathLike[str], expected_sha256: str) -> 
     actual = calculate_sha256(file_path)
     expected = expected_sha256.strip().lower()
     if actual != expected:
-        raise ChecksumMismatchError(
-            f"pytest-ckpts: Checksum mismatch for {os.fspath(file_path)}\n"
-            f"  expected sha256: {expected}\n"
-            f"  actual sha256:   {actual}",
-            path=Path(file_path),
-            expected=expected,
-            actual=actual,
-        )
+        raise ChecksumMismatchError(path=Path(file_path), expected=expected, actual=actual)
     return True
 
 

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from . import _yaml
 from ._manifest_fields import (
-    PLACEHOLDER,
     Ctx,
     Pairs,
     check_endpoint,
@@ -46,7 +45,7 @@ from ._manifest_fields import (
 )
 from ._yaml import show
 from .errors import CheckpointsError, Fix, ManifestError, ManifestNotFoundError, YamlProblem
-from .settings import DEFAULT_MANIFEST, ENV, env_value, find_manifest
+from .settings import DEFAULT_MANIFEST, ENV, find_manifest
 
 if TYPE_CHECKING:
     import yaml
@@ -54,10 +53,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MANIFEST",
     "ENV_MANIFEST",
-    "PLACEHOLDER",
     "CheckpointSpec",
     "Manifest",
-    "env_value",
     "find_manifest",
     "is_pinned",
     "load_manifest",

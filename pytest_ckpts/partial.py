@@ -44,7 +44,7 @@ from .tensor_index import (
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["MERGE_GAP", "Partial", "PartialReader", "to_tensor"]
+__all__ = ["Partial", "PartialReader", "to_tensor"]
 
 logger = logging.getLogger("pytest_ckpts")
 
@@ -146,27 +146,24 @@ class PartialReader:
         out: Partial,
     ) -> tuple[Header, dict[str, bytes]]:
         store = self.store
-        whole = store.cached_path(spec)
+        whole = store.layout.cached_path(spec)
         if whole is not None and store.is_trusted(spec):
-            out.commit, out.size = store.cached_commit(spec), whole.stat().st_size
+            out.commit, out.size = store.layout.cached_commit(spec), whole.stat().st_size
             return self._in_two_steps(FromFile(store, spec, index, whole), names, wanted)
         if store.offline:
             commit = cached_commit(store, spec, [index.header, *wanted])
             if commit is None:
-                raise CheckpointSkipped(
-                    f"pytest-ckpts: tensors of checkpoint '{spec.name}' are not cached in "
-                    f"{store.cache} and the mode is offline (no downloads).",
-                    entry=spec.name,
-                    cause="not cached",
-                    fixes=(
-                        Fix.say("read them once online (the cache keeps them)"),
-                        Fix.set("mode", Mode.AUTO.value),
-                    ),
+                fixes = (
+                    Fix.say("read them once online (the cache keeps them)"),
+                    Fix.set("mode", Mode.AUTO.value),
+                )
+                raise CheckpointSkipped.not_cached(
+                    spec.name, store.layout.root, tensors=True, fixes=fixes
                 )
             out.commit = commit
             return self._from_cache(spec, index, commit, names, wanted, out, "offline")
         try:
-            commit = spec.revision if is_pinned(spec.revision) else store.probe(spec)
+            commit = spec.revision if is_pinned(spec.revision) else store.hub.probe(spec)
             out.commit = commit
             hub = FromHub(store, spec, index, commit, self.merge_gap)
             try:

@@ -99,7 +99,7 @@ class Prefetcher:
         sleep = self._stop.wait if hub.sleep is time.sleep else hub.sleep
         # the same budget, run state and probe answers; only the stop switch is its own
         self._store = dataclasses.replace(
-            store, client=dataclasses.replace(hub, stop=self._stop, sleep=sleep)
+            store, hub=dataclasses.replace(hub, stop=self._stop, sleep=sleep)
         )
         self._queue: collections.deque[CheckpointSpec] = collections.deque()
         self._futures: dict[str, Future[Outcome]] = {}

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from ._text import plural
 from .errors import CheckpointDownloadError, UsageFailure
+from .hub_client import HubClient, create_commit
 from .integrity import atomic_write_bytes, atomic_write_stream, calculate_sha256
 from .manifest import CheckpointSpec, Manifest
 from .settings import ENV
@@ -52,7 +53,7 @@ def _apply_edits(
     if edits:
         target = manifest.path.resolve()  # a symlinked manifest: edit what it points at
         key = hashlib.sha256(str(target).encode()).hexdigest()[:24]
-        lock_path = store.cache / ".ckpts" / "locks" / f"manifest-{key}.lock"
+        lock_path = store.layout.root / ".ckpts" / "locks" / f"manifest-{key}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(lock_path), timeout=60):
             text = target.read_bytes().decode("utf-8")  # re-read: another lock may have run
@@ -258,7 +259,7 @@ def _missing_commits(store: Store, specs: list[CheckpointSpec]) -> list[str]:
     lines = []
     for spec in specs:
         try:
-            store.probe(spec)
+            store.hub.probe(spec)
         except CheckpointDownloadError as exc:
             if exc.status == 404:
                 lines.append(
@@ -310,7 +311,7 @@ def _check_reachable(store: Store, specs: list[CheckpointSpec]) -> None:
             continue
         seen.add((spec.repo_type, spec.repo))
         try:
-            store.probe(spec)
+            store.hub.probe(spec)
         except CheckpointDownloadError as exc:
             if exc.unreachable:  # a missing branch or commit is fine: uploads make it
                 cause = exc.cause or exc.summary
@@ -321,7 +322,7 @@ def _check_reachable(store: Store, specs: list[CheckpointSpec]) -> None:
 
 
 def _upload_groups(
-    client: Any,
+    client: HubClient,
     specs: list[CheckpointSpec],
     source_dir: Path,
     pin: bool,
@@ -336,7 +337,8 @@ def _upload_groups(
     edits: dict[str, dict[str, str]] = {}
     for (repo, repo_type, branch), group in groups.items():
         files = {s.hf_path: source_dir / s.hf_path for s in group}
-        commit = client.create_commit(
+        commit = create_commit(
+            client,
             repo=repo,
             repo_type=repo_type,
             branch=branch,

@@ -44,9 +44,7 @@ __all__ = [
     "RESOLVED_KEY",
     "SESSION_KEY",
     "USED_KEY",
-    "CheckpointsWarning",
     "CkptsSession",
-    "Stats",
     "get_session",
     "plugin_text",
     "plugin_words",
@@ -201,7 +199,7 @@ class CkptsSession:
             for spec in self.manifest.entries.values():
                 if store.needs_network(spec) and store.hub.dead() is None:
                     try:
-                        store.probe(spec)
+                        store.hub.probe(spec)
                     except CheckpointDownloadError:
                         pass
             self._probes_done = store.hub.probes_to_json()
@@ -253,7 +251,7 @@ class CkptsSession:
 
         # the run's cache as the run located it; the call's as the environment says now
         # (a test may set HF_HUB_CACHE / HF_HOME, which a manifest without cache_dir follows)
-        ours = Cache(self.store.cache, self.store.hub_dir)
+        ours = Cache(self.store.layout.root, self.store.hub_dir)
         theirs = Cache.in_force(settings.cache_dir, self.manifest)
         return (
             _same(settings.manifest, self.manifest.path)
@@ -271,9 +269,7 @@ class CkptsSession:
     def _library_spec(self, name: str) -> CheckpointSpec:
         spec = self.spec(name)
         if self.settings.mode is Mode.SKIP:
-            raise CheckpointSkipped(
-                f"Checkpoint download skipped ({self.mode_source}). Cannot load checkpoint: {name}"
-            )
+            raise CheckpointSkipped.disabled(name, self.mode_source)
         return spec
 
     def resolve_for_library(self, name: str, force_download: bool = False) -> Checkpoint:

@@ -29,7 +29,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ._fallback import StaleSupport
 from ._stamps import blob_of
@@ -39,14 +39,14 @@ from .errors import (
     CheckpointDownloadError,
     Fix,
 )
-from .hub_client import DEFAULT_ENDPOINT, Downloaded, HubClient, redact, resolve_endpoint
+from .hub_client import Downloaded, HubClient
 from .integrity import calculate_sha256
 from .manifest import CheckpointSpec, Manifest, is_pinned
 from .retry import RetryBudget, RunState
 from .settings import Mode, Settings
 from .sources.step import MirrorSupport, from_mirrors, may_mirror, unresolved
 
-__all__ = ["DEFAULT_ENDPOINT", "NullObserver", "Observer", "Store", "redact", "resolve_endpoint"]
+__all__ = ["NullObserver", "Observer", "Store"]
 
 logger = logging.getLogger("pytest_ckpts")
 
@@ -87,8 +87,10 @@ class Store(StaleSupport, MirrorSupport):
 
     ``offline=True`` never touches the network: a missing file raises
     ``CheckpointSkipped``. ``rehash=True`` ignores stamps and hashes every file once.
-    ``client`` is built from the manifest when not given (tests and the plugin pass
-    their own, sharing one retry budget and run state).
+    ``hub`` (the :class:`HubClient`) is built from the manifest when not given (tests
+    and the plugin pass their own, sharing one retry budget and run state).
+    ``cache_dir`` is the cache asked for (None: the manifest's, else huggingface_hub's);
+    ``layout`` is the cache in force.
     """
 
     manifest: Manifest
@@ -98,7 +100,7 @@ class Store(StaleSupport, MirrorSupport):
     progress: bool = False
     lock_timeout: float = 6 * 3600.0
     observer: Observer = field(default_factory=NullObserver)
-    client: HubClient | None = None
+    hub: HubClient = None  # type: ignore[assignment]  # None: built in __post_init__
     retry_budget: float = 60.0
     run_state: RunState | None = None
     trust_endpoint: bool = False
@@ -118,8 +120,8 @@ class Store(StaleSupport, MirrorSupport):
             self.cache_dir, self.hub_dir = located.root, located.hub_dir
         if self.run_state is None:
             self.run_state = RunState()
-        if self.client is None:
-            self.client = HubClient.for_manifest(
+        if cast("HubClient | None", self.hub) is None:  # not given: the manifest's
+            self.hub = HubClient.for_manifest(
                 self.manifest,
                 budget=RetryBudget(self.retry_budget),
                 run_state=self.run_state,
@@ -143,30 +145,21 @@ class Store(StaleSupport, MirrorSupport):
 
     # ------------------------------------------------------------------ views
     @property
-    def cache(self) -> Path:
-        assert self.cache_dir is not None
-        return self.cache_dir
-
-    @property
     def layout(self) -> Cache:
         """The cache's paths; an old layout is moved into ``hub/`` on first use."""
         if self._layout is None:
-            self._layout = Cache(self.cache, self.hub_dir).ready()
+            assert self.cache_dir is not None  # set by __post_init__
+            self._layout = Cache(self.cache_dir, self.hub_dir).ready()
         return self._layout
-
-    @property
-    def hub(self) -> HubClient:
-        assert self.client is not None
-        return self.client
 
     @property
     def cache_dir_arg(self) -> Path | None:
         """The cache directory a ``pytest-ckpts`` command must be told (``--cache-dir``):
         None when it is the manifest's default, which the command finds by itself."""
         default = Cache.in_force(None, self.manifest)
-        if (default.root, default.hub_dir) == (self.cache, self.hub_dir):
+        if (default.root, default.hub_dir) == (self.cache_dir, self.hub_dir):
             return None
-        return self.hub_dir if self.hub_dir is not None else self.cache
+        return self.hub_dir if self.hub_dir is not None else self.cache_dir
 
     def run_fix(self, *command: str, why: str = "") -> Fix:
         """A ``pytest-ckpts`` command as a fix, on the cache directory in force."""
@@ -179,24 +172,12 @@ class Store(StaleSupport, MirrorSupport):
             path = self._snapshots[key] = self.layout.snapshot(spec, commit)
         return path
 
-    def cached_commit(self, spec: CheckpointSpec) -> str | None:
-        return self.layout.cached_commit(spec)
-
-    def cached_path(self, spec: CheckpointSpec) -> Path | None:
-        return self.layout.cached_path(spec)
-
     def is_trusted(self, spec: CheckpointSpec) -> bool:
         """Cached and its stamp vouches for the expected bytes (cheap: stat only)."""
-        commit = self.cached_commit(spec)
+        commit = self.layout.cached_commit(spec)
         return (
             commit is not None and self._trusted(spec, self.snapshot_path(spec, commit)) is not None
         )
-
-    def describe(self, spec: CheckpointSpec, revision: str | None = None) -> str:
-        return self.hub.describe(spec, revision)
-
-    def probe(self, spec: CheckpointSpec) -> str:
-        return self.hub.probe(spec)
 
     def resolve_warm(self, spec: CheckpointSpec) -> Checkpoint | None:
         """``spec`` resolved if it is pinned and its stamp vouches for its file (one

@@ -34,7 +34,6 @@ from typing import Any, BinaryIO
 
 from ._st_header import (
     FAST_ROW,
-    ITEMSIZE,
     MAX_HEADER,
     MAX_OFFSET,
     Header,
@@ -50,8 +49,6 @@ from .manifest import CheckpointSpec, Manifest
 
 __all__ = [
     "FORMAT_VERSION",
-    "ITEMSIZE",
-    "MAX_HEADER",
     "Header",
     "IndexBuild",
     "Piece",

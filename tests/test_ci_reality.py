@@ -15,7 +15,9 @@ from conftest import REPO, dead_endpoint, make_manifest
 
 from pytest_ckpts import CheckpointDownloadError, load_manifest
 from pytest_ckpts.cli import main
-from pytest_ckpts.retry import RunState, parse_retry_after
+from pytest_ckpts.hub_client import HubClient
+from pytest_ckpts.manifest import Manifest
+from pytest_ckpts.retry import RetryBudget, RunState, parse_retry_after
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
 
@@ -31,6 +33,13 @@ import pytest
 def test_each(checkpoint, name):
     checkpoint(name)
 """
+
+
+def waiting_store(manifest: Manifest, waits: list[float], budget: float = 60.0) -> Store:
+    """A store whose hub client records each wait between attempts instead of sleeping:
+    timing is asserted on what the retry policy asked for, never on the wall clock."""
+    client = HubClient.for_manifest(manifest, budget=RetryBudget(budget), sleep=waits.append)
+    return Store(manifest, client=client)
 
 
 # --------------------------------------------------------------------------- retries
@@ -64,10 +73,11 @@ def test_transient_5xx_on_the_download_is_retried(project: Path, hub: LocalHub) 
 def test_spent_budget_fails_at_once_naming_it(project: Path, hub: LocalHub) -> None:
     manifest = load_manifest(make_manifest(project, hub, {"a": DATA}))
     hub.faults.fail_next(50, 503, path_contains="/api/models/")
-    started = time.monotonic()
+    waits: list[float] = []
     with pytest.raises(CheckpointDownloadError) as info:
-        Store(manifest, retry_budget=1.0).resolve(manifest.get("a"))
-    assert time.monotonic() - started < 5
+        waiting_store(manifest, waits, budget=1.0).resolve(manifest.get("a"))
+    assert waits  # it waited...
+    assert sum(waits) <= 1.0  # ...within the budget, then gave up
     message = str(info.value)
     assert "HTTP 503" in message
     assert "retry budget" in message
@@ -121,14 +131,14 @@ def test_pinned_revisions_on_a_dead_hub_cost_one_probe(project: Path) -> None:
     text = path.read_text() + '  revision: "' + "a" * 40 + '"\n'
     path.write_text(text)
     manifest = load_manifest(path)
-    store = Store(manifest)
-    started = time.monotonic()
+    waits: list[float] = []
+    store = waiting_store(manifest, waits)
     for name in files:
         with pytest.raises(CheckpointDownloadError) as info:
             store.resolve(manifest.get(name))
         assert "hub unreachable" in str(info.value)
         assert "hf_path" not in str(info.value)
-    assert time.monotonic() - started < 10
+    assert waits == []  # a refused connection is not retried (the client alone: ~23 s per file)
 
 
 # --------------------------------------------------------------------------- stale copies
@@ -398,9 +408,9 @@ def test_429_with_retry_after_is_honoured_on_the_revision_lookup(
     """One 429 used to skip every test of a cold run; Retry-After was ignored."""
     manifest = load_manifest(make_manifest(project, hub, {"a": DATA}))
     hub.throttle(1, retry_after=1, route="revision")
-    started = time.monotonic()
-    ckpt = Store(manifest).resolve(manifest.get("a"))
-    assert time.monotonic() - started >= 0.9  # it waited as asked
+    waits: list[float] = []
+    ckpt = waiting_store(manifest, waits).resolve(manifest.get("a"))
+    assert waits == [1.0]  # it waited as asked (the first backoff step is 0.25-0.5 s)
     assert ckpt.path.read_bytes() == DATA
     assert hub.stats.count(route="revision", status=429) == 1
     assert hub.stats.count(route="revision", status=200) == 1
@@ -408,8 +418,12 @@ def test_429_with_retry_after_is_honoured_on_the_revision_lookup(
 
 def test_429_with_an_http_date_on_the_download_is_honoured(project: Path, hub: LocalHub) -> None:
     manifest = load_manifest(make_manifest(project, hub, {"a": DATA}, pinned=True))
-    hub.throttle(1, retry_after=1, http_date=True, route="file")
-    ckpt = Store(manifest).resolve(manifest.get("a"))
+    hub.throttle(1, retry_after=3, http_date=True, route="file")
+    waits: list[float] = []
+    ckpt = waiting_store(manifest, waits).resolve(manifest.get("a"))
+    # the date has whole seconds: 2-3 s from now, above any first backoff step (<= 0.5 s)
+    (wait,) = waits
+    assert 1.0 <= wait <= 3.0
     assert ckpt.path.read_bytes() == DATA
     assert hub.stats.count(route="file", status=429) == 1
 
@@ -419,10 +433,10 @@ def test_retry_after_longer_than_the_budget_fails_at_once_naming_it(
 ) -> None:
     manifest = load_manifest(make_manifest(project, hub, {"a": DATA}))
     hub.throttle(1, retry_after=3600, route="revision")
-    started = time.monotonic()
+    waits: list[float] = []
     with pytest.raises(CheckpointDownloadError) as info:
-        Store(manifest, retry_budget=60).resolve(manifest.get("a"))
-    assert time.monotonic() - started < 5
+        waiting_store(manifest, waits, budget=60).resolve(manifest.get("a"))
+    assert waits == []  # it did not wait at all
     message = str(info.value)
     assert "429" in message
     assert "Retry-After" in message

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,17 +239,24 @@ def test_fail_next_then_recover(hub: LocalHub, tmp_path: Path) -> None:
     ]
 
 
-def test_delay_applies_to_matching_requests_only(hub: LocalHub, tmp_path: Path) -> None:
+def test_delay_applies_to_matching_requests_only(
+    hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float] = []  # the hub's waits, recorded instead of slept
+
+    def wait_stopping(seconds: float) -> bool:
+        waits.append(seconds)
+        return False  # not stopping: the request goes on
+
+    monkeypatch.setattr(hub, "wait_stopping", wait_stopping)
     hub.add_file(REPO, "w.bin", DATA)
     hub.add_file(REPO, "x.bin", b"x")
     hub.faults.delay(0.4, n=2, path_contains="w.bin")  # the HEAD and the GET
-    started = time.monotonic()
     download(hub, tmp_path)
-    assert time.monotonic() - started >= 0.8
-    started = time.monotonic()
+    assert waits == [0.4, 0.4]
     download(hub, tmp_path, "x.bin")
     download(hub, tmp_path / "again")  # the fault is used up
-    assert time.monotonic() - started < 0.4
+    assert waits == [0.4, 0.4]
 
 
 def test_drop_mid_body_leaves_no_complete_file(hub: LocalHub, tmp_path: Path) -> None:
@@ -318,8 +324,18 @@ def test_path_backed_file_is_streamed(hub: LocalHub, tmp_path: Path) -> None:
     assert hub.stats.bytes_served == 2 * 20 * 1024 * 1024
 
 
-def test_stop_cuts_kept_alive_connections_and_delayed_requests(tmp_path: Path) -> None:
+def test_stop_cuts_kept_alive_connections_and_delayed_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hub = LocalHub().start()
+    held = threading.Event()  # set once the GET is held by the delay
+    wait_stopping = hub.wait_stopping
+
+    def holding(seconds: float) -> bool:
+        held.set()
+        return wait_stopping(seconds)
+
+    monkeypatch.setattr(hub, "wait_stopping", holding)
     hub.add_file(REPO, "w.bin", DATA)
     url = f"{hub.endpoint}/{REPO}/resolve/main/w.bin"
     with httpx2.Client() as client:
@@ -335,11 +351,9 @@ def test_stop_cuts_kept_alive_connections_and_delayed_requests(tmp_path: Path) -
 
         thread = threading.Thread(target=slow)
         thread.start()
-        time.sleep(0.2)
-        started = time.monotonic()
+        assert held.wait(30)
         hub.stop()
-        thread.join(timeout=5)
-        assert time.monotonic() - started < 3
+        thread.join(timeout=10)  # not the 30 s delay
         assert not thread.is_alive()
         assert errors
         with pytest.raises(httpx2.TransportError):

@@ -51,7 +51,7 @@ def store_for(manifest_path: Path, budget: float, fake: FakeTime) -> Store:
     client = HubClient.for_manifest(
         manifest, budget=RetryBudget(budget), sleep=fake.sleep, clock=fake.clock
     )
-    return Store(manifest, client=client)
+    return Store(manifest, hub=client)
 
 
 # --------------------------------------------------------------------------- the formula

@@ -52,7 +52,7 @@ MEMORY_SCRIPT = textwrap.dedent(
         import torch
         m = load_manifest(manifest)
         store = Store(m)
-        store.probe(m.get("llm"))
+        store.hub.probe(m.get("llm"))
     with open("/proc/self/clear_refs", "w") as f:  # peak RSS := current RSS (Linux >= 4.0)
         f.write("5")
 

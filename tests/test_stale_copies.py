@@ -12,6 +12,7 @@ process, the real client, the local hub, then a stopped hub.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -75,57 +76,68 @@ def _rows(report: Path) -> dict[str, dict[str, object]]:
     return {r["name"]: r for r in json.loads(report.read_text())["checkpoints"]}
 
 
+def _fill(pytester: pytest.Pytester, hub: LocalHub, *, pinned: bool = False) -> Path:
+    """The project's cache, filled from the local hub by ``pytest-ckpts fetch`` (in this
+    process: the restored copies, not the filling, are what these tests look at)."""
+    manifest = make_manifest(pytester.path, hub, FILES, pinned=pinned)
+    assert main(["--manifest", str(manifest), "fetch", "-q"], out=io.StringIO()) == 0
+    pytester.makepyfile(test_it=TESTS)
+    return pytester.path / "checkpoints"
+
+
 @pytest.fixture
 def filled(
     pytester: pytest.Pytester, hub: LocalHub, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """A project whose cache the local hub filled, kept aside as the "CI cache" copy."""
-    make_manifest(pytester.path, hub, FILES)
-    pytester.makepyfile(test_it=TESTS.replace('== "stale"', "is not None"))
-    pytester.runpytest_subprocess(*RUN).assert_outcomes(passed=3)
     original = tmp_path_factory.mktemp("saved") / "checkpoints"
-    shutil.copytree(pytester.path / "checkpoints", original, symlinks=True)
+    shutil.copytree(_fill(pytester, hub), original, symlinks=True)
     hub.stop()  # the same endpoint now refuses connections
-    pytester.makepyfile(test_it=TESTS)
     return original
 
 
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["serial", "xdist"])
+@pytest.mark.parametrize("mode", ["auto", "require"])
 @pytest.mark.parametrize("how", ["tar", "copytree"])
 def test_restored_cache_with_the_hub_down_serves_every_file_stale(
-    pytester: pytest.Pytester, filled: Path, how: str, tmp_path_factory: pytest.TempPathFactory
+    pytester: pytest.Pytester,
+    filled: Path,
+    how: str,
+    mode: str,
+    xdist: tuple[str, ...],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """auto and require, with and without ``-n 2``: every row ``stale``, every test passes;
-    ``copytree`` restores it at another absolute path (``--ckpts-cache-dir``)."""
+    ``copytree`` restores it at another absolute path (``--ckpts-cache-dir``). One pytest
+    run per case (each case was one of four runs of one test: 43 s on 2 cores)."""
     manifest = load_manifest(pytester.path / "checkpoints" / "checkpoints.yaml")
     scratch = tmp_path_factory.mktemp("scratch")
-    for mode in ("auto", "require"):
-        for xdist in ((), ("-n", "2")):
-            if how == "tar":  # same path, new inodes
-                cache = pytester.path / "checkpoints"
-                keep = (cache / "checkpoints.yaml").read_bytes()
-                _copy(how, filled, cache, scratch)
-                (cache / "checkpoints.yaml").write_bytes(keep)
-                where: tuple[str, ...] = ()
-            else:  # another absolute path
-                cache = tmp_path_factory.mktemp("restored") / "cache"
-                _copy(how, filled, cache, scratch)
-                where = (f"--ckpts-cache-dir={cache}",)
-            report = pytester.path / f"report-{mode}-{len(xdist)}.json"
-            result = pytester.runpytest_subprocess(
-                *RUN, f"--ckpts={mode}", f"--ckpts-report={report}", *where, *xdist
-            )
-            result.assert_outcomes(passed=3)
-            rows = _rows(report)
-            assert sorted(rows) == ["enc", "ldm", "vae"], (mode, xdist)
-            for name, row in rows.items():
-                assert row["status"] == "stale", (mode, xdist, name, row)
-                assert "hub unreachable" in str(row["reason"]), row
-                assert row["sha256"] == hashlib.sha256(FILES[name]).hexdigest()
-            layout = Cache(cache)
-            for spec in manifest.entries.values():  # the stamp was rewritten: trusted again
-                path = layout.cached_path(spec)
-                assert path is not None
-                assert layout.trusted_stamp(spec, path) is not None
+    if how == "tar":  # same path, new inodes
+        cache = pytester.path / "checkpoints"
+        keep = (cache / "checkpoints.yaml").read_bytes()
+        _copy(how, filled, cache, scratch)
+        (cache / "checkpoints.yaml").write_bytes(keep)
+        where: tuple[str, ...] = ()
+    else:  # another absolute path
+        cache = tmp_path_factory.mktemp("restored") / "cache"
+        _copy(how, filled, cache, scratch)
+        where = (f"--ckpts-cache-dir={cache}",)
+    report = pytester.path / "report.json"
+    result = pytester.runpytest_subprocess(
+        *RUN, f"--ckpts={mode}", f"--ckpts-report={report}", *where, *xdist
+    )
+    result.assert_outcomes(passed=3)
+    rows = _rows(report)
+    assert sorted(rows) == ["enc", "ldm", "vae"]
+    for name, row in rows.items():
+        assert row["status"] == "stale", (name, row)
+        assert "hub unreachable" in str(row["reason"]), row
+        assert row["sha256"] == hashlib.sha256(FILES[name]).hexdigest()
+    layout = Cache(cache)
+    for spec in manifest.entries.values():  # the stamp was rewritten: trusted again
+        path = layout.cached_path(spec)
+        assert path is not None
+        assert layout.trusted_stamp(spec, path) is not None
 
 
 def test_restored_copy_that_does_not_match_is_a_mismatch_never_a_skip(
@@ -198,12 +210,8 @@ def test_spent_retry_budget_serves_the_restored_copy_with_one_probe_series(
 ) -> None:
     """The hub answers, but only 503: once the budget is spent the endpoint is given up
     for the whole run (controller and workers), and every restored file is ``stale``."""
-    make_manifest(pytester.path, hub, FILES)
-    pytester.makepyfile(test_it=TESTS.replace('== "stale"', "is not None"))
-    pytester.runpytest_subprocess(*RUN).assert_outcomes(passed=3)
-    cache = pytester.path / "checkpoints"
+    cache = _fill(pytester, hub)
     _tar_round_trip(cache, cache, tmp_path_factory.mktemp("scratch"))
-    pytester.makepyfile(test_it=TESTS)
     hub.stats.reset()
     hub.faults.fail_next(10_000, 503, path_contains="/api/models/")
     report = pytester.path / "report.json"
@@ -224,10 +232,8 @@ def test_restored_pinned_copy_needs_no_hub_and_is_cached(
 ) -> None:
     """A pinned commit is immutable: its restored copy is re-hashed and served as
     ``cached`` whether or not the hub answers (docs/explanation/verification.md "Stale copies")."""
-    make_manifest(pytester.path, hub, FILES, pinned=True)
+    cache = _fill(pytester, hub, pinned=True)
     pytester.makepyfile(test_it=TESTS.replace('== "stale"', "is not None"))
-    pytester.runpytest_subprocess(*RUN).assert_outcomes(passed=3)
-    cache = pytester.path / "checkpoints"
     _tar_round_trip(cache, cache, tmp_path_factory.mktemp("scratch"))
     hub.stop()
     report = pytester.path / "report.json"

@@ -9,7 +9,8 @@
   through gcsfs, extra ``[gcs]``), imported when a mirror of that scheme is first used.
 
 Every failure becomes one :class:`~pytest_ckpts.errors.MirrorUnavailable` whose ``kind``
-tells the caller what to do (``missing``, ``refused``, ``unreachable``, ``transient``).
+(a :class:`~pytest_ckpts.errors.MirrorKind`) tells the caller what to do (``MISSING``,
+``REFUSED``, ``UNREACHABLE``, ``TRANSIENT``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import MirrorUnavailable, UsageFailure, foreign_line
+from .._fixes import foreign_line
+from ..errors import MirrorKind, MirrorUnavailable, UsageFailure
 from ..retry import TRANSIENT_STATUS, parse_retry_after
-from .template import Mirror, redact_url
+from .template import Mirror, Storage, redact_url
 
 __all__ = ["CHUNK", "Backend", "backend_for"]
 
@@ -73,16 +75,18 @@ LOCAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _os_failure(mirror: Mirror, exc: OSError, *, root_exists: bool) -> MirrorUnavailable:
-    what = f"mirror {mirror.label}"
+    label = mirror.label
     if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
         if root_exists:
-            return MirrorUnavailable("missing", f"{what}: no such file")
-        return MirrorUnavailable("unreachable", f"{what}: the folder does not exist (not mounted?)")
+            return MirrorUnavailable(MirrorKind.MISSING, label, "no such file")
+        gone = "the folder does not exist (not mounted?)"
+        return MirrorUnavailable(MirrorKind.UNREACHABLE, label, gone)
     if isinstance(exc, PermissionError):
-        return MirrorUnavailable("refused", f"{what}: permission denied")
+        return MirrorUnavailable(MirrorKind.REFUSED, label, "permission denied")
+    why = str(exc.strerror or exc)
     if exc.errno in (errno.ENOTCONN, errno.ESTALE, errno.EHOSTDOWN, errno.ETIMEDOUT):
-        return MirrorUnavailable("unreachable", f"{what}: {exc.strerror or exc}")
-    return MirrorUnavailable("transient", f"{what}: {type(exc).__name__}: {exc.strerror or exc}")
+        return MirrorUnavailable(MirrorKind.UNREACHABLE, label, why)
+    return MirrorUnavailable(MirrorKind.TRANSIENT, label, f"{type(exc).__name__}: {why}")
 
 
 class FolderBackend:
@@ -148,7 +152,7 @@ class FolderBackend:
             return os.stat(url).st_size
         except OSError as exc:
             failure = self._fail(exc)
-            if failure.kind == "missing":
+            if failure.kind is MirrorKind.MISSING:
                 return None
             raise failure from None
 
@@ -188,24 +192,24 @@ class HttpBackend:
 
     def _status(self, response: Any) -> None:
         status = int(response.status_code)
-        what = f"mirror {self.mirror.label}: HTTP {status}"
+        label, what = self.mirror.label, f"HTTP {status}"
         if status < 400:
             return
         if status in (404, 410):
-            raise MirrorUnavailable("missing", what)
+            raise MirrorUnavailable(MirrorKind.MISSING, label, what)
         if status in TRANSIENT_STATUS or status == 408:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            raise MirrorUnavailable("transient", what, retry_after=retry_after)
-        raise MirrorUnavailable("refused", what)
+            raise MirrorUnavailable(MirrorKind.TRANSIENT, label, what, retry_after=retry_after)
+        raise MirrorUnavailable(MirrorKind.REFUSED, label, what)
 
     def _exception(self, exc: Exception) -> MirrorUnavailable:
         httpx2 = self._httpx
-        text = f"mirror {self.mirror.label}: {type(exc).__name__}"
+        label, name = self.mirror.label, type(exc).__name__
         if isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)):
-            return MirrorUnavailable("unreachable", f"{text} (unreachable)")
+            return MirrorUnavailable(MirrorKind.UNREACHABLE, label, f"{name} (unreachable)")
         if isinstance(exc, httpx2.TimeoutException):
-            return MirrorUnavailable("transient", f"{text} (no answer in time)")
-        return MirrorUnavailable("transient", f"{text} (connection broken)")
+            return MirrorUnavailable(MirrorKind.TRANSIENT, label, f"{name} (no answer in time)")
+        return MirrorUnavailable(MirrorKind.TRANSIENT, label, f"{name} (connection broken)")
 
     @contextmanager
     def _request(self, url: str, headers: dict[str, str] | None = None) -> Iterator[Any]:
@@ -231,9 +235,8 @@ class HttpBackend:
                 except self._httpx.HTTPError as exc:
                     raise self._exception(exc) from None
                 if length and length.isdigit() and got != int(length):
-                    raise MirrorUnavailable(
-                        "transient", f"mirror {self.mirror.label}: body cut at {got} bytes"
-                    )
+                    cut = f"body cut at {got} bytes"
+                    raise MirrorUnavailable(MirrorKind.TRANSIENT, self.mirror.label, cut)
 
             yield chunks()
 
@@ -253,7 +256,7 @@ class HttpBackend:
         try:
             self._status(response)
         except MirrorUnavailable as exc:
-            if exc.kind == "missing":
+            if exc.kind is MirrorKind.MISSING:
                 return None
             raise
         length = response.headers.get("Content-Length")
@@ -269,12 +272,11 @@ class HttpBackend:
     def read_range(self, url: str, begin: int, end: int) -> bytes:
         with self._request(url, {"Range": f"bytes={begin}-{end - 1}"}) as response:
             if response.status_code != 206:
-                raise MirrorUnavailable(
-                    "refused", f"mirror {self.mirror.label}: does not serve byte ranges"
-                )
+                no_ranges = "does not serve byte ranges"
+                raise MirrorUnavailable(MirrorKind.REFUSED, self.mirror.label, no_ranges)
             data = b"".join(response.iter_raw())
         if len(data) != end - begin:
-            raise MirrorUnavailable("transient", f"mirror {self.mirror.label}: short range")
+            raise MirrorUnavailable(MirrorKind.TRANSIENT, self.mirror.label, "short range")
         return data
 
 
@@ -301,30 +303,29 @@ class FsspecBackend:
                 if extra
                 else f"install the fsspec implementation of '{mirror.protocol}://'"
             )
-            raise MirrorUnavailable(
-                "refused", f"mirror {mirror.label} needs {module or 'a backend'}: {need}"
-            ) from None
+            raise MirrorUnavailable.no_backend(mirror.label, module or "a backend", need) from None
         except ValueError as exc:
-            raise MirrorUnavailable("refused", f"mirror {mirror.label}: {exc}") from None
+            raise MirrorUnavailable(MirrorKind.REFUSED, mirror.label, str(exc)) from None
 
     def _path(self, url: str) -> str:
         return str(self.fs._strip_protocol(url))
 
     def _fail(self, exc: BaseException) -> MirrorUnavailable:
-        text = f"mirror {self.mirror.label}"
+        label = self.mirror.label
         names = {c.__name__ for c in type(exc).__mro__} | {
             type(c).__name__ for c in (exc.__cause__, exc.__context__) if c is not None
         }
         if isinstance(exc, FileNotFoundError):
-            return MirrorUnavailable("missing", f"{text}: no such object")
+            return MirrorUnavailable(MirrorKind.MISSING, label, "no such object")
         if isinstance(exc, PermissionError):
-            return MirrorUnavailable("refused", f"{text}: access denied (403)")
+            return MirrorUnavailable(MirrorKind.REFUSED, label, "access denied (403)")
         if names & set(_UNREACHABLE_NAMES) or isinstance(exc, ConnectionRefusedError):
-            return MirrorUnavailable("unreachable", f"{text}: {type(exc).__name__} (unreachable)")
+            gone = f"{type(exc).__name__} (unreachable)"
+            return MirrorUnavailable(MirrorKind.UNREACHABLE, label, gone)
         detail = f"{type(exc).__name__}: {redact_url(foreign_line(exc)[:200])}".rstrip(": ")
         if isinstance(exc, (OSError, TimeoutError)) or "Timeout" in type(exc).__name__:
-            return MirrorUnavailable("transient", f"{text}: {detail}")
-        return MirrorUnavailable("refused", f"{text}: {detail}")
+            return MirrorUnavailable(MirrorKind.TRANSIENT, label, detail)
+        return MirrorUnavailable(MirrorKind.REFUSED, label, detail)
 
     @contextmanager
     def stream(self, url: str) -> Iterator[Iterator[bytes]]:
@@ -371,7 +372,7 @@ class FsspecBackend:
             return int(self.fs.size(self._path(url)))
         except Exception as exc:
             failure = self._fail(exc)
-            if failure.kind == "missing":
+            if failure.kind is MirrorKind.MISSING:
                 return None
             raise failure from None
 
@@ -389,9 +390,9 @@ class FsspecBackend:
 
 
 def backend_for(mirror: Mirror, *, connect_timeout: float, read_timeout: float) -> Backend:
-    """The backend of ``mirror``; ``MirrorUnavailable("refused")`` when it is not installed."""
-    if mirror.kind == "folder":
+    """The backend of ``mirror``; ``MirrorUnavailable`` (``REFUSED``) when it is not installed."""
+    if mirror.kind is Storage.FOLDER:
         return FolderBackend(mirror)
-    if mirror.kind == "http":
+    if mirror.kind is Storage.HTTP:
         return HttpBackend(mirror, connect_timeout=connect_timeout, read_timeout=read_timeout)
     return FsspecBackend(mirror, connect_timeout=connect_timeout, read_timeout=read_timeout)

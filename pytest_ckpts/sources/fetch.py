@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._transfer import _cache_error as cache_error
-from ..errors import CacheError, MirrorUnavailable
+from ..errors import CacheError, MirrorKind, MirrorUnavailable
 from ..retry import RetryBudget, RunState, backoff_delay
 from .backends import Backend, backend_for
 from .template import Mirror, parse_mirror
@@ -188,21 +188,21 @@ class MirrorSet:
         while True:
             reason = self.dead(mirror)
             if reason is not None:
-                raise MirrorUnavailable("unreachable", reason)
+                gone = "not asked again in this run"
+                raise MirrorUnavailable(MirrorKind.UNREACHABLE, mirror.label, gone, text=reason)
             try:
                 return call(self.backend(mirror))
             except MirrorUnavailable as exc:
-                if exc.kind == "missing":
+                if exc.kind is MirrorKind.MISSING:
                     raise
-                if exc.kind != "transient":
+                if exc.kind is not MirrorKind.TRANSIENT:
                     self._give_up(mirror, exc)
                     raise
                 wait = exc.retry_after if exc.retry_after is not None else backoff_delay(attempt)
                 wait = max(wait, backoff_delay(0) / 2)
                 if attempt + 1 >= MAX_ATTEMPTS or not self.budget.take(wait):
-                    self._give_up(
-                        mirror, MirrorUnavailable(exc.kind, f"{exc.text} (retry budget spent)")
-                    )
+                    spent = f"{exc.problem} (retry budget spent)"
+                    self._give_up(mirror, MirrorUnavailable(exc.kind, exc.mirror, spent))
                     raise
                 logger.info("pytest-ckpts: %s; retrying in %.1fs", exc.text, wait)
                 self.sleep(wait)

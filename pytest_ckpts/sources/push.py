@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MirrorUnavailable
+from ..errors import MirrorKind, MirrorUnavailable
 from .backends import Backend
 from .fetch import MirrorSet, hash_stream
 from .template import Mirror, redact_url
@@ -88,6 +88,6 @@ def verify_one(mirrors: MirrorSet, mirror: Mirror, spec: CheckpointSpec, *, quic
             if actual != spec.sha256:
                 result.status, result.error = "mismatch", f"actual sha256 {actual}"
     except MirrorUnavailable as exc:
-        status = "missing" if exc.kind == "missing" else "failed"
+        status = "missing" if exc.kind is MirrorKind.MISSING else "failed"
         result.status, result.error = status, exc.text
     return result

@@ -15,6 +15,7 @@ names) after the same checks, and the result must stay under the template's pref
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import re
@@ -28,7 +29,15 @@ from ..errors import SettingError
 if TYPE_CHECKING:
     from ..manifest import CheckpointSpec
 
-__all__ = ["DEFAULT_LAYOUT", "PLACEHOLDERS", "Mirror", "SecretText", "parse_mirror", "redact_url"]
+__all__ = [
+    "DEFAULT_LAYOUT",
+    "PLACEHOLDERS",
+    "Mirror",
+    "SecretText",
+    "Storage",
+    "parse_mirror",
+    "redact_url",
+]
 
 PLACEHOLDERS = ("sha256", "name", "repo", "revision", "path", "filename")
 DEFAULT_LAYOUT = "{sha256}"
@@ -54,12 +63,23 @@ class SecretText(str):
         return repr(redact_url(str(self)))
 
 
+class Storage(str, enum.Enum):
+    """What kind of mirror a template names, and so which backend reads it."""
+
+    FOLDER = "folder"  # a local or mounted directory, file://
+    HTTP = "http"  # http:// and https:// (read-only)
+    FSSPEC = "fsspec"  # s3://, gs://, any other fsspec URL
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class Mirror:
     """One mirror: its template (which may hold credentials: never print it) and kind."""
 
     template: str
-    kind: str  # "folder" | "http" | "fsspec"
+    kind: Storage
     protocol: str  # "file", "http", "https", "s3", "gs", ...
 
     @property
@@ -90,7 +110,7 @@ class Mirror:
             "path": spec.hf_path,
             "filename": spec.filename,
         }
-        folder = self.kind == "folder"
+        folder = self.kind is Storage.FOLDER
         filled = {}
         for key, value in values.items():
             parts = value.split("/")
@@ -153,5 +173,11 @@ def parse_mirror(text: str, *, source: str) -> Mirror:
                 f"pytest-ckpts: {where}: placeholders may only follow the host "
                 "(scheme://host/prefix/{sha256})"
             )
-    kind = "folder" if protocol == "file" else "http" if protocol in ("http", "https") else "fsspec"
+    kind = (
+        Storage.FOLDER
+        if protocol == "file"
+        else Storage.HTTP
+        if protocol in ("http", "https")
+        else Storage.FSSPEC
+    )
     return Mirror(template=SecretText(template), kind=kind, protocol=protocol)

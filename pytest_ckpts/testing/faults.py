@@ -17,6 +17,7 @@ Stdlib only: importing this never pulls in a server.
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections import Counter
@@ -24,7 +25,15 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from email.utils import formatdate
 
-__all__ = ["DEFAULT_STATUS", "Fault", "FaultPlan", "RequestLog", "RequestRecord", "Ticket"]
+__all__ = [
+    "DEFAULT_STATUS",
+    "Fault",
+    "FaultKind",
+    "FaultPlan",
+    "RequestLog",
+    "RequestRecord",
+    "Ticket",
+]
 
 #: The status ``fail_next`` answers with unless told otherwise (both servers).
 DEFAULT_STATUS = 503
@@ -151,11 +160,22 @@ class RequestLog:
             self._generation += 1
 
 
+class FaultKind(str, enum.Enum):
+    """What a planned fault does; each has its :class:`FaultPlan` method."""
+
+    FAIL = "fail"
+    DELAY = "delay"
+    SLOW = "slow"
+    DROP = "drop"
+    CORRUPT = "corrupt"
+    TAMPER = "tamper"
+
+
 @dataclass
 class Fault:
     """One planned misbehaviour; see the :class:`FaultPlan` method that adds each kind."""
 
-    kind: str  # "fail" | "delay" | "slow" | "drop" | "corrupt" | "tamper"
+    kind: FaultKind
     remaining: int | None  # None: every matching request
     method: str | None = None
     path_contains: str | None = None
@@ -225,7 +245,7 @@ class FaultPlan:
         """
         self._add(
             Fault(
-                "fail", _count(n), method, path_contains, route, status=status,
+                FaultKind.FAIL, _count(n), method, path_contains, route, status=status,
                 retry_after=retry_after, http_date=http_date, echo_auth=echo_auth,
             )
         )  # fmt: skip
@@ -261,7 +281,7 @@ class FaultPlan:
         route: str | None = None,
     ) -> None:
         """Wait ``seconds`` before answering matching requests (all of them if ``n`` is None)."""
-        self._add(Fault("delay", _count(n), method, path_contains, route, seconds=seconds))
+        self._add(Fault(FaultKind.DELAY, _count(n), method, path_contains, route, seconds=seconds))
 
     def slow(
         self,
@@ -280,7 +300,7 @@ class FaultPlan:
             raise ValueError(f"bytes_per_second must be > 0, not {bytes_per_second!r}")
         self._add(
             Fault(
-                "slow", _count(n), method, path_contains, route, seconds=latency,
+                FaultKind.SLOW, _count(n), method, path_contains, route, seconds=latency,
                 bytes_per_second=bytes_per_second,
             )
         )  # fmt: skip
@@ -303,13 +323,13 @@ class FaultPlan:
         ``reset=False`` closes cleanly, which the client answers by asking again.
         """
         self._add(
-            Fault("drop", _count(n), "GET", path_contains, route, after_bytes=after_bytes,
+            Fault(FaultKind.DROP, _count(n), "GET", path_contains, route, after_bytes=after_bytes,
                   reset=reset)
         )  # fmt: skip
 
     def corrupt_next(self, n: int = 1, *, path_contains: str | None = None) -> None:
         """Flip the first byte of the next ``n`` file bodies (length and headers unchanged)."""
-        self._add(Fault("corrupt", _count(n), "GET", path_contains))
+        self._add(Fault(FaultKind.CORRUPT, _count(n), "GET", path_contains))
 
     def tamper(
         self,
@@ -327,7 +347,7 @@ class FaultPlan:
         """
         if start < 0 or (end is not None and end <= start):
             raise ValueError(f"tamper needs 0 <= start < end, got start={start}, end={end}")
-        self._add(Fault("tamper", _count(n), "GET", path_contains, start=start, end=end))
+        self._add(Fault(FaultKind.TAMPER, _count(n), "GET", path_contains, start=start, end=end))
 
     # -- connections
     def blackhole(self, on: bool = True) -> None:
@@ -358,11 +378,14 @@ class FaultPlan:
         with self._lock:
             return [replace(f) for f in self._faults if f.remaining is None or f.remaining > 0]
 
-    def take(self, kind: str, method: str, path: str, route: str = "other") -> Fault | None:
+    def take(
+        self, kind: FaultKind | str, method: str, path: str, route: str = "other"
+    ) -> Fault | None:
         """For servers: use up and return the first matching fault of ``kind``."""
+        kind = FaultKind(kind)
         with self._lock:
             for fault in self._faults:
-                if fault.kind == kind and fault.matches(method, path, route):
+                if fault.kind is kind and fault.matches(method, path, route):
                     if fault.remaining is not None:
                         fault.remaining -= 1
                     return replace(fault)

@@ -32,7 +32,7 @@ from typing import Any
 from .._extras import require
 from ..archive import verify_archive
 from ..uploads import STAGE_ARTIFACT_PATHS
-from .faults import FaultPlan, RequestLog, RequestRecord, Ticket
+from .faults import FaultKind, FaultPlan, RequestLog, RequestRecord, Ticket
 
 __all__ = [
     "ARTIFACT_ROOT_ENV",
@@ -372,11 +372,11 @@ class _FaultMiddleware:
 
         method, path = scope["method"], scope["path"]
         route = mlflow_route_kind(method, path)
-        for kind in ("delay", "slow"):
+        for kind in (FaultKind.DELAY, FaultKind.SLOW):
             wait = self.faults.take(kind, method, path, route)
             if wait is not None and wait.seconds:
                 await asyncio.sleep(wait.seconds)
-        fail = self.faults.take("fail", method, path, route)
+        fail = self.faults.take(FaultKind.FAIL, method, path, route)
         if fail is not None:
             while True:  # drain the upload body so the client sees the answer cleanly
                 message = await receive()

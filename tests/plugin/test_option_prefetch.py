@@ -241,7 +241,7 @@ def _partial_path(project: Path, name: str) -> tuple[Store, Path]:
     store = Store(manifest)
     spec = manifest.get(name)
     assert spec.revision is not None
-    return store, Cache(store.cache).incomplete_path(spec, spec.revision)
+    return store, Cache(store.layout.root).incomplete_path(spec, spec.revision)
 
 
 def test_a_partial_file_is_continued_from_where_it_ends(

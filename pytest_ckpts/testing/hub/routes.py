@@ -21,7 +21,7 @@ import socket
 import urllib.parse
 from functools import partial
 
-from ..faults import Fault
+from ..faults import Fault, FaultKind
 from .api import TYPES, ApiHandler, Handler
 from .content import Blob
 
@@ -89,7 +89,7 @@ class HubHandler(ApiHandler):
     def _injected(self) -> bool:
         """Apply delay, slow and fail faults; True when the request is dealt with."""
         faults, args = self.hub.faults, (self.command, self.path, self._route_kind)
-        for kind in ("delay", "slow"):
+        for kind in (FaultKind.DELAY, FaultKind.SLOW):
             fault = faults.take(kind, *args)
             if fault is None:
                 continue
@@ -98,7 +98,7 @@ class HubHandler(ApiHandler):
                 return True
             if fault.bytes_per_second is not None:
                 self._rate = fault.bytes_per_second
-        fail = faults.take("fail", *args)
+        fail = faults.take(FaultKind.FAIL, *args)
         if fail is None:
             return False
         self._drain()
@@ -198,9 +198,9 @@ class HubHandler(ApiHandler):
 
     def _stream(self, ticket: tuple[int, int], blob: Blob, start: int, end: int) -> None:
         faults, args = self.hub.faults, (self.command, self.path, self._route_kind)
-        drop = faults.take("drop", *args)
-        corrupt = faults.take("corrupt", *args)
-        tamper = faults.take("tamper", *args)
+        drop = faults.take(FaultKind.DROP, *args)
+        corrupt = faults.take(FaultKind.CORRUPT, *args)
+        tamper = faults.take(FaultKind.TAMPER, *args)
         cut = None if drop is None else min(drop.after_bytes, max(0, end - start - 1))
         sent = 0
         for chunk in blob.read(start, end):
