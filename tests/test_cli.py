@@ -430,3 +430,19 @@ def test_no_upload_progress_bars_in_a_ci_log(project: Path, hub: LocalHub) -> No
     for stream in (proc.stdout, proc.stderr):
         assert b"\r" not in stream
         assert b"\x1b" not in stream
+
+
+DATA = os.urandom(48 * 1024) + b"ckpt"
+
+
+def test_fetch_jobs_keeps_manifest_order(project: Path, hub: LocalHub) -> None:
+    import io
+
+    files = {n: DATA + n.encode() for n in ("d", "c", "b", "a")}
+    path = make_manifest(project, hub, files)
+    hub.faults.delay(0.3, n=1, path_contains="weights/d.ckpt")  # the first one finishes last
+    out = io.StringIO()
+    assert main(["--manifest", str(path), "fetch", "-q", "-j", "4"], out=out) == 0
+    names = [line.split()[1] for line in out.getvalue().splitlines()]
+    assert names == ["d", "c", "b", "a"]
+    assert hub.stats.bodies_served == 4

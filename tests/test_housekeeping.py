@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pytest_ckpts.cli import main
 from pytest_ckpts.manifest import CheckpointSpec
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
-from tests.helpers import make_manifest
+from tests.helpers import dead_endpoint, make_manifest
 
 DATA = os.urandom(48 * 1024) + b"weights"
 
@@ -132,3 +133,33 @@ def test_prune_keeps_huggingface_hub_in_flight_file(project: Path, hub: LocalHub
     result = cache.prune(manifest)
     assert result.removed_incomplete == [part]
     assert not part.exists()
+
+
+FILES = {name: os.urandom(16 * 1024) + name.encode() for name in ("vae", "ldm")}
+
+
+def test_run_records_are_removed_after_the_run_and_by_prune(pytester: pytest.Pytester) -> None:
+    make_manifest(pytester.path, None, FILES, endpoint=dead_endpoint())
+    pytester.makepyfile(
+        test_it="""
+        import pytest
+
+        @pytest.mark.requires_checkpoints("vae")
+        def test_vae(checkpoints):
+            pass
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider", "-n", "2").assert_outcomes(skipped=1)
+    runs = pytester.path / "checkpoints" / ".ckpts" / "runs"
+    assert not [p for p in runs.glob("*") if p.is_file()]  # the run removed its record
+    # a crashed run leaves its record behind: prune removes it once it is a day old
+    runs.mkdir(parents=True, exist_ok=True)
+    old, fresh = runs / "old.json", runs / "fresh.json"
+    old.write_text("{}")
+    fresh.write_text("{}")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    manifest = pytester.path / "checkpoints" / "checkpoints.yaml"
+    assert main(["--manifest", str(manifest), "cache", "prune"]) == 0
+    assert not old.exists()
+    assert fresh.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,10 +19,11 @@ import pytest
 
 from pytest_ckpts import CheckpointDownloadError, load_manifest
 from pytest_ckpts.hub_client import HubClient
-from pytest_ckpts.retry import MAX_ATTEMPTS, RetryBudget, backoff_delay
+from pytest_ckpts.manifest import Manifest
+from pytest_ckpts.retry import MAX_ATTEMPTS, RetryBudget, RunState, backoff_delay, parse_retry_after
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
-from tests.helpers import make_manifest
+from tests.helpers import dead_endpoint, make_manifest
 
 pytest_plugins = ["pytester"]
 
@@ -101,7 +103,6 @@ def test_retry_after_zero_still_costs_the_budget(
 
 def test_failed_attempts_cost_their_wall_time(project: Path, hub: LocalHub) -> None:
     """A hub that takes 0.5 s to say 503: the time spent asking counts, not only the waits."""
-    import time
 
     path = make_manifest(project, hub, {"a": DATA})
     hub.faults.delay(0.5, route="revision")
@@ -212,3 +213,148 @@ def test_ratelimit_longer_than_the_budget_fails_at_once_saying_how_long(
 
 
 # --------------------------------------------------------------------------- bad budgets
+
+
+CKPT = os.urandom(48 * 1024) + b"ckpt"
+
+
+def waiting_store(manifest: Manifest, waits: list[float], budget: float = 60.0) -> Store:
+    """A store whose hub client records each wait between attempts instead of sleeping:
+    timing is asserted on what the retry policy asked for, never on the wall clock."""
+    client = HubClient.for_manifest(manifest, budget=RetryBudget(budget), sleep=waits.append)
+    return Store(manifest, client=client)
+
+
+def test_retry_after_accepts_seconds_and_http_dates() -> None:
+    assert parse_retry_after("7") == 7.0
+    now = 1_700_000_000.0
+    assert parse_retry_after("Tue, 14 Nov 2023 22:13:30 GMT", now=now) == pytest.approx(10.0)
+    assert parse_retry_after("Tue, 14 Nov 2023 22:13:00 GMT", now=now) == 0.0  # in the past
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+def test_transient_5xx_on_the_revision_lookup_is_retried(project: Path, hub: LocalHub) -> None:
+    manifest = load_manifest(make_manifest(project, hub, {"a": CKPT}))
+    hub.faults.fail_next(2, 503, path_contains="/api/models/")
+    ckpt = Store(manifest).resolve(manifest.get("a"))
+    assert ckpt.path.read_bytes() == CKPT
+    assert hub.stats.count(path_contains="/api/models/") == 3
+
+
+def test_transient_5xx_on_the_download_is_retried(project: Path, hub: LocalHub) -> None:
+    manifest = load_manifest(make_manifest(project, hub, {"a": CKPT}, pinned=True))
+    hub.faults.fail_next(1, 502, method="GET", path_contains="weights/a.ckpt")
+    ckpt = Store(manifest).resolve(manifest.get("a"))
+    assert ckpt.path.read_bytes() == CKPT
+    assert ckpt.source == "downloaded"
+
+
+def test_spent_budget_fails_at_once_naming_it(project: Path, hub: LocalHub) -> None:
+    manifest = load_manifest(make_manifest(project, hub, {"a": CKPT}))
+    hub.faults.fail_next(50, 503, path_contains="/api/models/")
+    waits: list[float] = []
+    with pytest.raises(CheckpointDownloadError) as info:
+        waiting_store(manifest, waits, budget=1.0).resolve(manifest.get("a"))
+    assert waits  # it waited...
+    assert sum(waits) <= 1.0  # ...within the budget, then gave up
+    message = str(info.value)
+    assert "HTTP 503" in message
+    assert "retry budget" in message
+    assert info.value.kind == "transient"
+
+
+def test_permanent_errors_are_never_retried(project: Path, hub: LocalHub) -> None:
+    manifest = load_manifest(make_manifest(project, hub, {"a": CKPT}))
+    hub.faults.fail_next(5, 404, method="GET", path_contains="weights/a.ckpt")
+    with pytest.raises(CheckpointDownloadError) as info:
+        Store(manifest).resolve(manifest.get("a"))
+    assert info.value.kind == "permanent"
+    assert hub.stats.count(method="GET", path_contains="weights/a.ckpt") == 1
+
+
+def test_rate_limit_says_429_and_names_hf_token(project: Path, hub: LocalHub) -> None:
+    manifest = load_manifest(make_manifest(project, hub, {"a": CKPT}))
+    hub.faults.fail_next(50, 429, path_contains="/api/models/")
+    with pytest.raises(CheckpointDownloadError) as info:
+        Store(manifest, retry_budget=0.5).resolve(manifest.get("a"))
+    assert "429" in str(info.value)
+    assert "HF_TOKEN" in str(info.value)
+
+
+def test_unreachable_endpoint_is_remembered_across_processes(project: Path, tmp_path: Path) -> None:
+    """A second process of the run (an xdist worker) learns it from the run-state file."""
+    endpoint = dead_endpoint()
+    manifest = load_manifest(
+        make_manifest(project, None, {"a": CKPT, "b": CKPT[::-1]}, endpoint=endpoint, pinned=False)
+    )
+    state = tmp_path / "run.json"
+    with pytest.raises(CheckpointDownloadError):
+        Store(manifest, run_state=RunState(state)).resolve(manifest.get("a"))
+    assert endpoint in state.read_text()
+    # the "other process": a fresh store and run-state object reading the same file
+    other = Store(manifest, run_state=RunState(state))
+    with pytest.raises(CheckpointDownloadError) as info:
+        other.resolve(manifest.get("b"))
+    assert "hub unreachable" in str(info.value)
+    assert "remembered for this run" in str(info.value)
+    assert "weights/b.ckpt" in str(info.value)  # names its own checkpoint
+
+
+def test_pinned_revisions_on_a_dead_hub_cost_one_probe(project: Path) -> None:
+    endpoint = dead_endpoint()
+    files = {n: CKPT + n.encode() for n in ("a", "b", "c", "d")}
+    path = make_manifest(project, None, files, endpoint=endpoint)
+    text = path.read_text() + '  revision: "' + "a" * 40 + '"\n'
+    path.write_text(text)
+    manifest = load_manifest(path)
+    waits: list[float] = []
+    store = waiting_store(manifest, waits)
+    for name in files:
+        with pytest.raises(CheckpointDownloadError) as info:
+            store.resolve(manifest.get(name))
+        assert "hub unreachable" in str(info.value)
+        assert "hf_path" not in str(info.value)
+    assert waits == []  # a refused connection is not retried (the client alone: ~23 s per file)
+
+
+def test_429_with_retry_after_is_honoured_on_the_revision_lookup(
+    project: Path, hub: LocalHub
+) -> None:
+    """One 429 used to skip every test of a cold run; Retry-After was ignored."""
+    manifest = load_manifest(make_manifest(project, hub, {"a": CKPT}))
+    hub.throttle(1, retry_after=1, route="revision")
+    waits: list[float] = []
+    ckpt = waiting_store(manifest, waits).resolve(manifest.get("a"))
+    assert waits == [1.0]  # it waited as asked (the first backoff step is 0.25-0.5 s)
+    assert ckpt.path.read_bytes() == CKPT
+    assert hub.stats.count(route="revision", status=429) == 1
+    assert hub.stats.count(route="revision", status=200) == 1
+
+
+def test_429_with_an_http_date_on_the_download_is_honoured(project: Path, hub: LocalHub) -> None:
+    manifest = load_manifest(make_manifest(project, hub, {"a": CKPT}, pinned=True))
+    hub.throttle(1, retry_after=3, http_date=True, route="file")
+    waits: list[float] = []
+    ckpt = waiting_store(manifest, waits).resolve(manifest.get("a"))
+    # the date has whole seconds: 2-3 s from now, above any first backoff step (<= 0.5 s)
+    (wait,) = waits
+    assert 1.0 <= wait <= 3.0
+    assert ckpt.path.read_bytes() == CKPT
+    assert hub.stats.count(route="file", status=429) == 1
+
+
+def test_retry_after_longer_than_the_budget_fails_at_once_naming_it(
+    project: Path, hub: LocalHub
+) -> None:
+    manifest = load_manifest(make_manifest(project, hub, {"a": CKPT}))
+    hub.throttle(1, retry_after=3600, route="revision")
+    waits: list[float] = []
+    with pytest.raises(CheckpointDownloadError) as info:
+        waiting_store(manifest, waits, budget=60).resolve(manifest.get("a"))
+    assert waits == []  # it did not wait at all
+    message = str(info.value)
+    assert "429" in message
+    assert "Retry-After" in message
+    assert "3600" in message
+    assert "HF_TOKEN" in message

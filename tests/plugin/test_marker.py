@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pytest_ckpts.testing import LocalHub
@@ -42,3 +44,38 @@ def test_marker_registered_and_m_filter_works(pytester: pytest.Pytester, hub: Lo
     # test_lazy uses the `checkpoint` fixture: it needs a checkpoint, so it is deselected too
     result.assert_outcomes(passed=1, deselected=2)
     assert hub.stats.request_count == 0
+
+
+VAE_LDM = {name: os.urandom(16 * 1024) + name.encode() for name in ("vae", "ldm")}
+
+
+def test_fixture_users_are_deselected_by_marker_filter(
+    pytester: pytest.Pytester, hub: LocalHub
+) -> None:
+    make_manifest(pytester.path, hub, VAE_LDM)
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture
+        def model(checkpoint):          # uses a checkpoint fixture indirectly
+            return checkpoint("vae")
+        """
+    )
+    pytester.makepyfile(
+        test_it="""
+        def test_direct(checkpoint):
+            checkpoint("ldm")
+
+        def test_through_fixture(model):
+            assert model.path.is_file()
+
+        def test_plain():
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-m", "not requires_checkpoints")
+    result.assert_outcomes(passed=1, deselected=2)
+    assert hub.stats.request_count == 0
+    result = pytester.runpytest("-p", "no:cacheprovider", "-m", "requires_checkpoints")
+    result.assert_outcomes(passed=2, deselected=1)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from pytest_ckpts.cli import main
 from pytest_ckpts.testing import LocalHub
 from tests.helpers import dead_endpoint, make_manifest
 from tests.plugin.suites import FILES, SMALL_FILES, TESTS
@@ -256,8 +257,6 @@ def test_plugin_run_after_verify_mismatch_downloads_again(
     downloads the file again."""
     import io
 
-    from pytest_ckpts.cli import main
-
     make_manifest(pytester.path, hub, SMALL_FILES, pinned=True)
     pytester.makepyfile(
         test_it=f"""
@@ -283,3 +282,44 @@ def test_plugin_run_after_verify_mismatch_downloads_again(
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert hub.stats.bodies_served == 1
+
+
+DATA = os.urandom(48 * 1024) + b"ckpt"
+
+
+FOUR = {n: DATA + n.encode() for n in ("a", "b", "c", "d")}
+
+
+FOUR_TESTS = """
+import pytest
+
+@pytest.mark.parametrize("name", ["a", "b", "c", "d"])
+def test_each(checkpoint, name):
+    checkpoint(name)
+"""
+
+
+@pytest.mark.slow
+def test_blackholed_hub_costs_one_probe_for_the_whole_xdist_run(
+    pytester: pytest.Pytester, hub: LocalHub
+) -> None:
+    """A hub that accepts connections and never answers: one connection, one timeout."""
+    make_manifest(pytester.path, hub, FOUR, pinned=True)
+    pytester.makepyfile(test_it=FOUR_TESTS)
+    hub.blackhole()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "-rs", timeout=120)
+    result.assert_outcomes(skipped=4)
+    result.stdout.fnmatch_lines(["*hub unreachable*no answer in time*"])
+    assert "hf_path" not in result.stdout.str()
+    assert hub.connections_accepted == 1
+
+
+def test_dead_hub_with_pinned_revisions_in_a_run(pytester: pytest.Pytester) -> None:
+    """Pinned commits + port closed: every test skips with the real cause, fast."""
+    path = make_manifest(pytester.path, None, FOUR, endpoint=LocalHub.dead_endpoint())
+    path.write_text(path.read_text() + '  revision: "' + "c" * 40 + '"\n')
+    pytester.makepyfile(test_it=FOUR_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=4)
+    result.stdout.fnmatch_lines(["*hub unreachable*Connect*"])
+    assert "hf_path" not in result.stdout.str()

@@ -27,7 +27,7 @@ from pytest_ckpts import load_manifest
 from pytest_ckpts.cache import Cache
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
-from tests.helpers import make_manifest
+from tests.helpers import dead_endpoint, make_manifest
 
 pytest_plugins = ["pytester"]
 
@@ -283,3 +283,65 @@ def test_a_corrupt_partial_file_is_caught_by_the_checksum_and_fetched_again(
     ckpt = store.resolve(store.manifest.get("a"))
     assert ckpt.path.read_bytes() == files["a"]
     assert [r.range for r in hub.stats.select("GET", route="file")] == ["bytes=1000-", None]
+
+
+DATA = os.urandom(48 * 1024) + b"ckpt"
+
+
+FILES = {name: os.urandom(16 * 1024) + name.encode() for name in ("vae", "ldm")}
+
+
+def test_prefetch_downloads_each_file_once_with_the_same_outcomes(
+    pytester: pytest.Pytester, hub: LocalHub, plugin_args: list[str]
+) -> None:
+    files = {n: DATA + n.encode() for n in ("a", "b", "c", "d")}
+    make_manifest(pytester.path, hub, files)
+    pytester.makepyfile(
+        test_it=textwrap.dedent(
+            """
+            import pytest
+
+            @pytest.mark.parametrize("name", ["a", "b", "c", "d"])
+            def test_each(checkpoint, name):
+                assert checkpoint(name).path.read_bytes().endswith(name.encode())
+
+            @pytest.mark.requires_checkpoints("a", "b", "c", "d")
+            def test_all(checkpoints):
+                assert len(checkpoints) == 4
+            """
+        )
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--ckpts-prefetch", "4", *plugin_args)
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(["*4 downloaded*"])
+    assert hub.stats.bodies_served == 4
+
+
+def test_prefetch_failures_reach_the_test_as_without_prefetch(pytester: pytest.Pytester) -> None:
+    make_manifest(pytester.path, None, FILES, endpoint=dead_endpoint())
+    pytester.makepyfile(
+        test_it="""
+        import pytest
+
+        @pytest.mark.requires_checkpoints("vae")
+        def test_vae(checkpoints):
+            pass
+        """
+    )
+    outcomes = []
+    for prefetch in ("0", "4"):
+        result = pytester.runpytest("-p", "no:cacheprovider", "-rs", "--ckpts-prefetch", prefetch)
+        result.assert_outcomes(skipped=1)
+        line = next(x for x in result.stdout.lines if x.startswith("SKIPPED"))
+        outcomes.append(line.split(":", 2)[2].split("127.0.0.1")[0])
+    assert outcomes[0] == outcomes[1]
+
+
+def test_bad_prefetch_and_budget_values_are_usage_errors(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_it="def test_x(): pass")
+    result = pytester.runpytest_subprocess("--ckpts-prefetch", "many")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    pytester.makeini("[pytest]\nckpts_retry_budget = -3\n")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini ckpts_retry_budget*"])

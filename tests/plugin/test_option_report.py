@@ -230,3 +230,58 @@ def test_step_summary_cells_are_literal_text(
     cells = line.split("|")[1:-1]  # no pipe of the text splits the row
     assert len(cells) == 7, line  # name, status, source, bytes, seconds, commit, reason
     assert html.unescape(cells[6].strip()) == " ".join(reason.split())
+
+
+FILES = {name: os.urandom(16 * 1024) + name.encode() for name in ("vae", "ldm")}
+
+
+def test_json_report_and_github_step_summary(
+    pytester: pytest.Pytester, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_manifest(pytester.path, hub, {**FILES, "gone": b"never published"})
+    hub_text = (pytester.path / "checkpoints" / "checkpoints.yaml").read_text()
+    # 'gone' is named in the manifest but the hub never had it: a permanent 404
+    hub.faults.fail_next(5, 404, method="GET", path_contains="weights/gone.ckpt")
+    assert "gone" in hub_text
+    pytester.makepyfile(
+        test_it="""
+        import pytest
+
+        @pytest.mark.requires_checkpoints("vae", "ldm")
+        def test_both(checkpoints):
+            pass
+
+        @pytest.mark.requires_checkpoints("gone")
+        def test_gone(checkpoints):
+            pass
+        """
+    )
+    summary = pytester.path / "step_summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    report = pytester.path / "out" / "report.json"
+    report.parent.mkdir()
+    result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "--ckpts-report", str(report))
+    result.assert_outcomes(passed=1, skipped=1)
+    rows = {r["name"]: r for r in json.loads(report.read_text())["checkpoints"]}
+    assert set(rows) == {"vae", "ldm", "gone"}
+    for name in ("vae", "ldm"):
+        row = rows[name]
+        assert row["status"] == "downloaded"
+        assert row["bytes"] == len(FILES[name])
+        assert row["size"] == len(FILES[name])
+        assert row["sha256"] == hashlib.sha256(FILES[name]).hexdigest()
+        assert row["commit"] == hub.commit_sha(REPO)
+        assert row["reason"] is None
+        assert row["seconds"] >= 0
+    assert rows["gone"]["status"] == "skipped"
+    assert "404" in rows["gone"]["reason"]
+    text = summary.read_text()
+    assert text.startswith("earlier step\n")
+    assert "| vae | downloaded |" in text
+    assert text.count("### Checkpoints") == 1  # once per run, by the controller
+
+    # a warm second run: cached, 0 bytes
+    result = pytester.runpytest("-p", "no:cacheprovider", "--ckpts-report", str(report))
+    rows = {r["name"]: r for r in json.loads(report.read_text())["checkpoints"]}
+    assert (rows["vae"]["status"], rows["vae"]["bytes"]) == ("cached", 0)

@@ -21,13 +21,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import dead_endpoint, make_manifest
 
-from pytest_ckpts import ChecksumMismatchError, load_manifest
+from pytest_ckpts import CheckpointDownloadError, ChecksumMismatchError, load_manifest
 from pytest_ckpts.cache import Cache
 from pytest_ckpts.cli import main
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import dead_endpoint, make_manifest
 
 pytest_plugins = ["pytester"]
 
@@ -249,7 +249,7 @@ def test_read_only_restored_copy_with_the_hub_down_is_stale(
 ) -> None:
     """A restored cache mounted read-only (no stamp can be written, no lock taken): each
     file is still re-hashed once per process and served ``stale``."""
-    from test_hardening_mounts import Mounts
+    from tests.helpers import Mounts
 
     if shutil.which("mount") is None:
         pytest.skip("no mount command: a read-only cache needs a real mount")
@@ -269,3 +269,58 @@ def test_read_only_restored_copy_with_the_hub_down_is_stale(
         assert {r["status"] for r in _rows(report).values()} == {"stale"}
     finally:
         helper.unmount_all()
+
+
+DATA = os.urandom(48 * 1024) + b"ckpt"
+
+
+VAE_LDM = {name: os.urandom(16 * 1024) + name.encode() for name in ("vae", "ldm")}
+
+
+def test_stale_copy_is_used_when_the_branch_cannot_be_resolved(
+    project: Path, hub: LocalHub
+) -> None:
+    manifest = load_manifest(make_manifest(project, hub, {"a": DATA}))
+    fresh = Store(manifest).resolve(manifest.get("a"))
+    hub.faults.fail_next(50, 503, path_contains="/api/models/")
+    store = Store(manifest, retry_budget=0.5)
+    stale = store.resolve(manifest.get("a"))
+    assert stale.source == "stale"
+    assert stale.path.read_bytes() == DATA
+    assert stale.revision == fresh.revision
+    assert fresh.revision[:12] in store.stale_reasons["a"]
+    assert "verified" in store.stale_reasons["a"]
+
+
+def test_no_stale_copy_for_a_permanent_error(project: Path, hub: LocalHub) -> None:
+    manifest = load_manifest(make_manifest(project, hub, {"a": DATA}))
+    Store(manifest).resolve(manifest.get("a"))
+    hub.faults.fail_next(5, 404, path_contains="/api/models/")
+    with pytest.raises(CheckpointDownloadError):
+        Store(manifest).resolve(manifest.get("a"))
+
+
+def test_stale_copy_in_require_mode_passes_and_is_reported(
+    pytester: pytest.Pytester, hub: LocalHub
+) -> None:
+    make_manifest(pytester.path, hub, VAE_LDM)
+    pytester.makepyfile(
+        test_it="""
+        import pytest
+
+        @pytest.mark.requires_checkpoints("vae")
+        def test_vae(checkpoints):
+            assert checkpoints["vae"].path.read_bytes().endswith(b"vae")
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    hub.stop()  # the hub is gone: connection refused
+    report = pytester.path / "report.json"
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--ckpts=require", "--ckpts-report", str(report)
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*0 cached, 1 stale*", "stale      vae: stale: commit *verified*"])
+    (row,) = json.loads(report.read_text())["checkpoints"]
+    assert row["status"] == "stale"
+    assert "hub unreachable" in row["reason"]

@@ -1,6 +1,6 @@
 """The shared fault plan (pytest_ckpts.testing.faults), as the MLflow test server applies it.
 
-The local hub's side is in tests/test_hub_faults.py; here the same plan sits in front
+The local hub's side is in tests/testing/test_hub_faults.py; here the same plan sits in front
 of the real MLflow app, driven over HTTP.
 """
 
