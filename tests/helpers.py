@@ -82,6 +82,20 @@ def dead_endpoint() -> str:
     return LocalHub.dead_endpoint()
 
 
+# twelve checkpoints of about 1 kB, for what small files cost
+SMALL = {f"c{i:02d}": os.urandom(1000) + bytes([i]) for i in range(12)}
+
+
+def fetch_quietly(project: Path, *names: str) -> None:
+    """``pytest-ckpts fetch -q NAMES`` of the project's manifest, in this process; must succeed."""
+    out = io.StringIO()
+    code = main(
+        ["--manifest", str(project / "checkpoints" / "checkpoints.yaml"), "fetch", "-q", *names],
+        out=out,
+    )
+    assert code == 0, out.getvalue()
+
+
 def cli(*args: str) -> tuple[int, str]:
     """Run ``pytest-ckpts ARGS`` in this process: (exit code, what it printed)."""
     out = io.StringIO()

@@ -27,7 +27,7 @@ from pytest_ckpts import load_manifest
 from pytest_ckpts.cache import Cache
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
-from tests.helpers import dead_endpoint, make_manifest
+from tests.helpers import SMALL, dead_endpoint, make_manifest
 
 pytest_plugins = ["pytester"]
 
@@ -345,3 +345,50 @@ def test_bad_prefetch_and_budget_values_are_usage_errors(pytester: pytest.Pytest
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*ini ckpts_retry_budget*"])
+
+
+def test_a_warm_run_starts_no_prefetch_thread(pytester: pytest.Pytester, hub: LocalHub) -> None:
+    """Prefetch handed every checkpoint to its thread pool even when every file was
+    stamped: 1000 futures, 4 threads fighting the main thread for the GIL, a warm run
+    1.56x a plain hf_hub_download fixture. Warm pinned entries are now decided on the
+    main thread from their stamps; the pool gets only what is missing."""
+    make_manifest(pytester.path, hub, SMALL, pinned=True)
+    names = list(SMALL)
+    pytester.makeconftest(
+        textwrap.dedent(
+            """
+            import threading
+
+            SEEN = set()
+
+            def pytest_runtest_call(item):
+                SEEN.update(t.name for t in threading.enumerate())
+
+            def pytest_terminal_summary(terminalreporter):
+                prefetch = sorted(n for n in SEEN if n.startswith("ckpts-prefetch"))
+                terminalreporter.write_line(f"prefetch threads: {len(prefetch)}")
+            """
+        )
+    )
+    pytester.makepyfile(
+        test_it=textwrap.dedent(
+            f"""
+            import pytest
+
+            @pytest.mark.parametrize(
+                "name",
+                [pytest.param(n, marks=pytest.mark.requires_checkpoints(n)) for n in {names!r}],
+            )
+            def test_one(checkpoints, name):
+                assert checkpoints[name].path.is_file()
+            """
+        )
+    )
+    cold = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    cold.assert_outcomes(passed=len(names))
+    assert "prefetch threads: 0" not in cold.stdout.str()  # the cold run does use the pool
+    hub.stats.reset()
+    warm = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    warm.assert_outcomes(passed=len(names))
+    warm.stdout.fnmatch_lines(["prefetch threads: 0", f"0 downloaded (*), {len(names)} cached*"])
+    assert hub.stats.request_count == 0
