@@ -359,7 +359,7 @@ def test_cited_test_files_exist() -> None:
     cited = {
         (path.relative_to(root), match)
         for path in PACKAGE.rglob("*.py")
-        for match in re.findall(r"tests/test_\w+\.py", path.read_text(encoding="utf-8"))
+        for match in re.findall(r"tests/(?:\w+/)*test_\w+\.py", path.read_text(encoding="utf-8"))
     }
     assert [(str(p), m) for p, m in sorted(cited) if not (root / m).is_file()] == []
 
