@@ -212,7 +212,7 @@ def test_ratelimit_longer_than_the_budget_fails_at_once_saying_how_long(
     assert "60s left of the retry budget" in message
 
 
-# --------------------------------------------------------------------------- bad budgets
+# --------------------------------------------------------------------------- against the local hub
 
 
 CKPT = os.urandom(48 * 1024) + b"ckpt"
@@ -222,7 +222,7 @@ def waiting_store(manifest: Manifest, waits: list[float], budget: float = 60.0) 
     """A store whose hub client records each wait between attempts instead of sleeping:
     timing is asserted on what the retry policy asked for, never on the wall clock."""
     client = HubClient.for_manifest(manifest, budget=RetryBudget(budget), sleep=waits.append)
-    return Store(manifest, client=client)
+    return Store(manifest, hub=client)
 
 
 def test_retry_after_accepts_seconds_and_http_dates() -> None:
