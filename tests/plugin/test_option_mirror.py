@@ -34,12 +34,13 @@ def test_library():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist"])
 def test_pinned_files_from_a_folder_mirror_make_no_hub_request(
     pytester: pytest.Pytester,
     hub: LocalHub,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    plugin_args: list[str],
+    xdist: list[str],
 ) -> None:
     make_manifest(pytester.path, hub, FILES, pinned=True)
     fill_folder(tmp_path / "mirror", FILES)
@@ -50,11 +51,7 @@ def test_pinned_files_from_a_folder_mirror_make_no_hub_request(
     report = pytester.path / "report.json"
     mirror = str(tmp_path / "mirror")
     result = pytester.runpytest(
-        "-p",
-        "no:cacheprovider",
-        *plugin_args,
-        f"--ckpts-mirror={mirror}",
-        f"--ckpts-report={report}",
+        "-p", "no:cacheprovider", *xdist, f"--ckpts-mirror={mirror}", f"--ckpts-report={report}"
     )
     result.assert_outcomes(passed=3)
     assert hub.stats.request_count == 0
@@ -67,7 +64,7 @@ def test_pinned_files_from_a_folder_mirror_make_no_hub_request(
     }
     assert f"| vae | downloaded | {label} |" in html.unescape(summary.read_text())
     # warm: from the cache, still no request
-    result = pytester.runpytest("-p", "no:cacheprovider", *plugin_args, f"--ckpts-report={report}")
+    result = pytester.runpytest("-p", "no:cacheprovider", *xdist, f"--ckpts-report={report}")
     result.assert_outcomes(passed=3)
     rows = {r["name"]: r for r in json.loads(report.read_text())["checkpoints"]}
     assert {r["source"] for r in rows.values()} == {"cache"}
