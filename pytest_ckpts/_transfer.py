@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,8 @@ from .errors import CacheError, CheckpointDownloadError, Fix, TransferStopped
 from .manifest import CheckpointSpec
 
 if TYPE_CHECKING:
+    import socket
+
     from .hub_client import HubClient
 
 logger = logging.getLogger("pytest_ckpts")
@@ -87,6 +88,8 @@ class TransferStop:
         """While reading ``response``, :meth:`set` also shuts its connection down."""
         stream = response.extensions.get("network_stream")
         sock = stream.get_extra_info("socket") if stream is not None else None
+        import socket  # here: a warm run never reads a response (~5 ms to import)
+
         if not isinstance(sock, socket.socket):
             yield
             return
@@ -102,6 +105,8 @@ class TransferStop:
 
 
 def _shutdown(sock: socket.socket) -> None:
+    import socket
+
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
@@ -207,8 +212,8 @@ def open_for_write(path: Path, mode: str, spec: CheckpointSpec) -> Iterator[Any]
     try:
         try:
             f = open(path, mode)  # noqa: SIM115 - closed below
-        except FileNotFoundError:  # the folder first: asked only when missing
-            make_dir(path.parent, spec)
+        except (FileNotFoundError, NotADirectoryError):  # the folder first, only when missing
+            make_dir(path.parent, spec)  # (or the one line naming what is in its way)
             f = open(path, mode)  # noqa: SIM115 - closed below
     except OSError as exc:
         raise _cache_error(spec, path, exc, None) from None
@@ -234,8 +239,8 @@ def link_snapshot(link: Path, blob: Path, spec: CheckpointSpec) -> None:
     try:  # no link yet (a cold cache): one symlink, itself atomic; no temp name, no rename
         os.symlink(target, link)
         return
-    except FileNotFoundError:  # its folder first (asked only when missing: once per folder)
-        make_dir(link.parent, spec)
+    except (FileNotFoundError, NotADirectoryError):  # its folder first, only when missing
+        make_dir(link.parent, spec)  # (or the one line naming what is in its way)
         try:
             os.symlink(target, link)
             return
