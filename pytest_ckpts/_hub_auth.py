@@ -45,6 +45,30 @@ def _auth_class() -> type[Any]:
     return _BearerAuth
 
 
+_HF: dict[str, Any] = {}  # huggingface_hub functions, looked up once
+
+
+def _get_token() -> Any:
+    """``huggingface_hub.get_token``, looked up once: the lazy package's ``from ... import``
+    costs ~40 µs, and it ran twice per request (auth, then scrubbing the answer)."""
+    found = _HF.get("get_token")
+    if found is None:
+        from huggingface_hub import get_token
+
+        found = _HF["get_token"] = get_token
+    return found
+
+
+def _get_session() -> Any:
+    """``huggingface_hub.utils.get_session``, looked up once (~20 µs per request)."""
+    found = _HF.get("get_session")
+    if found is None:
+        from huggingface_hub.utils import get_session  # type: ignore[attr-defined]
+
+        found = _HF["get_session"] = get_session
+    return found
+
+
 class EndpointAuth:
     """Credentials of one endpoint (mixed into ``HubClient``, which sets the fields)."""
 
@@ -53,13 +77,16 @@ class EndpointAuth:
 
     def _token(self) -> str | None:
         """The user's token, if this endpoint may see it (docs/how-to/ci.md "Tokens")."""
-        from huggingface_hub import get_token
-
         endpoint = self.endpoint.rstrip("/")
         machine = (env_value("HF_ENDPOINT") or "").rstrip("/")
         if self.trust_endpoint or endpoint in (DEFAULT_ENDPOINT, machine):
-            return get_token()
+            token: str | None = _get_token()()
+            return token
         return None
+
+    def _session(self) -> Any:
+        """huggingface_hub's shared client (whatever it holds now: a factory may replace it)."""
+        return _get_session()()
 
     def has_token(self) -> bool:
         return self._token() is not None
