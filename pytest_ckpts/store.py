@@ -111,11 +111,16 @@ class Store(StaleSupport, MirrorSupport):
     hub_dir: Path | None = None
     _layout: Cache | None = field(default=None, repr=False)
     _snapshots: dict[tuple[str, str, str, str], Path] = field(default_factory=dict, repr=False)
+    #: the ``cache_dir`` already located (a copy made by ``dataclasses.replace``, as
+    #: prefetch makes one per checkpoint, does not locate it again: two ``realpath``)
+    _located: Path | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.hub_dir is None:  # none given, none in the manifest: huggingface_hub's own
+        if self.hub_dir is None and (self._located is None or self._located != self.cache_dir):
+            # none given, none in the manifest: huggingface_hub's own
             located = Cache.in_force(self.cache_dir, self.manifest)
             self.cache_dir, self.hub_dir = located.root, located.hub_dir
+            self._located = self.cache_dir
         if self.run_state is None:
             self.run_state = RunState()
         if self.client is None:
