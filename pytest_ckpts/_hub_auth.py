@@ -11,6 +11,8 @@ scrubbed by :meth:`EndpointAuth._heard` and :meth:`EndpointAuth._listen` as it a
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -45,28 +47,30 @@ def _auth_class() -> type[Any]:
     return _BearerAuth
 
 
-_HF: dict[str, Any] = {}  # huggingface_hub functions, looked up once
+#: huggingface_hub functions looked up once per module object (name -> (module, function)):
+#: a ``from ... import`` through its lazy package costs ~20-40 µs, twice per request; a
+#: package imported again (pytester's inline runs drop and re-import modules) is looked
+#: up again, so a call never reaches the client of a module that is gone
+_HF: dict[str, tuple[object, Any]] = {}
+
+
+def _hf_function(module: str, name: str) -> Any:
+    owner = sys.modules.get(module)
+    found = _HF.get(name)
+    if found is None or found[0] is not owner or owner is None:
+        imported = importlib.import_module(module)
+        found = _HF[name] = (imported, getattr(imported, name))
+    return found[1]
 
 
 def _get_token() -> Any:
-    """``huggingface_hub.get_token``, looked up once: the lazy package's ``from ... import``
-    costs ~40 µs, and it ran twice per request (auth, then scrubbing the answer)."""
-    found = _HF.get("get_token")
-    if found is None:
-        from huggingface_hub import get_token
-
-        found = _HF["get_token"] = get_token
-    return found
+    """``huggingface_hub.get_token`` (see :data:`_HF`)."""
+    return _hf_function("huggingface_hub", "get_token")
 
 
 def _get_session() -> Any:
-    """``huggingface_hub.utils.get_session``, looked up once (~20 µs per request)."""
-    found = _HF.get("get_session")
-    if found is None:
-        from huggingface_hub.utils import get_session  # type: ignore[attr-defined]
-
-        found = _HF["get_session"] = get_session
-    return found
+    """``huggingface_hub.utils.get_session`` (see :data:`_HF`)."""
+    return _hf_function("huggingface_hub.utils", "get_session")
 
 
 class EndpointAuth:
