@@ -11,6 +11,8 @@ scrubbed by :meth:`EndpointAuth._heard` and :meth:`EndpointAuth._listen` as it a
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +47,32 @@ def _auth_class() -> type[Any]:
     return _BearerAuth
 
 
+#: huggingface_hub functions looked up once per module object (name -> (module, function)):
+#: a ``from ... import`` through its lazy package costs ~20-40 µs, twice per request; a
+#: package imported again (pytester's inline runs drop and re-import modules) is looked
+#: up again, so a call never reaches the client of a module that is gone
+_HF: dict[str, tuple[object, Any]] = {}
+
+
+def _hf_function(module: str, name: str) -> Any:
+    owner = sys.modules.get(module)
+    found = _HF.get(name)
+    if found is None or found[0] is not owner or owner is None:
+        imported = importlib.import_module(module)
+        found = _HF[name] = (imported, getattr(imported, name))
+    return found[1]
+
+
+def _get_token() -> Any:
+    """``huggingface_hub.get_token`` (see :data:`_HF`)."""
+    return _hf_function("huggingface_hub", "get_token")
+
+
+def _get_session() -> Any:
+    """``huggingface_hub.utils.get_session`` (see :data:`_HF`)."""
+    return _hf_function("huggingface_hub.utils", "get_session")
+
+
 class EndpointAuth:
     """Credentials of one endpoint (mixed into ``HubClient``, which sets the fields)."""
 
@@ -53,13 +81,16 @@ class EndpointAuth:
 
     def token(self) -> str | None:
         """The user's token, if this endpoint may see it (docs/how-to/ci.md "Tokens")."""
-        from huggingface_hub import get_token
-
         endpoint = self.endpoint.rstrip("/")
         machine = (env_value("HF_ENDPOINT") or "").rstrip("/")
         if self.trust_endpoint or endpoint in (DEFAULT_ENDPOINT, machine):
-            return get_token()
+            token: str | None = _get_token()()
+            return token
         return None
+
+    def _session(self) -> Any:
+        """huggingface_hub's shared client (whatever it holds now: a factory may replace it)."""
+        return _get_session()()
 
     def has_token(self) -> bool:
         return self.token() is not None

@@ -329,7 +329,13 @@ def blob_of(path: str | os.PathLike[str], st: os.stat_result | None = None) -> s
             st = os.stat(blob)
         except OSError:
             return blob
+    note_blob(key, blob, st.st_ino)
+    return blob
+
+
+def note_blob(path: str | os.PathLike[str], blob: str | os.PathLike[str], ino: int) -> None:
+    """``path`` links to ``blob``, inode ``ino`` (what :func:`blob_of` would find): said
+    by whoever just made the link, so the next look-up needs no ``realpath``."""
     if len(_BLOBS) > 100_000:  # a long-lived process walking many caches: start over
         _BLOBS.clear()
-    _BLOBS[key] = (blob, st.st_ino)
-    return blob
+    _BLOBS[os.fspath(path)] = (os.fspath(blob), ino)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,8 @@ from .errors import CacheError, CheckpointDownloadError, Fix, TransferStopped
 from .manifest import CheckpointSpec
 
 if TYPE_CHECKING:
+    import socket
+
     from .hub_client import HubClient
 
 logger = logging.getLogger("pytest_ckpts")
@@ -87,6 +88,8 @@ class TransferStop:
         """While reading ``response``, :meth:`set` also shuts its connection down."""
         stream = response.extensions.get("network_stream")
         sock = stream.get_extra_info("socket") if stream is not None else None
+        import socket  # here: a warm run never reads a response (~5 ms to import)
+
         if not isinstance(sock, socket.socket):
             yield
             return
@@ -102,6 +105,8 @@ class TransferStop:
 
 
 def _shutdown(sock: socket.socket) -> None:
+    import socket
+
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
@@ -203,8 +208,13 @@ def _cache_error(spec: CheckpointSpec, path: Path, exc: OSError, need: int | Non
 
 @contextmanager
 def open_for_write(path: Path, mode: str, spec: CheckpointSpec) -> Iterator[Any]:
+    """``path`` opened to write (its folder made if missing); every ``OSError`` one line."""
     try:
-        f = open(path, mode)  # noqa: SIM115 - closed below
+        try:
+            f = open(path, mode)  # noqa: SIM115 - closed below
+        except (FileNotFoundError, NotADirectoryError):  # the folder first, only when missing
+            make_dir(path.parent, spec)  # (or the one line naming what is in its way)
+            f = open(path, mode)  # noqa: SIM115 - closed below
     except OSError as exc:
         raise _cache_error(spec, path, exc, None) from None
     try:
@@ -225,11 +235,17 @@ def write_chunk(f: Any, chunk: bytes, path: Path, spec: CheckpointSpec, response
 
 def link_snapshot(link: Path, blob: Path, spec: CheckpointSpec) -> None:
     """Point the snapshot path at the blob, relative as huggingface_hub does (copy if no symlinks)."""
-    make_dir(link.parent, spec)
     target = os.path.relpath(blob, link.parent)
     try:  # no link yet (a cold cache): one symlink, itself atomic; no temp name, no rename
         os.symlink(target, link)
         return
+    except (FileNotFoundError, NotADirectoryError):  # its folder first, only when missing
+        make_dir(link.parent, spec)  # (or the one line naming what is in its way)
+        try:
+            os.symlink(target, link)
+            return
+        except OSError:
+            pass
     except OSError:
         pass  # a link to replace, or no symlinks here: the temp name and rename below
     tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
@@ -273,6 +289,7 @@ class Downloaded:
     nbytes: int  # bytes transferred by this call (resumed parts counted once)
     seconds: float
     resumed: bool = False  # a cut was continued with a Range request
+    blob: Path | None = None  # where ``path`` links to (known here: no realpath needed)
 
 
 def download(
@@ -295,8 +312,7 @@ def download(
     what = f"failed to download checkpoint '{spec.name}' from {client.describe(spec, commit)}"
     tmp = cache.incomplete_path(spec, commit)
     started = time.perf_counter()
-    make_dir(tmp.parent, spec)
-    got, digest = resume_partial(tmp)
+    got, digest = resume_partial(tmp)  # its folder is made when the body is first written
     state: dict[str, Any] = {
         "got": got,
         "sent": 0,
@@ -347,7 +363,10 @@ def download(
     except (TransferStopped, KeyboardInterrupt, SystemExit):
         raise  # stopped from outside: what arrived stays for the next download
     except BaseException:  # a failure: the cache holds whole files or nothing
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # its folder could not be made: nothing was written
+            pass
         raise
     sha = state["digest"].hexdigest()
     blob = contained(cache.blobs(spec), str(state["etag"] or sha), what="blob name")
@@ -355,4 +374,4 @@ def download(
     link = cache.snapshot(spec, commit)
     link_snapshot(link, blob, spec)
     seconds = time.perf_counter() - started
-    return Downloaded(link, sha, int(state["sent"]), seconds, bool(state["resumed"]))
+    return Downloaded(link, sha, int(state["sent"]), seconds, bool(state["resumed"]), blob)

@@ -31,6 +31,7 @@ re-hashes every file once and is stamped again (docs/how-to/ci.md "The recipe (G
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -57,6 +58,16 @@ _REPO_PREFIXES = ("models--", "datasets--", "spaces--")
 #: huggingface_hub's own lock folder: pytest-ckpts never writes it, so a cache_dir that has
 #: one is shared with huggingface_hub's tools and is read in place, never moved
 _HUB_ENTRIES = (".locks",)
+
+
+_REPO_DIRS: dict[tuple[Path, Path | None, str, str], Path] = {}
+
+
+@functools.lru_cache(maxsize=65536)
+def _lock_key(repo_type: str, repo: str, hf_path: str) -> str:
+    """The name of a file's lock (and partial download): asked ~4x per file resolved."""
+    text = f"{repo_type}\0{repo}\0{hf_path}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def repo_folder_name(*, repo_id: str, repo_type: str) -> str:
@@ -206,7 +217,15 @@ class Cache(CacheHousekeeping):
 
     # ------------------------------------------------------------------ paths
     def repo_dir(self, spec: CheckpointSpec) -> Path:
-        return self.hub / repo_folder_name(repo_id=spec.repo, repo_type=spec.repo_type)
+        key = (self.root, self.hub_dir, spec.repo_type, spec.repo)
+        found = _REPO_DIRS.get(key)  # built once per repo and process (called ~5x per file)
+        if found is None:
+            if len(_REPO_DIRS) > 10_000:
+                _REPO_DIRS.clear()
+            found = _REPO_DIRS[key] = self.hub / repo_folder_name(
+                repo_id=spec.repo, repo_type=spec.repo_type
+            )
+        return found
 
     def snapshot(self, spec: CheckpointSpec, commit: str) -> Path:
         """Where the file of ``spec`` at ``commit`` lives (a link into ``blobs/``)."""
@@ -220,8 +239,7 @@ class Cache(CacheHousekeeping):
         return self.repo_dir(spec) / "blobs"
 
     def lock_key(self, spec: CheckpointSpec) -> str:
-        text = f"{spec.repo_type}\0{spec.repo}\0{spec.hf_path}"
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
+        return _lock_key(spec.repo_type, spec.repo, spec.hf_path)
 
     def lock_path(self, spec: CheckpointSpec) -> Path:
         return self.root / META_DIR / "locks" / f"{self.lock_key(spec)}.lock"

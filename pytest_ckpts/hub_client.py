@@ -325,11 +325,6 @@ class HubClient(EndpointAuth):
         fixes = (Fix.set("retry_budget", why="to wait longer"),)
         return self._error(spec, what, failure, fixes, hint)
 
-    def _session(self) -> Any:
-        from huggingface_hub.utils import get_session  # type: ignore[attr-defined]
-
-        return get_session()
-
     def _headers(self) -> dict[str, str]:
         """Headers of a probe or a file GET: our own user agent (see
         :func:`~pytest_ckpts._hf_state.user_agent`; no token: ``_auth`` adds it), built once

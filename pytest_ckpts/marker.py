@@ -55,8 +55,12 @@ def marked_names(node: pytest.Item) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def marker_problem(session: CkptsSession, item: pytest.Item) -> str | None:
-    names = marked_names(item)
+def marker_problem(
+    session: CkptsSession, item: pytest.Item, names: list[str] | None = None
+) -> str | None:
+    """Why ``item``'s marker cannot be served (no manifest, unknown names), else None;
+    ``names``: its :func:`marked_names`, when the caller has them."""
+    names = marked_names(item) if names is None else names
     if not names:
         return None
     if session.manifest is None:

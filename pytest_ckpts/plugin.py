@@ -145,7 +145,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if not names or not _tests_will_run(item.config):  # --setup-plan: a plan, no downloads
         return
     session = get_session(item.config)
-    problem = marker_problem(session, item)  # marks added by parametrize ids land here
+    problem = marker_problem(session, item, names)  # marks added by parametrize ids land here
     if problem is not None:
         pytest.fail(problem, pytrace=False)
     resolved = item.stash.setdefault(RESOLVED_KEY, {})

@@ -104,12 +104,13 @@ class Prefetcher:
         self._queue: collections.deque[CheckpointSpec] = collections.deque()
         self._futures: dict[str, Future[Outcome]] = {}
         self._replayed: set[str] = set()
+        here = dataclasses.replace(self._store)  # one copy; its observer is set per entry
         for spec in specs:  # submission order is order of first use
             if spec.name in self._futures:
                 continue
             future: Future[Outcome] = Future()
             self._futures[spec.name] = future
-            warm = self._warm(spec)
+            warm = self._warm(here, spec)
             if warm is None:
                 self._queue.append(spec)
             else:
@@ -124,12 +125,15 @@ class Prefetcher:
         for thread in self._threads:
             thread.start()
 
-    def _warm(self, spec: CheckpointSpec) -> Outcome | None:
+    @staticmethod
+    def _warm(store: Store, spec: CheckpointSpec) -> Outcome | None:
         """``spec`` resolved here, on the main thread, when its stamp vouches for its pinned
-        file (a ``stat`` and a stamp look-up: what a thread would do); None: a thread's job."""
+        file (a ``stat`` and a stamp look-up: what a thread would do); None: a thread's job.
+        ``store``: this thread's copy, its events recorded per entry."""
         recorder = _Recorder()
+        store.observer = recorder
         try:
-            ckpt = dataclasses.replace(self._store, observer=recorder).resolve_warm(spec)
+            ckpt = store.resolve_warm(spec)
         except (CheckpointsError, OSError):  # raised again where a test asks for it
             return None
         return None if ckpt is None else Outcome(ckpt, None, recorder.events)

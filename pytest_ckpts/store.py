@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from ._fallback import StaleSupport
-from ._stamps import blob_of
+from ._stamps import blob_of, note_blob
 from .cache import Cache, Stamp
 from .checkpoint import Checkpoint
 from .errors import (
@@ -113,11 +113,16 @@ class Store(StaleSupport, MirrorSupport):
     hub_dir: Path | None = None
     _layout: Cache | None = field(default=None, repr=False)
     _snapshots: dict[tuple[str, str, str, str], Path] = field(default_factory=dict, repr=False)
+    #: the ``cache_dir`` already located (a copy made by ``dataclasses.replace``, as
+    #: prefetch makes one per checkpoint, does not locate it again: two ``realpath``)
+    _located: Path | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.hub_dir is None:  # none given, none in the manifest: huggingface_hub's own
+        if self.hub_dir is None and (self._located is None or self._located != self.cache_dir):
+            # none given, none in the manifest: huggingface_hub's own
             located = Cache.in_force(self.cache_dir, self.manifest)
             self.cache_dir, self.hub_dir = located.root, located.hub_dir
+            self._located = self.cache_dir
         if self.run_state is None:
             self.run_state = RunState()
         if cast("HubClient | None", self.hub) is None:  # not given: the manifest's
@@ -193,16 +198,23 @@ class Store(StaleSupport, MirrorSupport):
     # ------------------------------------------------------------------ resolve
     def resolve(self, spec: CheckpointSpec, *, force_download: bool = False) -> Checkpoint:
         """Return a verified ``Checkpoint`` for ``spec``, downloading if needed."""
+        pinned = is_pinned(spec.revision)
+        if pinned and not force_download and not self.offline:
+            # a verified copy first: its stamp vouches for the manifest's sha256, so no
+            # mismatch of this run can concern it (and the run state is not read)
+            ready = self._fast_path(spec, self.snapshot_path(spec, spec.revision), spec.revision)
+            if ready is not None:
+                return ready
         if not force_download:
             self._raise_known_mismatch(spec)
-        if not is_pinned(spec.revision):
+        if not pinned:
             self.layout.ref_path(spec)  # a revision leaving the cache: refused before any I/O
         if self.offline:
             return self._resolve_offline(spec)
         try:
-            commit = self.hub.probe(spec) if not is_pinned(spec.revision) else spec.revision
+            commit = self.hub.probe(spec) if not pinned else spec.revision
             path = self.snapshot_path(spec, commit)
-            if not force_download:
+            if not force_download and not pinned:
                 ready = self._fast_path(spec, path, commit)
                 if ready is not None:
                     return ready
@@ -272,7 +284,7 @@ class Store(StaleSupport, MirrorSupport):
         logger.info(
             "pytest-ckpts: downloaded '%s' (%d bytes in %.2fs)", spec.name, got.nbytes, got.seconds
         )
-        return self._hash_and_stamp(spec, got.path, got.sha256)
+        return self._hash_and_stamp(spec, got.path, got.sha256, got.blob)
 
     # ------------------------------------------------------------------ stamps
     def _trusted(self, spec: CheckpointSpec, path: Path) -> Stamp | None:
@@ -294,14 +306,21 @@ class Store(StaleSupport, MirrorSupport):
         return None if stamp is None else self._done(spec, path, commit, stamp, "cached")
 
     def _hash_and_stamp(
-        self, spec: CheckpointSpec, path: Path, streamed: str | None = None
+        self,
+        spec: CheckpointSpec,
+        path: Path,
+        streamed: str | None = None,
+        blob: Path | None = None,
     ) -> tuple[bool, str, Stamp]:
-        blob = Path(blob_of(path))
+        """``streamed``: the sha256 hashed as the file arrived; ``blob``: where ``path``
+        links to, when the caller just made the link (no ``realpath``)."""
+        blob = Path(blob_of(path)) if blob is None else blob
         started = time.perf_counter()
         actual = streamed if streamed is not None else calculate_sha256(blob)
         ok = spec.sha256 is None or actual == spec.sha256
         self.observer.on_verify(spec, path, actual, ok, time.perf_counter() - started)
         stamp = Stamp.of(blob, actual)
+        note_blob(path, blob, stamp.ino)
         if ok:
             # no fsync: the stamp holds only while stat of the blob agrees (see _stamps)
             self._memory[os.fspath(path)] = stamp

@@ -292,3 +292,34 @@ def test_resumed_download_that_mismatches_is_fetched_whole_once_more(
     assert len(bodies) == 3, bodies  # cut, resumed (mismatch), whole again
     assert bodies[1] is not None
     assert bodies[2] is None
+
+
+def test_a_copy_of_a_store_does_not_locate_its_cache_again(
+    project: Path, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefetch copies the store per checkpoint (``dataclasses.replace``, each copy with
+    its own event recorder); every copy located the cache again (two ``realpath`` and the
+    environment read: ~5x a warm resolve, per checkpoint of a warm run). A copy keeps the
+    cache it was made from; one given another ``cache_dir`` still locates that one."""
+    import dataclasses
+
+    from pytest_ckpts.cache import Cache
+
+    manifest = load_manifest(make_manifest(project, hub, {"vae": DATA}, pinned=True))
+    store = Store(manifest)
+    calls: list[object] = []
+    real = Cache.locate.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Cache], *args: object, **kwargs: object) -> Cache:
+        calls.append(args)
+        return real(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Cache, "locate", classmethod(counting))
+    copies = [dataclasses.replace(store, observer=NullObserver()) for _ in range(5)]
+    assert calls == []
+    for copy in copies:
+        assert (copy.cache, copy.layout.hub) == (store.cache, store.layout.hub)
+        assert copy.resolve(manifest.get("vae")).path.read_bytes() == DATA
+    elsewhere = dataclasses.replace(store, cache_dir=project / "elsewhere")
+    assert len(calls) == 1
+    assert elsewhere.cache == project / "elsewhere"
