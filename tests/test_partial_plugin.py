@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -74,18 +76,40 @@ def test_fixture_cold_then_warm_with_summary_and_report(
 
 @pytest.mark.slow
 def test_xdist_workers_fetch_each_tensor_once(
-    pytester: pytest.Pytester, hub: LocalHub, manifest: Path
+    pytester: pytest.Pytester, hub: LocalHub, manifest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    body = "\n".join(
+    body = "import os, pathlib\n\n" + "\n".join(
         f"def test_{i}(checkpoint_tensors):\n"
+        f"    pathlib.Path('asking-' + os.environ['PYTEST_XDIST_WORKER']).touch()\n"
         f"    t = checkpoint_tensors('llm', ['ids', 'block.w', 'norm'])\n"
         f"    assert t['block.w'].shape == (512, 512)\n"
         for i in range(6)
     )
     pytester.makepyfile(test_it=body)
-    # slow answers, so both workers ask while the first fetch is still in flight
-    hub.faults.delay(1.0, path_contains="model.safetensors")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", timeout=300)
+    # The first read of the file is held until both workers are asking for the tensors:
+    # the second one then finds the first one's piece locks taken (no clock involved).
+    held = hub.faults.hold(n=1, path_contains="model.safetensors")
+    both_asked: list[bool] = []
+
+    def asking() -> int:
+        return len(list(pytester.path.glob("asking-gw*")))
+
+    def release_when_both_ask() -> None:
+        held.wait_arrived(timeout=120)
+        deadline = time.monotonic() + 120
+        while asking() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        both_asked.append(asking() == 2)
+        held.release()
+
+    releaser = threading.Thread(target=release_when_both_ask, daemon=True)
+    releaser.start()
+    # this plugin and xdist only: other plugins' start-up is most of a run's time
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    args = ("-p", "no:cacheprovider", "-p", "ckpts", "-p", "xdist", "-n", "2")
+    result = pytester.runpytest_subprocess(*args, timeout=300)
+    releaser.join(timeout=5)
+    assert both_asked == [True]  # the workers overlapped
     result.assert_outcomes(passed=6)
     ranges = Counter(rng for rng, _ in _bodies(hub))
     assert ranges
