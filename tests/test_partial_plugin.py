@@ -48,8 +48,15 @@ def _bodies(hub: LocalHub) -> list[tuple[str | None, int]]:
     return [(r.range, r.bytes_sent) for r in hub.stats.requests if r.body]
 
 
+@pytest.fixture(autouse=True)
+def _only_this_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs load this plugin only (``-p ckpts``): other plugins' start-up and
+    summaries were most of each run's time."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly", "-rs", *args)
+    return pytester.runpytest("-p", "no:cacheprovider", "-p", "ckpts", "-rs", *args)
 
 
 def test_fixture_cold_then_warm_with_summary_and_report(
@@ -76,7 +83,7 @@ def test_fixture_cold_then_warm_with_summary_and_report(
 
 @pytest.mark.slow
 def test_xdist_workers_fetch_each_tensor_once(
-    pytester: pytest.Pytester, hub: LocalHub, manifest: Path, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, hub: LocalHub, manifest: Path
 ) -> None:
     body = "import os, pathlib\n\n" + "\n".join(
         f"def test_{i}(checkpoint_tensors):\n"
@@ -104,8 +111,6 @@ def test_xdist_workers_fetch_each_tensor_once(
 
     releaser = threading.Thread(target=release_when_both_ask, daemon=True)
     releaser.start()
-    # this plugin and xdist only: other plugins' start-up is most of a run's time
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     args = ("-p", "no:cacheprovider", "-p", "ckpts", "-p", "xdist", "-n", "2")
     result = pytester.runpytest_subprocess(*args, timeout=300)
     releaser.join(timeout=5)
