@@ -123,6 +123,8 @@ class Store(StaleSupport, MirrorSupport):
             located = Cache.in_force(self.cache_dir, self.manifest)
             self.cache_dir, self.hub_dir = located.root, located.hub_dir
             self._located = self.cache_dir
+        if self._layout is not None and self._layout.root != self.cache_dir:
+            self._layout = None  # a copy given another cache_dir: not the original's paths
         if self.run_state is None:
             self.run_state = RunState()
         if cast("HubClient | None", self.hub) is None:  # not given: the manifest's

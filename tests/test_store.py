@@ -318,8 +318,8 @@ def test_a_copy_of_a_store_does_not_locate_its_cache_again(
     copies = [dataclasses.replace(store, observer=NullObserver()) for _ in range(5)]
     assert calls == []
     for copy in copies:
-        assert (copy.cache, copy.layout.hub) == (store.cache, store.layout.hub)
+        assert (copy.layout.root, copy.layout.hub) == (store.layout.root, store.layout.hub)
         assert copy.resolve(manifest.get("vae")).path.read_bytes() == DATA
     elsewhere = dataclasses.replace(store, cache_dir=project / "elsewhere")
     assert len(calls) == 1
-    assert elsewhere.cache == project / "elsewhere"
+    assert elsewhere.layout.root == project / "elsewhere"

@@ -79,5 +79,5 @@ def test_a_file_where_a_cache_folder_belongs_is_one_line(
     assert f"{repo / blocked} exists but is not a directory; remove it" in message
     leftovers = [p for p in repo.rglob("*") if p.name.endswith(".incomplete")]
     assert leftovers == []
-    assert Cache(store.cache).repo_dir(spec) == repo
+    assert Cache(store.layout.root).repo_dir(spec) == repo
     assert REPO.replace("/", "--") in repo.name

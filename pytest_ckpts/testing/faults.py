@@ -30,6 +30,7 @@ __all__ = [
     "Fault",
     "FaultKind",
     "FaultPlan",
+    "Hold",
     "RequestLog",
     "RequestRecord",
     "Ticket",
@@ -164,11 +165,58 @@ class FaultKind(str, enum.Enum):
     """What a planned fault does; each has its :class:`FaultPlan` method."""
 
     FAIL = "fail"
+    HOLD = "hold"
     DELAY = "delay"
     SLOW = "slow"
     DROP = "drop"
     CORRUPT = "corrupt"
     TAMPER = "tamper"
+
+
+class Hold:
+    """Requests held unanswered by :meth:`FaultPlan.hold` until :meth:`release`.
+
+    The test's side of a held request: :meth:`wait_arrived` returns once the server
+    holds that many (a "request arrived" signal, with no sleep), :meth:`release`
+    lets every held request and every later match go on.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._arrived = 0
+        self._released = False
+
+    @property
+    def arrived(self) -> int:
+        """Requests that reached the hold so far (released or not)."""
+        with self._cond:
+            return self._arrived
+
+    def wait_arrived(self, n: int = 1, timeout: float = 60.0) -> bool:
+        """True once ``n`` matching requests have arrived; False after ``timeout`` s."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._arrived >= n, timeout)
+
+    def release(self) -> None:
+        with self._cond:
+            self._released = True
+            self._cond.notify_all()
+
+    @property
+    def released(self) -> bool:
+        with self._cond:
+            return self._released
+
+    # -- the server's side
+    def arrive(self) -> None:
+        with self._cond:
+            self._arrived += 1
+            self._cond.notify_all()
+
+    def wait_released(self, timeout: float) -> bool:
+        """For servers: wait up to ``timeout`` s for :meth:`release`; True once released."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._released, timeout)
 
 
 @dataclass
@@ -190,6 +238,7 @@ class Fault:
     start: int = 0
     end: int | None = None
     echo_auth: bool = False
+    gate: Hold | None = None  # "hold": shared by every copy take() hands out
 
     def matches(self, method: str, path: str, route: str) -> bool:
         if self.method is not None and self.method != method:
@@ -271,6 +320,24 @@ class FaultPlan:
         )  # fmt: skip
 
     # -- time
+    def hold(
+        self,
+        *,
+        n: int | None = None,
+        method: str | None = None,
+        path_contains: str | None = None,
+        route: str | None = None,
+    ) -> Hold:
+        """Hold matching requests unanswered until the returned :class:`Hold` is released.
+
+        Applied first, before ``delay``, ``slow`` and ``fail``; a request counts as
+        arrived when the hold catches it (the server logs it when it answers). Stopping
+        the server ends a hold too. Every matching request if ``n`` is None.
+        """
+        gate = Hold()
+        self._add(Fault(FaultKind.HOLD, _count(n), method, path_contains, route, gate=gate))
+        return gate
+
     def delay(
         self,
         seconds: float,
@@ -367,8 +434,11 @@ class FaultPlan:
 
     # -- plan
     def clear(self) -> None:
-        """Forget every pending fault and end a blackhole."""
+        """Forget every pending fault, release every hold and end a blackhole."""
         with self._lock:
+            for fault in self._faults:
+                if fault.gate is not None:
+                    fault.gate.release()
             self._faults.clear()
         self._blackhole.clear()
 

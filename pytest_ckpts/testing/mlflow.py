@@ -324,7 +324,7 @@ class ServerFaults(FaultPlan):
     The fault plan of ``pytest_ckpts.testing.faults`` (the local hub's too): a
     fault given no ``method``, ``path_contains`` or ``route`` hits artifact uploads
     (``PUT`` under ``/mlflow-artifacts/``), where a client's retries are worth
-    testing. ``delay``, ``slow`` (latency only), ``fail_next`` and ``throttle`` apply
+    testing. ``hold``, ``delay``, ``slow`` (latency only), ``fail_next`` and ``throttle`` apply
     here; body and connection faults (drops, tampering, blackhole) are the hub's.
 
     ``requests`` lists ``(method, path, status)`` for every HTTP request the server
@@ -358,7 +358,7 @@ class ServerFaults(FaultPlan):
 
 
 class _FaultMiddleware:
-    """ASGI middleware: log every HTTP request, apply delays and injected failures."""
+    """ASGI middleware: log every HTTP request, apply holds, delays and injected failures."""
 
     def __init__(self, app: Any, faults: ServerFaults) -> None:
         self.app = app
@@ -372,6 +372,11 @@ class _FaultMiddleware:
 
         method, path = scope["method"], scope["path"]
         route = mlflow_route_kind(method, path)
+        hold = self.faults.take(FaultKind.HOLD, method, path, route)
+        if hold is not None and hold.gate is not None:
+            hold.gate.arrive()
+            while not hold.gate.released:
+                await asyncio.sleep(0.01)
         for kind in (FaultKind.DELAY, FaultKind.SLOW):
             wait = self.faults.take(kind, method, path, route)
             if wait is not None and wait.seconds:

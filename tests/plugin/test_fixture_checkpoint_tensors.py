@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -46,8 +48,15 @@ def _bodies(hub: LocalHub) -> list[tuple[str | None, int]]:
     return [(r.range, r.bytes_sent) for r in hub.stats.requests if r.body]
 
 
+@pytest.fixture(autouse=True)
+def _only_this_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs load this plugin only (``-p ckpts``): other plugins' start-up and
+    summaries were most of each run's time."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly", "-rs", *args)
+    return pytester.runpytest("-p", "no:cacheprovider", "-p", "ckpts", "-rs", *args)
 
 
 def test_fixture_cold_then_warm_with_summary_and_report(
@@ -76,16 +85,36 @@ def test_fixture_cold_then_warm_with_summary_and_report(
 def test_xdist_workers_fetch_each_tensor_once(
     pytester: pytest.Pytester, hub: LocalHub, manifest: Path
 ) -> None:
-    body = "\n".join(
+    body = "import os, pathlib\n\n" + "\n".join(
         f"def test_{i}(checkpoint_tensors):\n"
+        f"    pathlib.Path('asking-' + os.environ['PYTEST_XDIST_WORKER']).touch()\n"
         f"    t = checkpoint_tensors('llm', ['ids', 'block.w', 'norm'])\n"
         f"    assert t['block.w'].shape == (512, 512)\n"
         for i in range(6)
     )
     pytester.makepyfile(test_it=body)
-    # slow answers, so both workers ask while the first fetch is still in flight
-    hub.faults.delay(1.0, path_contains="model.safetensors")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", timeout=300)
+    # The first read of the file is held until both workers are asking for the tensors:
+    # the second one then finds the first one's piece locks taken (no clock involved).
+    held = hub.faults.hold(n=1, path_contains="model.safetensors")
+    both_asked: list[bool] = []
+
+    def asking() -> int:
+        return len(list(pytester.path.glob("asking-gw*")))
+
+    def release_when_both_ask() -> None:
+        held.wait_arrived(timeout=120)
+        deadline = time.monotonic() + 120
+        while asking() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        both_asked.append(asking() == 2)
+        held.release()
+
+    releaser = threading.Thread(target=release_when_both_ask, daemon=True)
+    releaser.start()
+    args = ("-p", "no:cacheprovider", "-p", "ckpts", "-p", "xdist", "-n", "2")
+    result = pytester.runpytest_subprocess(*args, timeout=300)
+    releaser.join(timeout=5)
+    assert both_asked == [True]  # the workers overlapped
     result.assert_outcomes(passed=6)
     ranges = Counter(rng for rng, _ in _bodies(hub))
     assert ranges

@@ -50,9 +50,13 @@ def test_pinned_files_from_a_folder_mirror_make_no_hub_request(
     hub.stats.reset()
     report = pytester.path / "report.json"
     mirror = str(tmp_path / "mirror")
+    # this plugin (and xdist) only: other plugins' start-up in each worker is most of the time
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    plugins = ["-p", "ckpts", *(["-p", "xdist"] if xdist else [])]
     result = pytester.runpytest(
-        "-p", "no:cacheprovider", *xdist, f"--ckpts-mirror={mirror}", f"--ckpts-report={report}"
-    )
+        "-p", "no:cacheprovider", *plugins, *xdist, f"--ckpts-mirror={mirror}",
+        f"--ckpts-report={report}",
+    )  # fmt: skip
     result.assert_outcomes(passed=3)
     assert hub.stats.request_count == 0
     result.stdout.fnmatch_lines(["*2 downloaded (*, 2 from mirrors), 0 cached*"])
@@ -64,7 +68,9 @@ def test_pinned_files_from_a_folder_mirror_make_no_hub_request(
     }
     assert f"| vae | downloaded | {label} |" in html.unescape(summary.read_text())
     # warm: from the cache, still no request
-    result = pytester.runpytest("-p", "no:cacheprovider", *xdist, f"--ckpts-report={report}")
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", *plugins, *xdist, f"--ckpts-report={report}"
+    )  # fmt: skip
     result.assert_outcomes(passed=3)
     rows = {r["name"]: r for r in json.loads(report.read_text())["checkpoints"]}
     assert {r["source"] for r in rows.values()} == {"cache"}

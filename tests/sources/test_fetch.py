@@ -195,11 +195,22 @@ def test_hasher_waits_for_bytes_still_in_the_writers_buffer(tmp_path: Path) -> N
 
     from pytest_ckpts.sources.fetch import FileHasher
 
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc/self/fd to see the hasher open the file")
     path = tmp_path / "blob"
     data = os.urandom(100_000)
+
+    def opened() -> int:
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path))
+
     with open(path, "wb", buffering=1 << 20) as f:
         hasher = FileHasher(path)
         f.write(data)  # stays in the 1 MiB buffer until the file is closed
         hasher.advance(len(data))
-        time.sleep(0.05)  # the hasher meanwhile finds the file empty
+        deadline = time.monotonic() + 30
+        while opened() < 2:  # the hasher has the file open too: it reads and finds it empty
+            assert time.monotonic() < deadline, "the hasher never held the file open"
+            time.sleep(0.001)
+        assert path.stat().st_size == 0
     assert hasher.finish() == (hashlib.sha256(data).hexdigest(), len(data))

@@ -63,3 +63,28 @@ def test_mlflow_server_throttles_artifact_uploads_with_retry_after(
     assert faults.log.by_route() == {"artifact": 2, "artifact-upload": 2, "api": 2}
     assert faults.count("PUT", "/mlflow-artifacts/", status=429) == 1
     assert faults.log.bytes_sent("artifact") >= len(b"hello")
+
+
+def test_a_held_upload_waits_for_release_and_says_it_arrived(
+    mlflow_server: ServerTracking,
+) -> None:
+    """``hold``: the request is caught (arrived), unanswered until released."""
+    import threading
+
+    held = mlflow_server.faults.hold(n=1, method="PUT")
+    url = f"{mlflow_server.tracking_uri}/api/2.0/mlflow-artifacts/artifacts/0/held/a.txt"
+    answers: list[int] = []
+    client = threading.Thread(
+        target=lambda: answers.append(httpx2.put(url, content=b"x").status_code)
+    )
+    client.start()
+    assert held.wait_arrived(timeout=30)
+    assert held.arrived == 1
+    client.join(timeout=0.5)  # a negative needs some time: still unanswered after it
+    assert client.is_alive()
+    assert answers == []
+    assert mlflow_server.faults.count("PUT") == 0
+    held.release()
+    client.join(timeout=30)
+    assert answers == [200]
+    assert mlflow_server.faults.count("PUT", status=200) == 1

@@ -93,7 +93,7 @@ def test_killed_mid_upload(
     sig: signal.Signals,
 ) -> None:
     """SIGINT cleans up at once; SIGTERM cannot, and the next upload removes its leftovers."""
-    mlflow_server.faults.delay(3.0, n=1, method="PUT")  # the kill lands in this PUT
+    held = mlflow_server.faults.hold(n=1, method="PUT")  # the kill lands in this PUT
     run_id = mlflow_server.client.create_run(mlflow_server.experiment_id).info.run_id
     env = {**os.environ, "TMPDIR": str(private_tmp)}
     proc = subprocess.Popen(
@@ -103,13 +103,14 @@ def test_killed_mid_upload(
         stderr=subprocess.PIPE,
     )
     try:
-        # the run lookup comes right before the PUT, after the archive is built
-        wait_for(lambda: mlflow_server.faults.count("GET", RUNS_GET) == 1, "the run lookup")
-        time.sleep(0.5)  # the PUT is now held by the server
+        # the PUT comes after the archive is built; the server holds it unanswered
+        assert held.wait_arrived(timeout=60), "the PUT never came"
+        assert mlflow_server.faults.count("GET", RUNS_GET) == 1  # the run lookup came first
         assert proc.poll() is None
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=30)
     finally:
+        held.release()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

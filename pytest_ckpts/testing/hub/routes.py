@@ -87,8 +87,15 @@ class HubHandler(ApiHandler):
                 self.close_connection = True
 
     def _injected(self) -> bool:
-        """Apply delay, slow and fail faults; True when the request is dealt with."""
+        """Apply hold, delay, slow and fail faults; True when the request is dealt with."""
         faults, args = self.hub.faults, (self.command, self.path, self._route_kind)
+        hold = faults.take(FaultKind.HOLD, *args)
+        if hold is not None and hold.gate is not None:
+            hold.gate.arrive()
+            while not hold.gate.wait_released(0.05):
+                if self.hub.wait_stopping(0):
+                    self.close_connection = True
+                    return True
         for kind in (FaultKind.DELAY, FaultKind.SLOW):
             fault = faults.take(kind, *args)
             if fault is None:
