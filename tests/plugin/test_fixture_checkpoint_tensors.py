@@ -56,7 +56,8 @@ def _only_this_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "no:cacheprovider", "-p", "ckpts", "-rs", *args)
+    plugins = ("-p", "ckpts", *(("-p", "xdist") if "-n" in args else ()))
+    return pytester.runpytest("-p", "no:cacheprovider", *plugins, "-rs", *args)
 
 
 def test_fixture_cold_then_warm_with_summary_and_report(
