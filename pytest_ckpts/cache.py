@@ -74,7 +74,7 @@ def repo_folder_name(*, repo_id: str, repo_type: str) -> str:
     """huggingface_hub's ``file_download.repo_folder_name``, without importing the client.
 
     Importing ``huggingface_hub.file_download`` costs ~0.2 s; a warm run must not pay it
-    in every xdist worker. ``tests/test_hf_cache_interop.py`` checks both agree.
+    in every xdist worker. ``tests/test_cache.py`` checks both agree.
     """
     return "--".join([f"{repo_type}s", *repo_id.split("/")])
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from collections.abc import Iterator
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +22,7 @@ from pytest_ckpts.settings import ENV_VARS
 
 if TYPE_CHECKING:
     from pytest_ckpts.testing import LocalHub
+    from tests.helpers import Mounts
 
 # Set before huggingface_hub can be imported by anything in this process.
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
@@ -88,6 +92,38 @@ def _isolated_env(
     return
 
 
+@pytest.fixture(params=["inprocess", "subprocess"])
+def run(
+    request: pytest.FixtureRequest, pytester: pytest.Pytester
+) -> Callable[..., pytest.RunResult]:
+    """Run the pytester suite in this process and in a subprocess (the real entry point).
+
+    ``run(*args)`` adds ``-p no:cacheprovider -p no:randomly -rs`` (a fixed order, skip
+    reasons shown); a subprocess run has a 120 s timeout.
+    """
+
+    def runner(*args: str) -> pytest.RunResult:
+        base = ("-p", "no:cacheprovider", "-p", "no:randomly", "-rs", *args)
+        if request.param == "subprocess":
+            return pytester.runpytest_subprocess(*base, timeout=120)
+        return pytester.runpytest(*base)
+
+    return runner
+
+
+@pytest.fixture(params=[pytest.param([], id="plain"), pytest.param(["-n", "2"], id="xdist")])
+def plugin_args(request: pytest.FixtureRequest) -> list[str]:
+    """Arguments for a pytester run, once without and once with ``-n 2`` (pytest-xdist).
+
+    For behaviour that may differ under xdist (mode decisions, skips and failures,
+    reports, prefetch, junit properties, stale copies):
+    ``pytester.runpytest(*plugin_args, ...)``. The xdist run is skipped without xdist.
+    """
+    if request.param:
+        pytest.importorskip("xdist")
+    return list(request.param)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """An empty project root (holds ``checkpoints/``) inside tmp_path."""
@@ -97,8 +133,6 @@ def project(tmp_path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- local hub
-
-REPO = "acme/ckpts"
 
 
 @pytest.fixture
@@ -110,58 +144,50 @@ def hub() -> Iterator[LocalHub]:
         yield h
 
 
-def make_manifest(
-    root: Path,
-    hub: LocalHub | None,
-    files: dict[str, bytes],
-    *,
-    pinned: bool = False,
-    sha: dict[str, str | None] | None = None,
-    endpoint: str | None = None,
-    extra_config: str = "",
-) -> Path:
-    """Publish ``files`` (name -> bytes) on ``hub`` and write a manifest naming them.
-
-    Each checkpoint ``name`` lives at ``weights/<name>.ckpt`` in ``REPO``. ``sha``
-    overrides the recorded sha256 per name (None = placeholder).
-    """
-    import hashlib
-
-    commit = None
-    if hub is not None and files:
-        commit = hub.add_files(REPO, {f"weights/{n}.ckpt": data for n, data in files.items()})
-    lines = ["checkpoints:"]
-    for name, data in files.items():
-        digest = hashlib.sha256(data).hexdigest()
-        if sha is not None and name in sha:
-            digest = sha[name] or "<to_be_calculated>"
-        if digest != "<to_be_calculated>":
-            digest = f'"{digest}"'
-        lines += [
-            f"  {name}:",
-            f"    filename: {name}.ckpt",
-            f"    hf_path: weights/{name}.ckpt",
-            f"    sha256: {digest}",
-            f'    description: "test checkpoint {name}"',
-        ]
-    if not files:
-        lines[0] = "checkpoints: {}"
-    lines += ["config:", f"  hf_repo: {REPO}", '  cache_dir: "./checkpoints"']
-    ep = endpoint or (hub.endpoint if hub is not None else None)
-    if ep:
-        lines.append(f"  endpoint: {ep}")
-    if pinned and commit:
-        lines.append(f'  revision: "{commit}"')
-    if extra_config:
-        lines.append(extra_config)
-    path = root / "checkpoints" / "checkpoints.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+# --------------------------------------------------------------------------- uploads
 
 
-def dead_endpoint() -> str:
-    """An http endpoint on 127.0.0.1 where nothing listens (connection refused)."""
-    from pytest_ckpts.testing import LocalHub
+@pytest.fixture
+def ckpt_dir(tmp_path: Path) -> Path:
+    """A checkpoint directory to upload: ``model/weights.pt`` (50 kB, random) and ``config.json``."""
+    d = tmp_path / "checkpoint"
+    (d / "model").mkdir(parents=True)
+    (d / "model" / "weights.pt").write_bytes(os.urandom(50_000))
+    (d / "config.json").write_text('{"lr": 0.001}')
+    return d
 
-    return LocalHub.dead_endpoint()
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own temp dir, so leftovers are ours (xdist workers share /tmp)."""
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
+
+
+# --------------------------------------------------------------------------- mounts
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[Mounts]:
+    """Real read-only bind mounts and small tmpfs mounts; skips where mounting is not allowed."""
+    from tests.helpers import Mounts
+
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount/umount command: read-only and full-disk caches need real mounts")
+    probe = tmp_path / "mount-probe"
+    probe.mkdir()
+    helper = Mounts()
+    try:
+        helper.tmpfs(probe, "64k")
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(
+            "mounting is not permitted here (needs root or CAP_SYS_ADMIN): "
+            f"{(exc.stderr or '').strip() or exc}"
+        )
+    helper.unmount_all()
+    try:
+        yield helper
+    finally:
+        helper.unmount_all()

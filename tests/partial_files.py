@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import io
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conftest import REPO
-
-from pytest_ckpts.cli import main
+from pytest_ckpts import load_manifest
+from pytest_ckpts.partial import Partial, PartialReader
+from pytest_ckpts.store import Store
+from tests.helpers import REPO, cli
 
 if TYPE_CHECKING:
     from pytest_ckpts.testing import LocalHub
@@ -77,12 +78,6 @@ def publish(
     )
 
 
-def cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    code = main(list(args), out=out)
-    return code, out.getvalue()
-
-
 def index(manifest: Path, *names: str, source: Path | None = None) -> str:
     """Run ``pytest-ckpts lock --tensors`` (into a cache of its own) and return its output."""
     extra = ["--from", str(source)] if source is not None else []
@@ -99,3 +94,29 @@ def index(manifest: Path, *names: str, source: Path | None = None) -> str:
     )
     assert code == 0, out
     return out
+
+
+def read_tensors(manifest: Path, names: list[str], *, offline: bool = False) -> Partial:
+    """Read ``names`` of the entry ``llm`` of ``manifest`` through a fresh store."""
+    m = load_manifest(manifest)
+    return PartialReader(Store(m, offline=offline)).read(m.get("llm"), names)
+
+
+def served_bytes(hub: LocalHub) -> int:
+    """Bytes of the safetensors file the hub has served so far."""
+    return sum(r.bytes_sent for r in hub.stats.requests if "model.safetensors" in r.path)
+
+
+def assert_one_line(exc: BaseException, *words: str) -> None:
+    """``exc`` says all of ``words`` in one line."""
+    message = str(exc)
+    assert "\n" not in message, message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def index_rows(manifest: Path) -> dict[str, Any]:
+    """The rows of the committed tensor index of ``llm``."""
+    doc = json.loads((manifest.parent / "tensors" / "llm.json").read_text())
+    rows: dict[str, Any] = doc["tensors"]
+    return rows

@@ -11,7 +11,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import dead_endpoint, make_manifest
 
 from pytest_ckpts import (
     CheckpointDownloadError,
@@ -22,6 +21,7 @@ from pytest_ckpts import (
     verify_checksum,
 )
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import dead_endpoint, make_manifest
 
 DATA = b"\x00seed-004 checkpoint bytes" * 1000
 

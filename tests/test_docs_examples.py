@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from doc_examples import OUTPUT, ROOT, ExampleError, PageRun, pages, parse, runnable
 
 from pytest_ckpts.testing import LocalHub
+from tests.doc_examples import OUTPUT, ROOT, ExampleError, PageRun, pages, parse, runnable
 
 RUNNABLE = [p for p in pages() if runnable(p)]
 
@@ -71,7 +71,7 @@ def test_code_and_docs_cite_sections_that_exist() -> None:
     sources = [
         *(ROOT / "pytest_ckpts").rglob("*.py"),
         *(ROOT / "examples").rglob("*.py"),
-        *(p for p in (ROOT / "tests").glob("*.py") if p.name != Path(__file__).name),
+        *(p for p in (ROOT / "tests").rglob("*.py") if p != Path(__file__).resolve()),
         *(ROOT / ".github" / "workflows").glob("*.yml"),
         *(p for p in (ROOT / "docs").rglob("*.md") if "reference" not in p.parts),
         ROOT / "CONTRIBUTING.md",

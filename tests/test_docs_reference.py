@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_manifest
 
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, make_manifest
 
 pytest_plugins = ["pytester"]
 

@@ -22,7 +22,6 @@ from contextlib import redirect_stderr
 from pathlib import Path
 
 import pytest
-from conftest import dead_endpoint, make_manifest
 
 import pytest_ckpts
 from pytest_ckpts import load_manifest
@@ -38,6 +37,7 @@ from pytest_ckpts.errors import (
 )
 from pytest_ckpts.hub_client import HubClient, ProbeAnswer
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import dead_endpoint, make_manifest
 
 pytest_plugins = ["pytester"]
 
@@ -359,7 +359,7 @@ def test_cited_test_files_exist() -> None:
     cited = {
         (path.relative_to(root), match)
         for path in PACKAGE.rglob("*.py")
-        for match in re.findall(r"tests/test_\w+\.py", path.read_text(encoding="utf-8"))
+        for match in re.findall(r"tests/(?:\w+/)*test_\w+\.py", path.read_text(encoding="utf-8"))
     }
     assert [(str(p), m) for p, m in sorted(cited) if not (root / m).is_file()] == []
 

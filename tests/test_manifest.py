@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from pytest_ckpts import ManifestError, load_manifest
 from pytest_ckpts.manifest import find_manifest, project_root_for
+from tests.helpers import one_entry, refused, write_manifest_text
 
 SHA = "a" * 64
 
@@ -45,14 +45,8 @@ config:
 """
 
 
-def write(project: Path, text: str) -> Path:
-    path = project / "checkpoints" / "checkpoints.yaml"
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
-
-
 def test_seed_004_manifest_loads_verbatim(project: Path) -> None:
-    m = load_manifest(write(project, SEED_004))
+    m = load_manifest(write_manifest_text(project, SEED_004))
     assert list(m.entries) == ["mp_20_vae", "alex_mp_20_vae", "mp_20_ldm", "alex_mp_20_ldm"]
     e = m.get("mp_20_vae")
     assert e.filename == "dng_m4owq4i5_v0.ckpt"
@@ -70,7 +64,7 @@ def test_seed_004_manifest_loads_verbatim(project: Path) -> None:
 def test_optional_keys_and_config_defaults(project: Path) -> None:
     commit = "0123456789abcdef0123456789abcdef01234567"
     m = load_manifest(
-        write(
+        write_manifest_text(
             project,
             f"""
             checkpoints:
@@ -101,7 +95,7 @@ def test_optional_keys_and_config_defaults(project: Path) -> None:
 def test_cache_dir_resolves_against_project_root_not_cwd(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = write(
+    path = write_manifest_text(
         project,
         """
         checkpoints: {}
@@ -125,7 +119,7 @@ def test_manifest_outside_checkpoints_dir_uses_its_own_dir(tmp_path: Path) -> No
 def test_find_manifest_walks_up_and_env_wins(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = write(project, SEED_004)
+    path = write_manifest_text(project, SEED_004)
     deep = project / "src" / "pkg"
     deep.mkdir(parents=True)
     monkeypatch.chdir(deep)
@@ -283,7 +277,7 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_error_reports_line_number(project: Path) -> None:
-    path = write(
+    path = write_manifest_text(
         project, "checkpoints:\n  a:\n    hf_path: a.ckpt\n    bogus: 1\nconfig: {hf_repo: o/r}\n"
     )
     with pytest.raises(ManifestError, match=r"checkpoints\.yaml:4"):
@@ -291,7 +285,7 @@ def test_error_reports_line_number(project: Path) -> None:
 
 
 def test_unknown_name_suggests_close_matches(project: Path) -> None:
-    m = load_manifest(write(project, SEED_004))
+    m = load_manifest(write_manifest_text(project, SEED_004))
     with pytest.raises(KeyError, match="not found in config") as info:
         m.get("mp_20_vea")
     assert "'mp_20_vae'" in str(info.value)
@@ -306,3 +300,57 @@ def test_atomic_writes_get_the_umask_mode_not_0600(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
+
+
+SHA_AB = "ab" * 32
+
+
+def test_no_manifest_is_reported_as_not_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_ckpts.errors import ManifestNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ManifestNotFoundError) as info:
+        load_manifest()
+    message = str(info.value)
+    assert message.startswith("pytest-ckpts: no manifest found: ")
+    assert "invalid" not in message
+    for hint in (str(tmp_path), "checkpoints.yaml", "PYTEST_CKPTS_MANIFEST"):
+        assert hint in message
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ManifestNotFoundError, match="file not found") as info:
+        load_manifest(missing)
+    assert info.value.path == missing
+    # the library's words (SPEC §14): the variable; pytest and the CLI name their options
+    assert "PYTEST_CKPTS_MANIFEST=PATH" in str(info.value)
+
+
+def test_cli_says_no_manifest_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_ckpts.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pytest-ckpts: no manifest found: ")
+    assert "--manifest PATH" in err
+    assert err.count("\n") == 1
+
+
+def test_parsed_once_per_content(project: Path) -> None:
+    path = write_manifest_text(project, one_entry(hf_path="a.ckpt", sha256=f'"{SHA_AB}"'))
+    first = load_manifest(path)
+    assert load_manifest(path) is first
+    assert load_manifest(str(path)) is first
+    with pytest.raises(TypeError):
+        first.entries["b"] = first.get("a")  # type: ignore[index]
+    other = "cd" * 32
+    path.write_text(path.read_text().replace(SHA_AB, other))  # same size, same second
+    again = load_manifest(path)
+    assert again.get("a").sha256 == other
+    assert again is not first
+    path.write_text("checkpoints: [\n")
+    refused(path)  # a broken file is never served from the cache
+    refused(path)

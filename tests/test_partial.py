@@ -11,8 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, dead_endpoint
-from partial_files import HF_PATH, cli, index, make_tensors, publish, safetensors_bytes
 
 from pytest_ckpts import (
     CheckpointDownloadError,
@@ -25,6 +23,8 @@ from pytest_ckpts import (
 from pytest_ckpts.partial import Partial, PartialReader
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, dead_endpoint
+from tests.partial_files import HF_PATH, cli, index, make_tensors, publish, safetensors_bytes
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
@@ -91,7 +91,7 @@ def test_lock_tensors_writes_index_and_records_its_sha(
 def test_lock_tensors_from_dir_needs_no_hub_and_refuses_other_bytes(
     project: Path, data: bytes, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from partial_files import write_manifest
+    from tests.partial_files import write_manifest
 
     path = write_manifest(project, dead_endpoint(), data)
     src = project / "src"

@@ -12,16 +12,18 @@ from __future__ import annotations
 import base64
 import io
 import json
+import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_manifest
 
 from pytest_ckpts import CheckpointDownloadError, load_manifest
 from pytest_ckpts._redact import redact, redact_url, secrets_of, split_userinfo
 from pytest_ckpts.cli import main
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, make_manifest
+from tests.plugin.suites import SMALL_FILES
 
 pytest_plugins = ["pytester"]
 
@@ -207,3 +209,87 @@ def test_manifest_endpoint_userinfo_is_sent_as_basic_auth_and_never_shown(
         "report": report.read_text(),
     }.items():
         _assert_clean(where, text)
+
+
+SECRET = "hf_" + "Zq7" * 10  # what a user token looks like
+
+
+SECRET_TESTS = textwrap.dedent(
+    """
+    import pytest
+    from pytest_ckpts import get_checkpoint
+
+    def test_library_call_raises():
+        get_checkpoint("vae")
+
+    @pytest.mark.requires_checkpoints("vae")
+    def test_marked(checkpoints):
+        pass
+
+    def test_fixture(checkpoint):
+        checkpoint("vae")
+    """
+)
+
+
+def _assert_no_secret(pytester: pytest.Pytester, result: pytest.RunResult) -> None:
+    xml = (pytester.path / "junit.xml").read_text("utf-8")
+    text = result.stdout.str() + result.stderr.str()
+    assert "Traceback" in text or "def test_library_call_raises" in text  # locals were shown
+    assert SECRET not in text
+    assert SECRET not in xml
+    assert SECRET[3:15] not in text + xml  # not even a piece of it
+
+
+@pytest.mark.parametrize("full_trace", [False, True], ids=["tb-long", "full-trace"])
+def test_refused_token_never_shown_with_showlocals(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, full_trace: bool
+) -> None:
+    """``pytest -l`` printed the locals of the earlier store's frames, among them
+    ``token = hf_...``, in the terminal and in the JUnit XML. The token now lives only
+    in an auth object whose repr hides it."""
+    with LocalHub(token="hf_the_right_one") as hub:  # our token is refused with a 401
+        make_manifest(pytester.path, hub, SMALL_FILES)
+        monkeypatch.setenv("HF_TOKEN", SECRET)
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)  # the machine's endpoint: token is sent
+        pytester.makepyfile(test_it=SECRET_TESTS)
+        extra = ["--full-trace"] if full_trace else ["--tb=long"]
+        result = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "-l", "-rA", "--junitxml=junit.xml", *extra, timeout=120
+        )
+        assert hub.stats.count(path_contains="/api/models/") >= 1  # the token was sent
+    result.assert_outcomes(failed=1, skipped=2)
+    assert "401" in result.stdout.str()
+    _assert_no_secret(pytester, result)
+
+
+@pytest.mark.parametrize("fault", ["503", "reset"])
+def test_download_failure_never_shows_token(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """Same, for a download that fails after the probe accepted the token (5xx until the
+    retry budget is spent, or connections reset mid-body)."""
+    with LocalHub(token=SECRET) as hub:
+        make_manifest(pytester.path, hub, SMALL_FILES, pinned=True)
+        monkeypatch.setenv("HF_TOKEN", SECRET)
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        if fault == "503":
+            hub.faults.fail_next(1000, 503, path_contains="/resolve/")
+        else:
+            hub.faults.drop_next(1000, after_bytes=100, path_contains="/resolve/")
+        pytester.makepyfile(test_it=SECRET_TESTS)
+        result = pytester.runpytest_subprocess(
+            "-p",
+            "no:cacheprovider",
+            "-l",
+            "--tb=long",
+            "-rA",
+            "--junitxml=junit.xml",
+            "--ckpts=require",
+            "--ckpts-retry-budget=1",
+            timeout=120,
+        )
+        assert hub.stats.count(path_contains="/resolve/") >= 1
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "INTERNALERROR" not in result.stdout.str()
+    _assert_no_secret(pytester, result)

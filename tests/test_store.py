@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, dead_endpoint, make_manifest
 
 from pytest_ckpts import (
     CheckpointDownloadError,
@@ -21,6 +20,7 @@ from pytest_ckpts import (
 )
 from pytest_ckpts.store import NullObserver, Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, dead_endpoint, make_manifest
 
 DATA = os.urandom(64 * 1024) + b"weights"
 

@@ -9,13 +9,13 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_manifest
 
 from pytest_ckpts import CacheError, load_manifest
 from pytest_ckpts._stamps import blob_of
 from pytest_ckpts.cache import Cache
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests.helpers import REPO, make_manifest
 
 A = os.urandom(4096) + b"a"
 B = os.urandom(4096) + b"b"

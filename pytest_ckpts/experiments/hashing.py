@@ -5,7 +5,7 @@ is identical across processes, ``PYTHONHASHSEED`` values, dict insertion orders 
 set orders. A value it cannot canonicalise is an ``ExperimentTypeError`` (a
 ``TypeError``) naming its key path, never a silent constant. Existing experiment
 directories are named by this hash, so the canonical form may only change on
-purpose (``tests/test_experiments_hashing.py`` pins one value).
+purpose (``tests/experiments/test_hashing.py`` pins one value).
 """
 
 from __future__ import annotations
