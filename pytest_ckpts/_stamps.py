@@ -333,6 +333,22 @@ def blob_of(path: str | os.PathLike[str], st: os.stat_result | None = None) -> s
     return blob
 
 
+def blob_name(path: str | os.PathLike[str], st: os.stat_result | None = None) -> str:
+    """The name of the blob ``path`` links to, for a stamp look-up: the link's own text
+    (one ``readlink``), not a ``realpath`` (about a dozen ``lstat``). A name that is not
+    the blob's finds no stamp whose inode and ctime agree with ``st``, so the file is
+    hashed again: never trusted wrongly. Not a link (a cache copied without links):
+    :func:`blob_of`."""
+    key = os.fspath(path)
+    known = _BLOBS.get(key)
+    if known is not None and st is not None and known[1] == st.st_ino:
+        return os.path.basename(known[0])
+    try:
+        return os.path.basename(os.readlink(key))
+    except OSError:
+        return os.path.basename(blob_of(key, st))
+
+
 def note_blob(path: str | os.PathLike[str], blob: str | os.PathLike[str], ino: int) -> None:
     """``path`` links to ``blob``, inode ``ino`` (what :func:`blob_of` would find): said
     by whoever just made the link, so the next look-up needs no ``realpath``."""

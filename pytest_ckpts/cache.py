@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._housekeeping import CacheHousekeeping
-from ._stamps import LOG_NAME, Stamp, StampLog, blob_of, stamp_log_for
+from ._stamps import LOG_NAME, Stamp, StampLog, blob_name, stamp_log_for
 from .errors import CacheError
 from .integrity import atomic_write_text
 from .manifest import CheckpointSpec, Manifest, is_pinned
@@ -349,7 +349,7 @@ class Cache(CacheHousekeeping):
             st = st if st is not None else os.stat(path)
         except OSError:
             return None
-        name = os.path.basename(blob_of(path, st))
+        name = blob_name(path, st)
         stamp = self._stamp_log(spec).lookup(name, lambda s: s.agrees(st))
         if stamp is None:
             return None

@@ -171,6 +171,48 @@ def test_one_realpath_per_checkpoint_per_process(
     assert len(calls) <= len(SMALL)
 
 
+def test_a_warm_resolve_reads_the_link_not_its_realpath(
+    project: Path, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh process's warm resolve finds the blob's stamp from the link's own text (one
+    ``readlink``), not a ``realpath`` (a dozen ``lstat`` per checkpoint)."""
+    manifest = load_manifest(make_manifest(project, hub, SMALL, pinned=True))
+    fetch_quietly(project)
+    from pytest_ckpts import _stamps
+
+    _stamps._BLOBS.clear()  # what a new process knows
+    calls: list[str] = []
+    real = os.path.realpath
+
+    def counting(path: object, *args: object, **kwargs: object) -> str:
+        calls.append(os.fspath(path))  # type: ignore[arg-type]
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os.path, "realpath", counting)
+    store = Store(manifest)
+    for name in SMALL:
+        assert store.resolve(manifest.get(name)).source == "cached"
+    assert [c for c in calls if "snapshots" in c] == []  # (locating the cache: once per store)
+
+
+def test_a_link_to_a_same_named_copy_is_not_trusted(project: Path, hub: LocalHub) -> None:
+    """The link's text names the blob; a link to a copy elsewhere with the blob's name
+    (another inode) finds no stamp that agrees: hashed, never trusted on the name."""
+    manifest = load_manifest(make_manifest(project, hub, SMALL, pinned=True))
+    spec = manifest.get("c00")
+    link = Store(manifest).resolve(spec).path
+    blob = link.resolve()
+    elsewhere = project / "elsewhere" / blob.name
+    elsewhere.parent.mkdir()
+    shutil.copy2(blob, elsewhere)
+    from pytest_ckpts import _stamps
+
+    _stamps._BLOBS.clear()
+    link.unlink()
+    link.symlink_to(elsewhere)
+    assert not Store(manifest).is_trusted(spec)
+
+
 def test_a_relinked_snapshot_is_judged_by_its_new_blob(project: Path, hub: LocalHub) -> None:
     """The realpath is remembered per process; a link pointed at another file since is
     noticed (another inode) and never trusted on the old blob's stamp."""
