@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from pytest_ckpts import load_manifest
 from pytest_ckpts.partial import Partial, PartialReader
 from pytest_ckpts.store import Store
@@ -120,3 +122,22 @@ def index_rows(manifest: Path) -> dict[str, Any]:
     doc = json.loads((manifest.parent / "tensors" / "llm.json").read_text())
     rows: dict[str, Any] = doc["tensors"]
     return rows
+
+
+# The published, indexed safetensors file test_pieces, test_tensor_index and test_st_header
+# start from; each module takes these fixtures as its own (``data = partial_files.data``).
+
+
+@pytest.fixture
+def data() -> bytes:
+    """A safetensors file of :func:`make_tensors` (big=512) with metadata."""
+    return safetensors_bytes(make_tensors(big=512), metadata={"arch": "test"})
+
+
+@pytest.fixture
+def manifest(project: Path, hub: LocalHub, data: bytes) -> Path:
+    """``data`` published on the local hub with its tensor index locked; hub counters reset."""
+    path = publish(project, hub, data)
+    index(path)
+    hub.stats.reset()
+    return path

@@ -23,6 +23,7 @@ from pytest_ckpts import (
 from pytest_ckpts.partial import Partial, PartialReader
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests import partial_files
 from tests.helpers import REPO, dead_endpoint
 from tests.partial_files import HF_PATH, cli, index, make_tensors, publish, safetensors_bytes
 
@@ -52,12 +53,7 @@ def data(tensors: dict[str, object]) -> bytes:
     return safetensors_bytes(tensors, metadata={"arch": "test"})
 
 
-@pytest.fixture
-def manifest(project: Path, hub: LocalHub, data: bytes) -> Path:
-    path = publish(project, hub, data)
-    index(path)
-    hub.stats.reset()
-    return path
+manifest = partial_files.manifest  # of this module's data (tests/partial_files.py)
 
 
 # --------------------------------------------------------------------------- the index

@@ -9,15 +9,13 @@ import pytest
 
 from pytest_ckpts import ChecksumMismatchError
 from pytest_ckpts.testing import LocalHub
+from tests import partial_files
 from tests.helpers import Mounts
 from tests.partial_files import (
     assert_one_line,
-    index,
     index_rows,
     make_tensors,
-    publish,
     read_tensors,
-    safetensors_bytes,
     served_bytes,
 )
 
@@ -28,17 +26,8 @@ pytest.importorskip("safetensors")
 Doc = dict[str, Any]
 
 
-@pytest.fixture
-def data() -> bytes:
-    return safetensors_bytes(make_tensors(big=512), metadata={"arch": "test"})
-
-
-@pytest.fixture
-def manifest(project: Path, hub: LocalHub, data: bytes) -> Path:
-    path = publish(project, hub, data)
-    index(path)
-    hub.stats.reset()
-    return path
+data = partial_files.data  # shared fixtures (tests/partial_files.py)
+manifest = partial_files.manifest
 
 
 def test_corrupted_piece_in_a_read_only_cache(

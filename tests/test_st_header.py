@@ -13,24 +13,16 @@ from pathlib import Path
 import pytest
 
 from pytest_ckpts.testing import LocalHub
+from tests import partial_files
 from tests.helpers import REPO
-from tests.partial_files import HF_PATH, index, make_tensors, publish, safetensors_bytes
+from tests.partial_files import HF_PATH
 
 pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
 
-@pytest.fixture
-def data() -> bytes:
-    return safetensors_bytes(make_tensors(big=512), metadata={"arch": "test"})
-
-
-@pytest.fixture
-def manifest(project: Path, hub: LocalHub, data: bytes) -> Path:
-    path = publish(project, hub, data)
-    index(path)
-    hub.stats.reset()
-    return path
+data = partial_files.data  # shared fixtures (tests/partial_files.py)
+manifest = partial_files.manifest
 
 
 def _file(header: bytes, body: bytes) -> bytes:

@@ -19,13 +19,12 @@ import pytest
 from pytest_ckpts import TensorIndexError, load_manifest
 from pytest_ckpts.store import Store
 from pytest_ckpts.testing import LocalHub
+from tests import partial_files
 from tests.partial_files import (
     HF_PATH,
     assert_one_line,
     cli,
-    index,
     index_rows,
-    make_tensors,
     publish,
     read_tensors,
     safetensors_bytes,
@@ -51,17 +50,8 @@ def _rewrite_index(manifest: Path, edit: Callable[[Doc], None]) -> None:
     manifest.write_text(text)
 
 
-@pytest.fixture
-def data() -> bytes:
-    return safetensors_bytes(make_tensors(big=512), metadata={"arch": "test"})
-
-
-@pytest.fixture
-def manifest(project: Path, hub: LocalHub, data: bytes) -> Path:
-    path = publish(project, hub, data)
-    index(path)
-    hub.stats.reset()
-    return path
+data = partial_files.data  # shared fixtures (tests/partial_files.py)
+manifest = partial_files.manifest
 
 
 # --------------------------------------------------------------------------- lying ranges
