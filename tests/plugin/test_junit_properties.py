@@ -52,11 +52,20 @@ def _inprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 def test_junit_xml_carries_status_sha256_and_commit(
     pytester: pytest.Pytester, hub: LocalHub, plugin_args: list[str]
 ) -> None:
+    """The first run downloads, the second finds both cached.
+
+    Under xdist every worker prefetches the marked checkpoints of the whole selection (it
+    does not know which tests it will be sent), so the worker that runs ``test_marked``
+    may find ``vae`` already fetched by the other one and truthfully say ``cached`` (seen
+    once in CI). Prefetch is off in that run, so the worker that runs a test is the one
+    that downloads its checkpoint; the prefetch case is the next test.
+    """
     make_manifest(pytester.path, hub, {"vae": VAE, "ldm": LDM}, pinned=True)
     commit = hub.commit_sha(REPO)
     pytester.makepyfile(test_it=TESTS)
     xml = pytester.path / "junit.xml"
-    _inprocess(pytester, *plugin_args, f"--junitxml={xml}").assert_outcomes(passed=3)
+    args = [*plugin_args, "--ckpts-prefetch=0"] if plugin_args else []
+    _inprocess(pytester, *args, f"--junitxml={xml}").assert_outcomes(passed=3)
     props = _properties(xml)
     assert props["test_marked"] == {
         "ckpts.vae.status": "downloaded",
@@ -71,6 +80,25 @@ def test_junit_xml_carries_status_sha256_and_commit(
     assert props["test_plain"] == {}  # no checkpoint, no properties
     _inprocess(pytester, *plugin_args, f"--junitxml={xml}").assert_outcomes(passed=3)
     assert _properties(xml)["test_marked"]["ckpts.vae.status"] == "cached"
+
+
+def test_xdist_prefetch_status_is_what_this_worker_saw(
+    pytester: pytest.Pytester, hub: LocalHub
+) -> None:
+    """With prefetch under xdist, a checkpoint is downloaded once by whichever worker gets
+    its lock first; the test's status is ``downloaded`` or ``cached`` accordingly, and the
+    run's summary counts one download."""
+    pytest.importorskip("xdist")
+    make_manifest(pytester.path, hub, {"vae": VAE, "ldm": LDM}, pinned=True)
+    pytester.makepyfile(test_it=TESTS)
+    xml = pytester.path / "junit.xml"
+    result = _inprocess(pytester, "-n", "2", f"--junitxml={xml}")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["2 downloaded (*), 0 cached*", "downloaded vae: *"])
+    props = _properties(xml)["test_marked"]
+    assert props["ckpts.vae.status"] in ("downloaded", "cached")
+    assert props["ckpts.vae.sha256"] == SHA["vae"]
+    assert hub.stats.bodies_served == 2  # vae and ldm once each, whichever worker
 
 
 def test_stale_copy_shows_stale_in_junit_xml(
