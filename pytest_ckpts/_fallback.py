@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from ._text import duration
 from ._transfer import blocked_dir_error
 from .cache import Stamp
 from .checkpoint import Checkpoint
@@ -27,10 +28,11 @@ from .errors import (
 from .manifest import CheckpointSpec, is_pinned
 from .settings import Mode
 
-__all__ = ["StaleSupport", "mismatch_error", "mismatch_fixes"]
+__all__ = ["StaleSupport", "lock_wait_error", "mismatch_error", "mismatch_fixes"]
 
 
 if TYPE_CHECKING:
+    from .errors import LockTimeout
     from .store import Store
 
 logger = logging.getLogger("pytest_ckpts")
@@ -85,16 +87,16 @@ class StaleSupport:
         """Hash a cached copy once (under the file's lock when the cache is writable, so
         xdist workers hash it once between them) and stamp it, or raise the mismatch."""
         store = cast("Store", self)
-        from filelock import FileLock, Timeout
+        from ._lock import acquire
+        from .errors import LockTimeout
 
         lock_path = store.layout.lock_path(spec)
-        lock = FileLock(str(lock_path), timeout=store.lock_timeout)
+        lock = None
         try:
             lock_path.parent.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
-            held = True
-        except (OSError, Timeout):  # read-only cache: nobody else can stamp it either
-            held = False
+            lock = acquire(lock_path, store.lock_timeout)
+        except (OSError, LockTimeout):  # read-only cache: nobody else can stamp it either
+            pass
         try:
             stamp = store._trusted(spec, path)  # another process hashed it meanwhile
             if stamp is not None:
@@ -113,7 +115,7 @@ class StaleSupport:
                 )
             return stamp
         finally:
-            if held:
+            if lock is not None:
                 lock.release()
 
     def _verify_cached(self, spec: CheckpointSpec, path: Path, commit: str, why: str) -> Checkpoint:
@@ -167,12 +169,9 @@ class StaleSupport:
             except FileNotFoundError:  # first download into this cache
                 lock_path.parent.mkdir(parents=True, exist_ok=True)
                 lock = acquire(lock_path, store.lock_timeout)
-        except LockTimeout:
-            raise CheckpointDownloadError(
-                f"pytest-ckpts: timed out after {store.lock_timeout:.0f}s waiting for another "
-                f"process to download '{spec.name}' (lock {lock_path}). If no other "
-                "process is running, delete the lock file.",
-                name=spec.name,
+        except LockTimeout as exc:
+            raise lock_wait_error(
+                spec, f"download '{spec.name}'", store.lock_timeout, exc
             ) from None
         except OSError as exc:  # read-only cache: nobody can write, so no lock is needed
             if path.exists() and not force_download:
@@ -211,20 +210,15 @@ class StaleSupport:
         message); yields False, holding nothing, where the cache is read-only (nothing
         will be written there, so nothing needs one)."""
         store = cast("Store", self)
-        from filelock import FileLock, Timeout
+        from ._lock import acquire
+        from .errors import LockTimeout
 
         lock: Any = None
         try:
             lock_path.parent.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(lock_path), timeout=store.lock_timeout)
-            lock.acquire()
-        except Timeout:
-            raise CheckpointDownloadError(
-                f"pytest-ckpts: timed out after {store.lock_timeout:.0f}s waiting for another "
-                f"process to {doing} (lock {lock_path}). If no other process is running, "
-                "delete the lock file.",
-                name=spec.name,
-            ) from None
+            lock = acquire(lock_path, store.lock_timeout)
+        except LockTimeout as exc:
+            raise lock_wait_error(spec, doing, store.lock_timeout, exc) from None
         except OSError as exc:  # read-only cache
             logger.debug("pytest-ckpts: no lock %s: %s", lock_path, exc)
             lock = None
@@ -257,4 +251,27 @@ def mismatch_error(
         why=why,
         source=source,
         fixes=mismatch_fixes(spec) if fixes is None else fixes,
+    )
+
+
+def lock_wait_error(
+    spec: CheckpointSpec, doing: str, timeout: float, exc: LockTimeout
+) -> CheckpointDownloadError:
+    """Another process held ``spec``'s lock for all of ``timeout``: who, and the way out.
+
+    An ``flock`` is freed when its process ends (``_lock``), so the holder is alive: the
+    fix is to wait for it or stop it, never to delete the lock file (that would let a
+    second download write beside the first).
+    """
+    who = exc.holder or "another process"
+    return CheckpointDownloadError(
+        what=f"timed out after {duration(timeout)} waiting for another process to {doing}",
+        cause=f"{who} holds the lock {exc.path}",
+        name=spec.name,
+        fixes=(
+            Fix.say(
+                f"let {who} finish or stop it (the lock is freed when that process ends; "
+                "deleting the lock file would let two downloads write the same file)"
+            ),
+        ),
     )

@@ -5,6 +5,11 @@ a small file; a bare ``fcntl.flock`` costs ~10 µs and is the same lock (``filel
 Unix lock is an ``flock`` too), so ``cache prune`` and other versions still see it.
 A lock is taken per open file description: threads of one process exclude each other
 as processes do. Where ``fcntl`` is missing (Windows), ``filelock`` does the work.
+
+The holder writes ``<pid> <host>`` into the lock file, so a process that times out
+waiting can say who holds it (:func:`holder`). An ``flock`` is freed when its process
+ends, so a timeout always means a live holder: deleting the lock file would only let
+a second download write beside it, which is why no message suggests that.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 from .errors import LockTimeout
 
-__all__ = ["acquire"]
+__all__ = ["acquire", "holder"]
 
 
 class _Flock:
@@ -48,7 +53,7 @@ def acquire(path: Path, timeout: float, *, poll: float = 0.05) -> _Flock | _File
         try:
             lock.acquire()
         except Timeout:
-            raise LockTimeout(str(path)) from None
+            raise LockTimeout(str(path), path=path, holder=holder(path)) from None
         return _FileLock(lock)
     import fcntl
 
@@ -58,12 +63,38 @@ def acquire(path: Path, timeout: float, *, poll: float = 0.05) -> _Flock | _File
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return _Flock(fd)
             except BlockingIOError:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise LockTimeout(str(path)) from None
+                    raise LockTimeout(str(path), path=path, holder=holder(path)) from None
                 time.sleep(min(poll, left))
+                continue
+            _sign(fd)
+            return _Flock(fd)
     except BaseException:
         os.close(fd)
         raise
+
+
+def _sign(fd: int) -> None:
+    """Write this process into the lock file it now holds (best effort: a full disk
+    must not fail a download that only needs the lock)."""
+    mark = f"{os.getpid()} {os.uname().nodename}\n".encode()
+    try:
+        os.pwrite(fd, mark, 0)
+        os.ftruncate(fd, len(mark))
+    except OSError:
+        pass
+
+
+def holder(path: Path) -> str | None:
+    """Who holds (or last held) the lock at ``path``: ``"process <pid> on <host>"``, or
+    None when the file says nothing usable (a ``filelock`` holder writes nothing)."""
+    try:
+        with open(path, "rb") as f:
+            words = f.read(256).decode("ascii", "replace").split()
+    except OSError:
+        return None
+    if len(words) != 2 or not words[0].isdigit():
+        return None
+    return f"process {words[0]} on {words[1]}"

@@ -552,7 +552,13 @@ class MirrorUnavailable(CheckpointsError):
 
 class LockTimeout(CheckpointsError):
     """A per-file download lock was not free within the timeout (``_lock.acquire``; the
-    store turns it into a ``CheckpointDownloadError`` naming the lock file)."""
+    store turns it into a ``CheckpointDownloadError`` naming the lock file and, when it
+    signed the file, the process holding it)."""
+
+    def __init__(self, message: str, *, path: object = None, holder: str | None = None) -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(message)
 
 
 class TransferStopped(CheckpointsError):
