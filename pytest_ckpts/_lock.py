@@ -6,8 +6,9 @@ Unix lock is an ``flock`` too), so ``cache prune`` and other versions still see 
 A lock is taken per open file description: threads of one process exclude each other
 as processes do. Where ``fcntl`` is missing (Windows), ``filelock`` does the work.
 
-The holder writes ``<pid> <host>`` into the lock file, so a process that times out
-waiting can say who holds it (:func:`holder`). An ``flock`` is freed when its process
+The holder writes ``<pid> <host>`` into the lock file and empties it on release, so a
+process that times out waiting can say who holds it (:func:`holder`), and a cache copied
+while free (``actions/cache``) names nobody. An ``flock`` is freed when its process
 ends, so a timeout always means a live holder: deleting the lock file would only let
 a second download write beside it, which is why no message suggests that.
 """
@@ -32,6 +33,10 @@ class _Flock:
     def release(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
+            try:
+                os.ftruncate(fd, 0)  # unsigned while free: a copied cache names nobody
+            except OSError:
+                pass
             os.close(fd)  # closing the descriptor releases the lock
 
 
@@ -97,4 +102,17 @@ def holder(path: Path) -> str | None:
         return None
     if len(words) != 2 or not words[0].isdigit():
         return None
-    return f"process {words[0]} on {words[1]}"
+    pid, host = int(words[0]), words[1]
+    if host == os.uname().nodename and not _alive(pid):
+        return None  # killed while holding it; whoever holds it now did not sign
+    return f"process {pid} on {host}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True

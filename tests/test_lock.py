@@ -105,6 +105,17 @@ def test_the_store_lock_signs_the_file_it_holds(tmp_path: Path) -> None:
         assert holder(path) == f"process {os.getpid()} on {os.uname().nodename}"
     finally:
         lock.release()
+    assert path.read_bytes() == b""  # free: signed by nobody (a copied cache names nobody)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    path.write_text(f"{dead.stdout.strip()} {os.uname().nodename}\n")  # killed -9 holding it
+    assert holder(path) is None
+    path.write_text("4242 runner-7\n")  # another machine: cannot be checked, so named
+    assert holder(path) == "process 4242 on runner-7"
     (tmp_path / "junk.lock").write_bytes(b"\xff\x00 not a pid")
     assert holder(tmp_path / "junk.lock") is None
     assert holder(tmp_path / "missing.lock") is None
