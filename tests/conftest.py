@@ -89,6 +89,11 @@ def _isolated_env(
     hf_home = tmp_path_factory.mktemp("hf_home")
     monkeypatch.setenv("HF_HOME", str(hf_home))
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
+    # pytester runs (in process and subprocess) leave out plugins the suite never uses:
+    # a pytest start costs 2 s less each (tests/helpers.py unused_plugins)
+    from tests.helpers import unused_plugins
+
+    monkeypatch.setenv("PYTEST_ADDOPTS", " ".join(unused_plugins()))
     return
 
 

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tests.helpers import unused_plugins
+
 if TYPE_CHECKING:
     from pytest_ckpts.testing import LocalHub
 
@@ -228,7 +230,7 @@ class PageRun:
             PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
             PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
             REPO_ROOT=str(ROOT),
-            PYTEST_ADDOPTS="-p no:randomly -p no:cacheprovider",
+            PYTEST_ADDOPTS=" ".join(["-p no:randomly -p no:cacheprovider", *unused_plugins()]),
             GIT_AUTHOR_NAME="docs",
             GIT_AUTHOR_EMAIL="docs@example.invalid",
             GIT_COMMITTER_NAME="docs",
