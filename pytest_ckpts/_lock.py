@@ -16,6 +16,7 @@ a second download write beside it, which is why no message suggests that.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -84,7 +85,7 @@ def acquire(path: Path, timeout: float, *, poll: float = 0.05) -> _Flock | _File
 def _sign(fd: int) -> None:
     """Write this process into the lock file it now holds (best effort: a full disk
     must not fail a download that only needs the lock)."""
-    mark = f"{os.getpid()} {os.uname().nodename}\n".encode()
+    mark = f"{os.getpid()} {_host()}\n".encode()
     try:
         os.pwrite(fd, mark, 0)
         os.ftruncate(fd, len(mark))
@@ -100,12 +101,24 @@ def holder(path: Path) -> str | None:
             words = f.read(256).decode("ascii", "replace").split()
     except OSError:
         return None
-    if len(words) != 2 or not words[0].isdigit():
+    # the file may come from a copied cache: only a pid and a host name get printed
+    if len(words) != 2 or not words[0].isdigit() or not _HOST.fullmatch(words[1]):
         return None
     pid, host = int(words[0]), words[1]
-    if host == os.uname().nodename and not _alive(pid):
+    if host == _host() and not _alive(pid):
         return None  # killed while holding it; whoever holds it now did not sign
     return f"process {pid} on {host}"
+
+
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+def _host() -> str:
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import platform  # pragma: no cover (Windows)
+
+    return platform.node()  # pragma: no cover
 
 
 def _alive(pid: int) -> bool:

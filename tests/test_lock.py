@@ -116,6 +116,8 @@ def test_the_store_lock_signs_the_file_it_holds(tmp_path: Path) -> None:
     assert holder(path) is None
     path.write_text("4242 runner-7\n")  # another machine: cannot be checked, so named
     assert holder(path) == "process 4242 on runner-7"
+    path.write_bytes(b"4242 \x1b[2Jrunner\n")  # a hostile copy: nothing of it is printed
+    assert holder(path) is None
     (tmp_path / "junk.lock").write_bytes(b"\xff\x00 not a pid")
     assert holder(tmp_path / "junk.lock") is None
     assert holder(tmp_path / "missing.lock") is None
