@@ -14,7 +14,8 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 def duration(seconds: float) -> str:
     """``0.3s``, ``45s``, ``12 min``, ``6 h``: a wait as a person reads it."""
     if seconds < 10:
-        return f"{seconds:.1f}".rstrip("0").rstrip(".") + "s"
+        text = f"{seconds:.1f}"
+        return (text[:-2] if text.endswith(".0") else text) + "s"
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:

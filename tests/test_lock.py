@@ -126,7 +126,8 @@ def test_the_store_lock_signs_the_file_it_holds(tmp_path: Path) -> None:
 def test_waits_are_said_as_people_read_them() -> None:
     from pytest_ckpts._text import duration
 
-    assert [duration(s) for s in (0.3, 2.0, 45, 720, 6 * 3600)] == [
+    assert [duration(s) for s in (0, 0.3, 2.0, 45, 720, 6 * 3600)] == [
+        "0s",
         "0.3s",
         "2s",
         "45s",
