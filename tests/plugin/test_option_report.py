@@ -120,6 +120,16 @@ def test_report_option_with_an_existing_file_in_either_form(
 # --------------------------------------------------------------------------- timeouts
 
 
+#: One test that needs the large checkpoint ``big`` (the timeout cases below).
+BIG_TEST = """
+import pytest
+
+@pytest.mark.requires_checkpoints("big")
+def test_big(checkpoints):
+    pass
+"""
+
+
 @pytest.mark.parametrize("xdist", [["-p", "no:xdist"], ["-n", "2"]], ids=["serial", "xdist"])
 def test_a_download_cut_by_a_test_timeout_is_a_failed_row_with_the_bytes_received(
     pytester: pytest.Pytester, hub: LocalHub, xdist: list[str]
@@ -129,15 +139,7 @@ def test_a_download_cut_by_a_test_timeout_is_a_failed_row_with_the_bytes_receive
     manifest = make_manifest(pytester.path, hub, {"big": big}, pinned=True)
     _with_size(manifest, {"big": len(big)})
     hub.faults.slow(bytes_per_second=200_000, route="file")  # ~10 s for the whole file
-    pytester.makepyfile(
-        test_it="""
-        import pytest
-
-        @pytest.mark.requires_checkpoints("big")
-        def test_big(checkpoints):
-            pass
-        """
-    )
+    pytester.makepyfile(test_it=BIG_TEST)
     report = pytester.path / "report.json"
     result = pytester.runpytest(
         "-p", "no:cacheprovider", "--timeout=3", "--ckpts-prefetch=0", *xdist,
@@ -168,15 +170,7 @@ def test_timeout_while_waiting_for_a_prefetch_is_a_failed_row(
     # 400 KB/s and 1 s) the prefetch could finish before the test started, or the
     # timeout fire before the first bytes arrived.
     hub.faults.slow(bytes_per_second=100_000, route="file")
-    pytester.makepyfile(
-        test_it="""
-        import pytest
-
-        @pytest.mark.requires_checkpoints("big")
-        def test_big(checkpoints):
-            pass
-        """
-    )
+    pytester.makepyfile(test_it=BIG_TEST)
     report = pytester.path / "report.json"
     result = pytester.runpytest(
         "-p", "no:cacheprovider", "--timeout=2", *xdist, f"--ckpts-report={report}"
