@@ -227,10 +227,19 @@ def write_chunk(f: Any, chunk: bytes, path: Path, spec: CheckpointSpec, response
     try:
         f.write(chunk)
     except OSError as exc:
-        length = response.headers.get("Content-Length")
-        raise _cache_error(
-            spec, path, exc, int(length) if length and length.isdigit() else None
-        ) from None
+        raise _cache_error(spec, path, exc, _whole_size(spec, response)) from None
+
+
+def _whole_size(spec: CheckpointSpec, response: Any) -> int | None:
+    """The whole file's size: a failed write removes the partial file, so all of it must
+    fit, not the rest a ``Range`` answer carries (its Content-Length)."""
+    if spec.size is not None:
+        return spec.size
+    total = response.headers.get("Content-Range", "").rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    length = response.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
 
 
 def link_snapshot(link: Path, blob: Path, spec: CheckpointSpec) -> None:

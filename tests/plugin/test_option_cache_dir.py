@@ -194,6 +194,28 @@ def test_dangling_symlink_cache_dir_is_one_line(
     assert "skipped" not in out.splitlines()[-1]
 
 
+def test_disk_full_after_a_resumed_cut_names_the_whole_file(
+    project: Path, hub: LocalHub, mounts: Mounts
+) -> None:
+    """Was: a body cut mid-way was continued with ``Range``; the disk then filled, and the
+    message asked for the *rest* (the ranged answer's Content-Length: seen once in CI as
+    "1048576 bytes needed" for a 2 MiB file). The partial file is removed on that
+    failure, so the whole file is what must fit."""
+    from pytest_ckpts import load_manifest
+    from pytest_ckpts.errors import CacheError
+    from pytest_ckpts.store import Store
+
+    big = os.urandom(2 * 1024 * 1024)
+    manifest = load_manifest(make_manifest(project, hub, {"vae": big}, pinned=True))
+    mounts.tmpfs(manifest.cache_dir, "1m")
+    hub.faults.drop_next(after_bytes=256 * 1024, path_contains="vae")  # then a Range request
+    with pytest.raises(CacheError) as info:
+        Store(manifest).resolve(manifest.get("vae"))
+    assert hub.stats.count(path_contains="vae", status=206) == 1  # it was resumed
+    assert f"the disk is full ({len(big)} bytes needed" in str(info.value)
+    assert not [p for p in manifest.cache_dir.rglob("*") if p.is_file() and p.stat().st_size]
+
+
 def test_disk_full_fails_naming_path_and_bytes(
     pytester: pytest.Pytester, hub: LocalHub, mounts: Mounts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
